@@ -1,0 +1,164 @@
+//! On-disk records. Every value starts with a format byte; postcard encodes the rest.
+//!
+//! # Keys (one sled tree, one-byte prefixes)
+//! | key                               | value                                    |
+//! |-----------------------------------|------------------------------------------|
+//! | `D` collection NUL id             | [`DocRecord`]: state, version, JSON      |
+//! | `S` collection NUL id             | automerge snapshot (whole history)       |
+//! | `I` collection NUL id NUL n (u64) | one automerge change saved after it      |
+//! | `F` hlc time (u64 BE) hlc id      | [`FeedEntry`]: the change with that stamp|
+//! | `K` idempotency key               | [`IdemRecord`]                           |
+//! | `M` name                          | node id, boot counter, document count    |
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use uhlc::Timestamp;
+
+use crate::doc::State;
+use crate::error::{Error, Result};
+use crate::key::DocKey;
+
+/// Format of every record this version writes.
+pub(crate) const FORMAT: u8 = 1;
+
+pub(crate) const DOC: u8 = b'D';
+pub(crate) const SNAPSHOT: u8 = b'S';
+pub(crate) const INCREMENT: u8 = b'I';
+pub(crate) const FEED: u8 = b'F';
+pub(crate) const IDEM: u8 = b'K';
+pub(crate) const META: u8 = b'M';
+
+pub(crate) fn doc_key(prefix: u8, key: &DocKey) -> Vec<u8> {
+    let mut k = vec![prefix];
+    k.extend_from_slice(&key.encode());
+    k
+}
+
+pub(crate) fn increment_key(key: &DocKey, n: u64) -> Vec<u8> {
+    let mut k = doc_key(INCREMENT, key);
+    k.push(0);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+pub(crate) fn feed_key(ts: &Timestamp) -> Vec<u8> {
+    let mut k = vec![FEED];
+    k.extend_from_slice(&ts.get_time().as_u64().to_be_bytes());
+    k.extend_from_slice(&ts.get_id().to_le_bytes());
+    k
+}
+
+pub(crate) fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = vec![META];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub(crate) fn idem_key(key: &str) -> Vec<u8> {
+    let mut k = vec![IDEM];
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Encodes a record: the format byte, then postcard.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT];
+    out.extend(postcard::to_stdvec(value).expect("records serialize"));
+    out
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let body = strip_format(bytes)?;
+    postcard::from_bytes(body).map_err(|e| Error::Corrupt(format!("undecodable record: {e}")))
+}
+
+/// Wraps raw automerge bytes with the format byte.
+pub(crate) fn wrap(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + 1);
+    out.push(FORMAT);
+    out.extend_from_slice(raw);
+    out
+}
+
+pub(crate) fn strip_format(bytes: &[u8]) -> Result<&[u8]> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => Ok(rest),
+        Some((v, _)) => Err(Error::Corrupt(format!(
+            "record format {v} is not known to this version (it writes {FORMAT})"
+        ))),
+        None => Err(Error::Corrupt("empty record".into())),
+    }
+}
+
+/// Where a write sits in the group-commit order: records of an earlier boot are durable (they
+/// were recovered from disk); records of this boot are durable once the flush watermark passes
+/// `seq`. Readers wait for that before answering, so nobody sees a write that could still be lost.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct Durability {
+    pub boot: u64,
+    pub seq: u64,
+}
+
+/// The materialized state of one document, kept beside its CRDT history so that reads and
+/// lists need not load automerge at all.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DocRecord {
+    pub state: State,
+    pub version: String,
+    /// The user's JSON, serialized (`null` when deleted).
+    pub json: String,
+    pub heads: Vec<[u8; 32]>,
+    /// Incremental changes `I … n` for n in `incr_base .. incr_base + incr_count`.
+    pub incr_base: u64,
+    pub incr_count: u64,
+    /// Bytes of snapshot plus increments, for the cache's weight.
+    pub stored_bytes: u64,
+    pub durability: Durability,
+}
+
+/// One entry of the local change feed: the change stamped with the key's HLC timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    pub collection: String,
+    pub id: String,
+    pub hash: [u8; 32],
+}
+
+/// What a write answered, kept so that a retry with the same idempotency key gets it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// The write made a document exist that did not (201 for PUT/PATCH/ops).
+    pub created: bool,
+    pub deleted: bool,
+    /// The document's JSON after the write, serialized (`null` after a delete).
+    pub value: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct IdemRecord {
+    /// Digest of the request that used the key first (method, path, body).
+    pub fingerprint: Vec<u8>,
+    pub created_ms: u64,
+    pub outcome: WriteOutcome,
+    pub durability: Durability,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_format_is_refused() {
+        let mut bytes = encode(&WriteOutcome {
+            created: true,
+            deleted: false,
+            value: "{}".into(),
+            version: "v".into(),
+        });
+        assert!(decode::<WriteOutcome>(&bytes).is_ok());
+        bytes[0] = 2;
+        let err = decode::<WriteOutcome>(&bytes).unwrap_err().to_string();
+        assert!(err.contains("format 2"), "{err}");
+        assert!(decode::<WriteOutcome>(&[]).is_err());
+    }
+}
