@@ -1,1 +1,239 @@
+//! Meridian's HTTP/JSON API and the `meridian` binary's wiring.
+//!
+//! # Layout
+//! - `config`: command line, environment and config file.
+//! - `error`: [`ApiError`], the one mapping from errors to HTTP statuses and codes.
+//! - `extract`: path, body, query and header parsing with the project's error format.
+//! - `api`: the `/v1` document handlers.
+//! - `metrics`: Prometheus metrics and the request-tracking middleware.
+//! - `openapi`: the OpenAPI description served at `/openapi.json`.
+//!
+//! [`app`] builds the router from an [`AppState`], so tests drive it without sockets;
+//! [`run`] opens the store, binds and serves until SIGINT or SIGTERM.
+#![warn(unreachable_pub, missing_debug_implementations)]
 
+mod api;
+pub mod config;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{BoxError, Json, Router};
+use meridian_crdt::{Store, StoreConfig};
+use tower::ServiceBuilder;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body: usize,
+    /// Requests in flight on `/v1` before the node answers 503 `overloaded`.
+    pub max_in_flight: usize,
+    /// Longest a `/v1` request may take before 503 `timeout`.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 1 << 20,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub region: Arc<str>,
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(store: Store, region: &str, limits: Limits) -> Self {
+        AppState {
+            store,
+            region: region.into(),
+            limits: Arc::new(limits),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    use axum::routing::{get as g, post};
+    // Backpressure and timeouts on the data API only: health and metrics must answer even
+    // when the node is saturated. The limit is global (one semaphore for all routes).
+    let guard = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|e: BoxError| async move {
+            if e.is::<tower::timeout::error::Elapsed>() {
+                ApiError::Timeout
+            } else if e.is::<tower::load_shed::error::Overloaded>() {
+                ApiError::Overloaded
+            } else {
+                ApiError::Internal(e.to_string())
+            }
+        }))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            state.limits.max_in_flight,
+        ))
+        .timeout(state.limits.request_timeout);
+
+    let v1 = Router::new()
+        .route(
+            "/v1/{collection}/{id}",
+            g(api::get_doc)
+                .put(api::put_doc)
+                .patch(api::patch_doc)
+                .delete(api::delete_doc),
+        )
+        .route("/v1/{collection}/{id}/ops", post(api::post_ops))
+        .route("/v1/{collection}", g(api::list_docs))
+        .route_layer(guard);
+
+    Router::new()
+        .merge(v1)
+        .route("/v1/status", get(status))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi::serve))
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .fallback(api::no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+async fn status(State(st): State<AppState>) -> Json<serde_json::Value> {
+    let s = st.store.stats();
+    Json(serde_json::json!({
+        "node_id": s.node_id,
+        "region": &*st.region,
+        "hlc": s.hlc,
+        "documents": s.documents,
+        "bytes_on_disk": s.bytes_on_disk,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn ready(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if st.store.is_ready() {
+        Ok(Json(serde_json::json!({"ready": true})))
+    } else {
+        Err(ApiError::Unavailable(
+            "storage has failed; restart the node".into(),
+        ))
+    }
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    let body = st.metrics.render(&st.store.stats());
+    let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
+}
+
+/// Opens the store, binds, and serves until SIGINT or SIGTERM; then finishes in-flight
+/// requests and flushes.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", data_dir.display()))?;
+    let mut sc = StoreConfig::new(data_dir);
+    sc.node_id = config.node_id.clone();
+    sc.cache_bytes = config.cache_mb << 20;
+    let store = Store::open(sc).map_err(|e| open_error(data_dir, e))?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let limits = Limits {
+        max_body: config.max_body_bytes,
+        max_in_flight: config.max_in_flight,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+    };
+    let state = AppState::new(store.clone(), &config.region, limits);
+    tracing::info!(
+        node = %store.node_id(),
+        region = %config.region,
+        listen = %listener.local_addr()?,
+        data_dir = %data_dir.display(),
+        "meridian is serving"
+    );
+
+    // Forget idempotency keys past their TTL, off the request path.
+    let purge_store = store.clone();
+    let purge = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            let s = purge_store.clone();
+            match tokio::task::spawn_blocking(move || s.purge_idempotency_keys()).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired idempotency keys"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "idempotency key purge failed"),
+                _ => {}
+            }
+        }
+    });
+
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    purge.abort();
+    store
+        .close()
+        .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn open_error(dir: &std::path::Path, e: meridian_crdt::Error) -> anyhow::Error {
+    let in_use = matches!(&e, meridian_crdt::Error::Storage(sled::Error::Io(io))
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"));
+    if in_use {
+        anyhow::anyhow!(
+            "the data dir {} is in use by another process",
+            dir.display()
+        )
+    } else {
+        anyhow::anyhow!("cannot open the data dir {}: {e}", dir.display())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,232 @@
+//! The `/v1` document API handlers.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use meridian_crdt::{json, parse_ops, DocKey, DocView, Edit, Idempotency, Written};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::extract::{idempotency, read_body, CollectionPath, DocPath, Query, JSON, MERGE_PATCH};
+use crate::AppState;
+
+/// Largest page of a list.
+pub(crate) const MAX_LIMIT: usize = 1000;
+pub(crate) const DEFAULT_LIMIT: usize = 100;
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+/// A JSON response from already-serialized parts, so stored JSON is never parsed again.
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn doc_body(key: &DocKey, value: &str, version: &str) -> String {
+    format!(
+        r#"{{"collection":{},"id":{},"value":{},"version":{}}}"#,
+        quote(key.collection()),
+        quote(key.id()),
+        value,
+        quote(version)
+    )
+}
+
+fn write_response(key: &DocKey, w: Written) -> Response {
+    let o = &w.outcome;
+    let (status, body) = if o.deleted {
+        (
+            StatusCode::OK,
+            format!(
+                r#"{{"collection":{},"id":{},"deleted":true,"version":{}}}"#,
+                quote(key.collection()),
+                quote(key.id()),
+                quote(&o.version)
+            ),
+        )
+    } else {
+        let status = if o.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        (status, doc_body(key, &o.value, &o.version))
+    };
+    let mut resp = json_response(status, body);
+    if w.replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// Runs a write on its own task: once accepted, a write finishes and is flushed even if the
+/// client goes away or the request times out, so nothing is ever half-applied.
+async fn write(
+    st: &AppState,
+    key: DocKey,
+    edit: Edit,
+    idem: Option<Idempotency>,
+) -> Result<Response, ApiError> {
+    let store = st.store.clone();
+    let k = key.clone();
+    let w = tokio::spawn(async move { store.write(&k, edit, idem).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("write task failed: {e}")))??;
+    Ok(write_response(&key, w))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GetParams {
+    #[serde(default)]
+    conflicts: bool,
+}
+
+pub(crate) async fn get_doc(
+    State(st): State<AppState>,
+    DocPath(key): DocPath,
+    Query(p): Query<GetParams>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no document {key}"));
+    if p.conflicts {
+        let (view, conflicts) = st
+            .store
+            .get_with_conflicts(&key)
+            .await?
+            .ok_or_else(not_found)?;
+        let body = format!(
+            r#"{{"collection":{},"id":{},"value":{},"version":{},"conflicts":{}}}"#,
+            quote(key.collection()),
+            quote(key.id()),
+            view.json,
+            quote(&view.version),
+            serde_json::to_string(&conflicts).expect("conflicts serialize")
+        );
+        return Ok(json_response(StatusCode::OK, body));
+    }
+    let view = st.store.get(&key).await?.ok_or_else(not_found)?;
+    Ok(json_response(
+        StatusCode::OK,
+        doc_body(&key, &view.json, &view.version),
+    ))
+}
+
+pub(crate) async fn put_doc(
+    State(st): State<AppState>,
+    DocPath(key): DocPath,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, JSON, st.limits.max_body).await?;
+    let obj = json::parse_object(&bytes)?;
+    let idem = idempotency(&headers, "PUT", uri.path(), &bytes)?;
+    write(&st, key, Edit::Put(obj), idem).await
+}
+
+pub(crate) async fn patch_doc(
+    State(st): State<AppState>,
+    DocPath(key): DocPath,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, MERGE_PATCH, st.limits.max_body).await?;
+    let patch = json::parse_object(&bytes)?;
+    let idem = idempotency(&headers, "PATCH", uri.path(), &bytes)?;
+    write(&st, key, Edit::Patch(patch), idem).await
+}
+
+pub(crate) async fn post_ops(
+    State(st): State<AppState>,
+    DocPath(key): DocPath,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, JSON, st.limits.max_body).await?;
+    let ops = parse_ops(json::parse(&bytes)?)?;
+    let idem = idempotency(&headers, "POST", uri.path(), &bytes)?;
+    write(&st, key, Edit::Ops(ops), idem).await
+}
+
+pub(crate) async fn delete_doc(
+    State(st): State<AppState>,
+    DocPath(key): DocPath,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let idem = idempotency(&headers, "DELETE", uri.path(), b"")?;
+    write(&st, key, Edit::Delete, idem).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+pub(crate) async fn list_docs(
+    State(st): State<AppState>,
+    CollectionPath(collection): CollectionPath,
+    Query(p): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let limit = match p.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(s) => match s.parse::<usize>() {
+            Ok(0) | Err(_) => {
+                return Err(ApiError::BadRequest(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}"
+                )))
+            }
+            Ok(n) => n.min(MAX_LIMIT),
+        },
+    };
+    let page = st
+        .store
+        .list(&collection, p.after.as_deref(), limit)
+        .await
+        .map_err(|e| match e {
+            meridian_crdt::Error::InvalidId(m) => ApiError::BadRequest(m),
+            other => other.into(),
+        })?;
+    let items: Vec<String> = page.items.iter().map(item_body).collect();
+    let next = page
+        .next
+        .as_deref()
+        .map(quote)
+        .unwrap_or_else(|| "null".into());
+    Ok(json_response(
+        StatusCode::OK,
+        format!(r#"{{"items":[{}],"next":{}}}"#, items.join(","), next),
+    ))
+}
+
+fn item_body(d: &DocView) -> String {
+    format!(
+        r#"{{"id":{},"value":{},"version":{}}}"#,
+        quote(&d.id),
+        d.json,
+        quote(&d.version)
+    )
+}
+
+/// 405 for a known path with another method.
+pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
+    tracing::debug!(%method, "method not allowed");
+    ApiError::MethodNotAllowed
+}
+
+/// 404 for any unknown path.
+pub(crate) async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}

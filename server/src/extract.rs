@@ -1,0 +1,125 @@
+//! Request parsing: paths, bodies, queries and headers, each refused with the project's own
+//! error format (axum's default rejections are plain text).
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::{header, request::Parts, HeaderMap};
+use meridian_crdt::{DocKey, Idempotency};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// `/{collection}/{id}` as a validated [`DocKey`].
+#[derive(Debug)]
+pub(crate) struct DocPath(pub DocKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for DocPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((collection, id)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::InvalidId(format!("invalid path: {}", e.body_text())))?;
+        Ok(DocPath(DocKey::new(&collection, &id)?))
+    }
+}
+
+/// `/{collection}`, validated.
+#[derive(Debug)]
+pub(crate) struct CollectionPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for CollectionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(collection) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::InvalidId(format!("invalid path: {}", e.body_text())))?;
+        meridian_crdt::validate_name("collection", &collection)?;
+        Ok(CollectionPath(collection))
+    }
+}
+
+/// Query parameters; unknown parameters are refused so that a typo is not silently ignored.
+#[derive(Debug)]
+pub(crate) struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(q)
+            .map(Query)
+            .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
+    }
+}
+
+pub(crate) const JSON: &[&str] = &["application/json"];
+pub(crate) const MERGE_PATCH: &[&str] = &["application/merge-patch+json", "application/json"];
+
+/// Checks the content type, then reads the body up to `limit` bytes.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    accepted: &[&str],
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match mime {
+        Some(m) if accepted.contains(&m.as_str()) => {}
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type must be {} (got {})",
+                accepted.join(" or "),
+                other.as_deref().unwrap_or("none")
+            )))
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("could not read the body: {e}"))
+        }
+    })
+}
+
+/// The `Idempotency-Key` header, with a digest of the request it came with.
+pub(crate) fn idempotency(
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    let mut h = Sha256::new();
+    for part in [method.as_bytes(), b"\0", path.as_bytes(), b"\0", body] {
+        h.update(part);
+    }
+    Ok(Some(Idempotency::new(key, h.finalize().to_vec())?))
+}

@@ -1,0 +1,142 @@
+//! Prometheus metrics: requests by route and status, latency histograms, and the store's
+//! figures (read at scrape time).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use meridian_crdt::StoreStats;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+/// The node's metrics. Owned by the app (no global registry), so tests can run many apps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    documents: Gauge,
+    bytes_on_disk: Gauge,
+    cache_bytes: Gauge,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    flushes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("meridian");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs .. ~26 s
+            Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+        });
+        let m = Metrics {
+            requests,
+            latency,
+            documents: Gauge::default(),
+            bytes_on_disk: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            flushes: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            m.latency.clone(),
+        );
+        registry.register("documents", "Live documents", m.documents.clone());
+        registry.register(
+            "disk_bytes",
+            "Bytes the store takes on disk",
+            m.bytes_on_disk.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Estimated bytes in the document cache",
+            m.cache_bytes.clone(),
+        );
+        registry.register("cache_hits", "Document cache hits", m.cache_hits.clone());
+        registry.register(
+            "cache_misses",
+            "Document cache misses",
+            m.cache_misses.clone(),
+        );
+        registry.register(
+            "flushes",
+            "Durable flushes (one per group commit)",
+            m.flushes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition, with the store's figures as of now.
+    pub fn render(&self, s: &StoreStats) -> String {
+        self.documents.set(s.documents as i64);
+        self.bytes_on_disk.set(s.bytes_on_disk as i64);
+        self.cache_bytes.set(s.cache_bytes as i64);
+        let set = |c: &Counter, v: u64| c.inner().store(v, std::sync::atomic::Ordering::Relaxed);
+        set(&self.cache_hits, s.cache_hits);
+        set(&self.cache_misses, s.cache_misses);
+        set(&self.flushes, s.flushes);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Middleware: counts every request and times it.
+pub(crate) async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    let labels = RouteLabels {
+        method: method.clone(),
+        route: route.clone(),
+    };
+    m.latency
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}

@@ -1,0 +1,637 @@
+//! HTTP contract tests: every route and every error code, driven through the router without
+//! sockets.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use meridian_crdt::{Store, StoreConfig};
+use meridian_server::{app, AppState, Limits};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct Node {
+    app: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn node_with(limits: Limits) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.node_id = Some("test-node".into());
+    let store = Store::open(c).unwrap();
+    Node {
+        app: app(AppState::new(store, "test", limits)),
+        _dir: dir,
+    }
+}
+
+fn node() -> Node {
+    node_with(Limits::default())
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+async fn send_body(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    ct: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(ct) = ct {
+        req = req.header("content-type", ct);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn send(app: &Router, method: &str, uri: &str, body: Option<&str>) -> Reply {
+    send_with(app, method, uri, body, &[]).await
+}
+
+async fn send_with(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let ct = match (method, body) {
+        (_, None) => None,
+        ("PATCH", _) => Some("application/merge-patch+json"),
+        _ => Some("application/json"),
+    };
+    send_body(
+        app,
+        method,
+        uri,
+        ct,
+        headers,
+        Body::from(body.unwrap_or("").to_owned()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn documents_are_created_read_replaced_patched_and_deleted() {
+    let n = node();
+    let a = &n.app;
+    // --- PUT creates (201), then replaces (200)
+    let r = send(
+        a,
+        "PUT",
+        "/v1/users/alice",
+        Some(r#"{"name":"Alice","age":30,"bio":"hi"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["value"], json!({"name":"Alice","age":30,"bio":"hi"}));
+    assert_eq!(r.body["collection"], "users");
+    assert_eq!(r.body["id"], "alice");
+    let v1 = r.body["version"].as_str().unwrap().to_owned();
+    let r = send(
+        a,
+        "PUT",
+        "/v1/users/alice",
+        Some(r#"{"name":"Alice","score":1.5}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["value"], json!({"name":"Alice","score":1.5}));
+    assert_ne!(r.body["version"], v1.as_str());
+    // --- PATCH: RFC 7396, with either media type
+    let r = send(
+        a,
+        "PATCH",
+        "/v1/users/alice",
+        Some(r#"{"score":null,"tags":["x"],"nested":{"k":"v"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.body["value"],
+        json!({"name":"Alice","tags":["x"],"nested":{"k":"v"}})
+    );
+    let r = send_body(
+        a,
+        "PATCH",
+        "/v1/users/bob",
+        Some("application/json; charset=utf-8"),
+        &[],
+        Body::from(r#"{"n":1}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // --- GET, with and without conflicts
+    let r = send(a, "GET", "/v1/users/alice", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["value"]["nested"], json!({"k":"v"}));
+    assert_eq!(r.headers["content-type"], "application/json");
+    let r = send(a, "GET", "/v1/users/alice?conflicts=true", None).await;
+    assert_eq!(r.body["conflicts"], json!([]));
+    // --- DELETE, then 404 everywhere
+    let r = send(a, "DELETE", "/v1/users/alice", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["deleted"], true);
+    assert!(r.body["version"].is_string());
+    assert_eq!(
+        send(a, "GET", "/v1/users/alice", None).await.code(),
+        "not_found"
+    );
+    assert_eq!(
+        send(a, "DELETE", "/v1/users/alice", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(a, "GET", "/v1/users/nobody", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = send(a, "GET", "/v1/users", None).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
+    // --- a write after the delete re-creates it
+    let r = send(a, "PATCH", "/v1/users/alice", Some(r#"{"again":true}"#)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["value"], json!({"again":true}));
+}
+
+#[tokio::test]
+async fn values_come_back_exactly_as_written() {
+    let n = node();
+    let body = r#"{"i":9223372036854775807,"n":-9223372036854775808,"f":1.5,"one":1.0,"tiny":5e-324,"s":"日本語 🎉 \u0000","t":true,"z":null,"a":[[],{}]}"#;
+    send(&n.app, "PUT", "/v1/c/d", Some(body)).await;
+    let r = send(&n.app, "GET", "/v1/c/d", None).await;
+    let want: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(r.body["value"], want);
+    assert_eq!(r.body["value"]["one"].to_string(), "1.0");
+    assert_eq!(r.body["value"]["i"].to_string(), "9223372036854775807");
+}
+
+#[tokio::test]
+async fn ops_are_atomic_and_refused_whole() {
+    let n = node();
+    let a = &n.app;
+    send(a, "PUT", "/v1/c/d", Some(r#"{"list":[1],"s":"abc"}"#)).await;
+    let ops = r#"{"ops":[{"op":"increment","path":"/hits","by":2},{"op":"insert","path":"/list/-","value":2},
+        {"op":"splice","path":"/s","index":1,"delete":1,"insert":"XY"},{"op":"set","path":"/k","value":{"x":1}},
+        {"op":"remove","path":"/list/0"}]}"#;
+    let r = send(a, "POST", "/v1/c/d/ops", Some(ops)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["value"],
+        json!({"list":[2],"s":"aXYc","hits":2,"k":{"x":1}})
+    );
+    let before = send(a, "GET", "/v1/c/d", None).await.body;
+    let r = send(a, "POST", "/v1/c/d/ops", Some(r#"{"ops":[{"op":"set","path":"/new","value":1},{"op":"increment","path":"/s","by":1}]}"#)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable")
+    );
+    let r2 = send(
+        a,
+        "POST",
+        "/v1/c/d/ops",
+        Some(r#"{"ops":[{"op":"insert","path":"/list/7","value":1}]}"#),
+    )
+    .await;
+    assert_eq!(r2.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        send(a, "GET", "/v1/c/d", None).await.body,
+        before,
+        "a refused request changed nothing"
+    );
+    for bad in [
+        r#"{"ops":[{"op":"explode","path":"/a"}]}"#,
+        r#"{"ops":[{"op":"set","path":"a","value":1}]}"#,
+        r#"{"ops":[{"op":"set","path":"/a~9","value":1}]}"#,
+        r#"{"ops":[]}"#,
+        r#"{"ops":{}}"#,
+        r#"{"operations":[]}"#,
+        r#"{"ops":[{"op":"increment","path":"/a","by":"1"}]}"#,
+    ] {
+        let r = send(a, "POST", "/v1/c/d/ops", Some(bad)).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "bad_request"),
+            "{bad}"
+        );
+    }
+    assert_eq!(send(a, "GET", "/v1/c/d", None).await.body, before);
+}
+
+#[tokio::test]
+async fn idempotency_keys_make_retries_safe() {
+    let n = node();
+    let a = &n.app;
+    let incr = r#"{"ops":[{"op":"increment","path":"/n","by":1}]}"#;
+    let key = [("idempotency-key", "retry-1")];
+    let first = send_with(a, "POST", "/v1/c/d/ops", Some(incr), &key).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    for _ in 0..3 {
+        let again = send_with(a, "POST", "/v1/c/d/ops", Some(incr), &key).await;
+        assert_eq!(again.status, StatusCode::CREATED, "the first answer, again");
+        assert_eq!(again.body, first.body);
+        assert_eq!(again.headers["idempotent-replayed"], "true");
+    }
+    assert_eq!(
+        send(a, "GET", "/v1/c/d", None).await.body["value"],
+        json!({"n":1})
+    );
+    let other = send_with(
+        a,
+        "POST",
+        "/v1/c/d/ops",
+        Some(r#"{"ops":[{"op":"increment","path":"/n","by":5}]}"#),
+        &key,
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let bad = send_with(
+        a,
+        "POST",
+        "/v1/c/d/ops",
+        Some(incr),
+        &[("idempotency-key", "")],
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        send(a, "GET", "/v1/c/d", None).await.body["value"],
+        json!({"n":1})
+    );
+}
+
+#[tokio::test]
+async fn lists_page_through_a_collection() {
+    let n = node();
+    let a = &n.app;
+    for i in 0..25 {
+        send(
+            a,
+            "PUT",
+            &format!("/v1/items/i{i:03}"),
+            Some(&format!(r#"{{"i":{i}}}"#)),
+        )
+        .await;
+    }
+    let mut seen = vec![];
+    let mut uri = "/v1/items?limit=10".to_owned();
+    loop {
+        let r = send(a, "GET", &uri, None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        for item in r.body["items"].as_array().unwrap() {
+            assert!(item["version"].is_string());
+            seen.push(item["value"]["i"].as_i64().unwrap());
+        }
+        match r.body["next"].as_str() {
+            Some(next) => uri = format!("/v1/items?limit=10&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..25).collect::<Vec<_>>());
+    assert_eq!(
+        send(a, "GET", "/v1/items", None).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        25
+    );
+    assert_eq!(
+        send(a, "GET", "/v1/items?limit=5000", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(a, "GET", "/v1/empty", None).await.body,
+        json!({"items":[],"next":null})
+    );
+    for bad in [
+        "/v1/items?limit=0",
+        "/v1/items?limit=x",
+        "/v1/items?limit=-1",
+        "/v1/items?after=a/b",
+        "/v1/items?bogus=1",
+    ] {
+        let r = send(a, "GET", bad, None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn bad_ids_are_refused_with_invalid_id() {
+    let n = node();
+    let long = "x".repeat(201);
+    for uri in [
+        "/v1/a%2Fb/x".to_owned(),
+        "/v1/users/a%20b".to_owned(),
+        "/v1/users/%FF".to_owned(),
+        "/v1/users/%C3%A9".to_owned(),
+        format!("/v1/users/{long}"),
+        format!("/v1/{long}/x"),
+    ] {
+        for (m, body) in [("GET", None), ("PUT", Some("{}")), ("DELETE", None)] {
+            let r = send(&n.app, m, &uri, body).await;
+            assert_eq!(
+                (r.status, r.code()),
+                (StatusCode::BAD_REQUEST, "invalid_id"),
+                "{m} {uri}"
+            );
+        }
+    }
+    assert_eq!(
+        send(&n.app, "GET", "/v1/users?limit=1", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&n.app, "GET", "/v1/status", None).await.body["documents"],
+        0,
+        "nothing was stored"
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_get_clear_errors_and_store_nothing() {
+    let n = node();
+    let a = &n.app;
+    let deep = "[".repeat(100_000);
+    let deep_obj = format!("{}1{}", r#"{"a":"#.repeat(65), "}".repeat(65));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("malformed", b"{\"a\":".to_vec(), "bad_request"),
+        ("truncated", b"{\"a\":[1,2".to_vec(), "bad_request"),
+        ("trailing garbage", b"{} x".to_vec(), "bad_request"),
+        (
+            "invalid utf-8",
+            b"{\"a\":\"\xff\xfe\"}".to_vec(),
+            "bad_request",
+        ),
+        ("not an object", b"[1,2]".to_vec(), "bad_request"),
+        ("a string", b"\"x\"".to_vec(), "bad_request"),
+        ("empty", b"".to_vec(), "bad_request"),
+        ("100000 deep", deep.into_bytes(), "bad_request"),
+        ("65 deep", deep_obj.into_bytes(), "bad_request"),
+        (
+            "huge integer",
+            b"{\"a\":123456789012345678901234567890}".to_vec(),
+            "bad_request",
+        ),
+        (
+            "too large",
+            format!(r#"{{"a":"{}"}}"#, "x".repeat(1_100_000)).into_bytes(),
+            "payload_too_large",
+        ),
+    ];
+    for (what, body, code) in cases {
+        for method in ["PUT", "PATCH"] {
+            let ct = if method == "PUT" {
+                "application/json"
+            } else {
+                "application/merge-patch+json"
+            };
+            let r = send_body(
+                a,
+                method,
+                "/v1/c/d",
+                Some(ct),
+                &[],
+                Body::from(body.clone()),
+            )
+            .await;
+            assert_eq!(r.code(), code, "{method} {what}: {}", r.body);
+        }
+    }
+    // content types
+    for (ct, method) in [
+        (Some("text/plain"), "PUT"),
+        (None, "PUT"),
+        (Some("application/merge-patch+json"), "PUT"),
+        (Some("text/plain"), "PATCH"),
+        (Some("application/xml"), "POST"),
+    ] {
+        let uri = if method == "POST" {
+            "/v1/c/d/ops"
+        } else {
+            "/v1/c/d"
+        };
+        let r = send_body(a, method, uri, ct, &[], Body::from("{}")).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            "{method} {ct:?}"
+        );
+    }
+    // a body larger than the limit without a Content-Length (streamed)
+    let chunks = vec![
+        Ok::<_, std::io::Error>(vec![b' '; 600 << 10]),
+        Ok(vec![b' '; 600 << 10]),
+    ];
+    let stream = Body::from_stream(futures_stream(chunks));
+    let r = send_body(a, "PUT", "/v1/c/d", Some("application/json"), &[], stream).await;
+    assert_eq!(r.code(), "payload_too_large");
+    assert_eq!(
+        send(a, "GET", "/v1/c/d", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(a, "GET", "/v1/status", None).await.body["documents"],
+        0
+    );
+    assert_eq!(
+        send(a, "GET", "/healthz", None).await.status,
+        StatusCode::OK,
+        "still alive"
+    );
+}
+
+fn futures_stream(
+    items: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    tokio_stream::iter(items)
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods() {
+    let n = node();
+    let r = send(&n.app, "GET", "/nope", None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
+    for (m, uri) in [
+        ("POST", "/v1/c/d"),
+        ("PUT", "/v1/c"),
+        ("GET", "/v1/c/d/ops"),
+        ("DELETE", "/healthz"),
+        ("POST", "/metrics"),
+    ] {
+        let r = send(&n.app, m, uri, None).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            "{m} {uri}"
+        );
+    }
+}
+
+/// A body that never finishes keeps its request in flight.
+fn stalled_body() -> (
+    Body,
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    (
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        tx,
+    )
+}
+
+#[tokio::test]
+async fn overload_is_refused_at_once_with_retry_after() {
+    let n = node_with(Limits {
+        max_in_flight: 1,
+        ..Limits::default()
+    });
+    let (body, _hold) = stalled_body();
+    let app = n.app.clone();
+    let slow = tokio::spawn(async move {
+        send_body(
+            &app,
+            "PUT",
+            "/v1/c/slow",
+            Some("application/json"),
+            &[],
+            body,
+        )
+        .await
+    });
+    // wait until the slow request holds the only slot
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = send(&n.app, "GET", "/v1/c/x", None).await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(r.code(), "overloaded");
+            assert_eq!(r.headers["retry-after"], "1");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never overloaded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // health and metrics still answer
+    assert_eq!(
+        send(&n.app, "GET", "/healthz", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&n.app, "GET", "/readyz", None).await.status,
+        StatusCode::OK
+    );
+    slow.abort();
+}
+
+#[tokio::test]
+async fn slow_requests_time_out() {
+    let n = node_with(Limits {
+        request_timeout: Duration::from_millis(100),
+        ..Limits::default()
+    });
+    let (body, _hold) = stalled_body();
+    let r = send_body(
+        &n.app,
+        "PUT",
+        "/v1/c/slow",
+        Some("application/json"),
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "timeout")
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        send(&n.app, "GET", "/v1/c/slow", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn operational_endpoints() {
+    let n = node();
+    let a = &n.app;
+    send(a, "PUT", "/v1/c/d", Some("{}")).await;
+    send(a, "GET", "/v1/c/d", None).await;
+    assert_eq!(
+        send(a, "GET", "/healthz", None).await.body,
+        json!({"status":"ok"})
+    );
+    assert_eq!(
+        send(a, "GET", "/readyz", None).await.body,
+        json!({"ready":true})
+    );
+    let s = send(a, "GET", "/v1/status", None).await.body;
+    assert_eq!(s["node_id"], "test-node");
+    assert_eq!(s["region"], "test");
+    assert_eq!(s["documents"], 1);
+    assert!(s["hlc"].as_str().unwrap().contains('/'));
+    assert!(s["bytes_on_disk"].as_u64().unwrap() > 0);
+    let m = send(a, "GET", "/metrics", None).await.body;
+    let m = m.as_str().unwrap();
+    for needle in [
+        r#"meridian_http_requests_total{method="PUT",route="/v1/{collection}/{id}",status="201"} 1"#,
+        "meridian_http_request_duration_seconds_bucket",
+        "meridian_documents 1",
+        "meridian_cache_hits_total",
+        "meridian_cache_misses_total",
+        "meridian_flushes_total",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let n = node();
+    let r = send(&n.app, "GET", "/openapi.json", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["openapi"], "3.0.3");
+    let paths = r.body["paths"].as_object().unwrap();
+    for (path, methods) in [
+        (
+            "/v1/{collection}/{id}",
+            &["get", "put", "patch", "delete"][..],
+        ),
+        ("/v1/{collection}/{id}/ops", &["post"]),
+        ("/v1/{collection}", &["get"]),
+        ("/v1/status", &["get"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/openapi.json", &["get"]),
+    ] {
+        for m in methods {
+            assert!(paths[path][m].is_object(), "{m} {path} is not described");
+        }
+    }
+}
