@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
@@ -22,12 +23,33 @@ struct Watermark {
 #[derive(Debug, Default)]
 struct Applied {
     seq: u64,
+    /// Writers between [`GroupCommit::begin`] and their apply: the flusher waits a little for
+    /// them so that one flush covers them too.
+    in_progress: usize,
     shutdown: bool,
+}
+
+/// The longest a flush waits for writers still in progress. A lone writer never waits.
+const MAX_COMMIT_DELAY: Duration = Duration::from_micros(1500);
+
+/// Marks a writer in progress until dropped.
+#[derive(Debug)]
+pub(crate) struct InProgress<'a>(&'a GroupCommit);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.shared.applied.lock().in_progress -= 1;
+        self.0.shared.wake.notify_one();
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
     db: sled::Db,
+    /// sled's log file. sled's flush ends in `sync_file_range`, which neither flushes the disk's
+    /// write cache nor covers file metadata; an `fdatasync` of the log after each flush makes an
+    /// acknowledged write survive power loss too, not only a process crash.
+    log: Option<std::fs::File>,
     applied: Mutex<Applied>,
     wake: Condvar,
     durable: watch::Sender<Watermark>,
@@ -41,9 +63,10 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn start(db: sled::Db) -> Self {
+    pub(crate) fn start(db: sled::Db, log: Option<std::fs::File>) -> Self {
         let shared = Arc::new(Shared {
             db,
+            log,
             applied: Mutex::new(Applied::default()),
             wake: Condvar::new(),
             durable: watch::Sender::new(Watermark::default()),
@@ -58,6 +81,12 @@ impl GroupCommit {
             shared,
             flusher: Mutex::new(Some(flusher)),
         }
+    }
+
+    /// Announces a writer that will call [`GroupCommit::apply`] soon.
+    pub(crate) fn begin(&self) -> InProgress<'_> {
+        self.shared.applied.lock().in_progress += 1;
+        InProgress(self)
     }
 
     /// Runs `write` (which applies a sled batch) with the next sequence number, serialized with
@@ -124,10 +153,19 @@ fn flush_loop(s: &Shared) {
             while a.seq == flushed && !a.shutdown {
                 s.wake.wait(&mut a);
             }
+            let deadline = Instant::now() + MAX_COMMIT_DELAY;
+            while a.in_progress > 0
+                && !a.shutdown
+                && !s.wake.wait_until(&mut a, deadline).timed_out()
+            {}
             (a.seq, a.shutdown)
         };
         if target > flushed {
-            match s.db.flush() {
+            let flushed_and_synced = s.db.flush().and_then(|n| match &s.log {
+                Some(f) => f.sync_data().map(|_| n).map_err(sled::Error::from),
+                None => Ok(n),
+            });
+            match flushed_and_synced {
                 Ok(_) => {
                     flushed = target;
                     s.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

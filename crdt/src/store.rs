@@ -160,6 +160,8 @@ impl Store {
             .path(db_path(&config.path))
             .cache_capacity(config.sled_cache_bytes)
             .mode(sled::Mode::HighThroughput)
+            // every flush is ours (group commit); sled's own timer would only add flushes
+            .flush_every_ms(None)
             .open()?;
 
         let node = match (get_meta(&db, "node")?, &config.node_id) {
@@ -198,7 +200,13 @@ impl Store {
             .max_capacity(config.cache_bytes)
             .weigher(|_k, slot: &Arc<Slot>| slot.weight.load(Ordering::Relaxed) as u32)
             .build();
-        let commit = GroupCommit::start(db.clone());
+        let log = std::fs::File::open(db_path(&config.path).join("db")).ok();
+        if log.is_none() {
+            tracing::warn!(
+                "cannot open sled's log file for fdatasync; relying on sled's flush alone"
+            );
+        }
+        let commit = GroupCommit::start(db.clone(), log);
         Ok(Store {
             inner: Arc::new(Inner {
                 tree: db,
@@ -258,6 +266,7 @@ impl Store {
             }
         }
 
+        let in_progress = inner.commit.begin();
         let doc_lock = inner.doc_locks[key.stripe(DOC_STRIPES)].lock().await;
         let prev = inner.read_record(key)?;
         let slot = inner.slot(key, prev.as_ref())?;
@@ -278,6 +287,7 @@ impl Store {
                 }
             }
         };
+        drop(in_progress);
         inner.cache.insert(key.clone(), slot);
         drop(doc_lock);
         drop(_idem_lock);
@@ -605,10 +615,11 @@ impl Inner {
     }
 }
 
-/// Estimated memory of a cached document: automerge expands ops in memory to a multiple of
+/// Estimated memory of a cached document. Measured: a fresh automerge document with one small
+/// change takes about 8 KiB of heap for 226 bytes saved; ops expand in memory to a multiple of
 /// their compressed size.
 fn weight(stored_bytes: u64) -> u64 {
-    4096 + stored_bytes * 16
+    8192 + stored_bytes * 24
 }
 
 fn live_view(id: &str, rec: DocRecord) -> Option<DocView> {

@@ -119,6 +119,23 @@ pub(crate) async fn get_doc(
     ))
 }
 
+/// The shared steps of a write with a body: media type, size limit, parse, idempotency key.
+async fn write_with_body(
+    st: &AppState,
+    key: DocKey,
+    method: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    accepted: &[&str],
+    parse: impl FnOnce(&[u8]) -> meridian_crdt::Result<Edit>,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(headers, body, accepted, st.limits.max_body).await?;
+    let edit = parse(&bytes)?;
+    let idem = idempotency(headers, method, uri.path(), &bytes)?;
+    write(st, key, edit, idem).await
+}
+
 pub(crate) async fn put_doc(
     State(st): State<AppState>,
     DocPath(key): DocPath,
@@ -126,10 +143,10 @@ pub(crate) async fn put_doc(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, JSON, st.limits.max_body).await?;
-    let obj = json::parse_object(&bytes)?;
-    let idem = idempotency(&headers, "PUT", uri.path(), &bytes)?;
-    write(&st, key, Edit::Put(obj), idem).await
+    write_with_body(&st, key, "PUT", &uri, &headers, body, JSON, |b| {
+        json::parse_object(b).map(Edit::Put)
+    })
+    .await
 }
 
 pub(crate) async fn patch_doc(
@@ -139,10 +156,10 @@ pub(crate) async fn patch_doc(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, MERGE_PATCH, st.limits.max_body).await?;
-    let patch = json::parse_object(&bytes)?;
-    let idem = idempotency(&headers, "PATCH", uri.path(), &bytes)?;
-    write(&st, key, Edit::Patch(patch), idem).await
+    write_with_body(&st, key, "PATCH", &uri, &headers, body, MERGE_PATCH, |b| {
+        json::parse_object(b).map(Edit::Patch)
+    })
+    .await
 }
 
 pub(crate) async fn post_ops(
@@ -152,10 +169,10 @@ pub(crate) async fn post_ops(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, JSON, st.limits.max_body).await?;
-    let ops = parse_ops(json::parse(&bytes)?)?;
-    let idem = idempotency(&headers, "POST", uri.path(), &bytes)?;
-    write(&st, key, Edit::Ops(ops), idem).await
+    write_with_body(&st, key, "POST", &uri, &headers, body, JSON, |b| {
+        Ok(Edit::Ops(parse_ops(json::parse(b)?)?))
+    })
+    .await
 }
 
 pub(crate) async fn delete_doc(

@@ -1,1 +1,156 @@
+//! Helpers for tests and benchmarks that run the real `meridian` binary.
+//!
+//! # Layout
+//! - [`Process`]: one `meridian serve` child process, its address and its log.
+//! - [`binary`]: where the binary is (`MERIDIAN_BIN`, or next to the test executable).
+//! - `tests/`: end-to-end tests; `src/bin/bench.rs`: the benchmark; `src/bin/ceiling.rs`: a
+//!   constant axum handler, the HTTP ceiling the benchmark compares against.
+#![warn(unreachable_pub, missing_debug_implementations)]
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The `meridian` binary: `$MERIDIAN_BIN`, else `target/<profile>/meridian` beside this test
+/// executable (`cargo test --workspace` builds it).
+pub fn binary() -> PathBuf {
+    sibling_binary("MERIDIAN_BIN", "meridian")
+}
+
+/// A binary of the workspace, found like [`binary`].
+pub fn sibling_binary(env: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found; build it first (cargo build --workspace --bins) or set {env}",
+        path.display()
+    );
+    path
+}
+
+/// A running `meridian serve`. Killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    pub addr: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Process {
+    /// Starts a node on a free loopback port with `data_dir`, plus any extra arguments, and
+    /// waits until it is ready.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Process {
+        let mut cmd = Command::new(binary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("MERIDIAN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn meridian");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let line = log
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    let status = child.try_wait().ok().flatten();
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("meridian did not report its address (exit status {status:?})")
+                });
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_owned();
+            }
+        };
+        Process { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// kill -9.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meridian did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Log lines printed so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion with `args` and returns (exit code, stderr).
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run meridian");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
