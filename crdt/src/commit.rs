@@ -1,10 +1,16 @@
-//! Group commit: many writers, one flush.
+//! Group commit: many writers, one log sync and one sled batch.
 //!
-//! A writer applies its sled batch under [`GroupCommit::apply`], which hands out a sequence
-//! number, and then waits for the durable watermark to reach it. A single flusher thread flushes
-//! whenever something was applied since the last flush and then publishes the watermark, so all
-//! writers that arrived during one flush share the next one.
+//! A writer queues its batch under [`GroupCommit::submit`], which hands out the next sequence
+//! number. A single flusher thread takes everything queued, appends it to the write-ahead log,
+//! `fdatasync`s it, and only then applies the whole group to sled as one atomic batch (with the
+//! group's last sequence number under `M/seq` and the document count under `M/count`), and
+//! publishes the durable watermark. So sled only ever holds durable writes: readers never need
+//! to wait, and sled's per-batch cost (it writes out an I/O buffer for every batch) is paid once
+//! per group instead of once per writer. Every few seconds the flusher checkpoints: it flushes
+//! sled, syncs sled's log file, and drops the log segments sled now covers.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,6 +19,30 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::record;
+use crate::wal::{self, Op, Wal};
+
+/// The longest a sync waits for writers still in progress. A lone writer never waits.
+const MAX_COMMIT_DELAY: Duration = Duration::from_micros(1500);
+/// Checkpoint at least this often while writes come in...
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// ...or once the current log segment is this large.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+fn seq_key() -> Vec<u8> {
+    record::meta_key("seq")
+}
+
+fn count_key() -> Vec<u8> {
+    record::meta_key("count")
+}
+
+fn read_u64(db: &sled::Db, key: Vec<u8>) -> Result<u64> {
+    Ok(db
+        .get(key)?
+        .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
+        .unwrap_or(0))
+}
 
 #[derive(Debug, Clone, Default)]
 struct Watermark {
@@ -21,39 +51,26 @@ struct Watermark {
 }
 
 #[derive(Debug, Default)]
-struct Applied {
+struct Pending {
+    /// The last sequence number handed out.
     seq: u64,
-    /// Writers between [`GroupCommit::begin`] and their apply: the flusher waits a little for
-    /// them so that one flush covers them too.
+    batches: Vec<wal::Batch>,
+    /// Writers between [`GroupCommit::begin`] and their submit.
     in_progress: usize,
     shutdown: bool,
-}
-
-/// The longest a flush waits for writers still in progress. A lone writer never waits.
-const MAX_COMMIT_DELAY: Duration = Duration::from_micros(1500);
-
-/// Marks a writer in progress until dropped.
-#[derive(Debug)]
-pub(crate) struct InProgress<'a>(&'a GroupCommit);
-
-impl Drop for InProgress<'_> {
-    fn drop(&mut self) {
-        self.0.shared.applied.lock().in_progress -= 1;
-        self.0.shared.wake.notify_one();
-    }
 }
 
 #[derive(Debug)]
 struct Shared {
     db: sled::Db,
-    /// sled's log file. sled's flush ends in `sync_file_range`, which neither flushes the disk's
-    /// write cache nor covers file metadata; an `fdatasync` of the log after each flush makes an
-    /// acknowledged write survive power loss too, not only a process crash.
-    log: Option<std::fs::File>,
-    applied: Mutex<Applied>,
+    /// sled's own log file, synced at checkpoints: sled's flush ends in `sync_file_range`,
+    /// which does not reach the disk's write cache.
+    sled_log: Option<std::fs::File>,
+    pending: Mutex<Pending>,
     wake: Condvar,
     durable: watch::Sender<Watermark>,
-    flushes: std::sync::atomic::AtomicU64,
+    documents: AtomicU64,
+    syncs: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -62,47 +79,136 @@ pub(crate) struct GroupCommit {
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Marks a writer in progress until dropped, so that the flusher waits a little for it.
+#[derive(Debug)]
+pub(crate) struct InProgress<'a>(&'a GroupCommit);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.shared.pending.lock().in_progress -= 1;
+        self.0.shared.wake.notify_one();
+    }
+}
+
+/// Applies batches to sled as one atomic batch, with the bookkeeping keys.
+fn apply_group(db: &sled::Db, batches: &[wal::Batch], count: u64) -> Result<u64> {
+    let mut b = sled::Batch::default();
+    let mut count = count as i64;
+    for batch in batches {
+        for (k, v) in &batch.ops {
+            match v {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        count += batch.docs_delta;
+    }
+    let count = count.max(0) as u64;
+    if let Some(last) = batches.last() {
+        b.insert(seq_key(), &last.seq.to_be_bytes());
+        b.insert(count_key(), &count.to_be_bytes());
+        db.apply_batch(b)?;
+    }
+    Ok(count)
+}
+
+/// Replays the log records sled lacks and flushes. sled recovers a prefix of its batches, and
+/// each group stored its last sequence number, so the records to replay are exactly those after
+/// it. Returns (last sequence number, document count, records replayed).
+pub(crate) fn recover(
+    db: &sled::Db,
+    sled_log: Option<&std::fs::File>,
+    wal_dir: &Path,
+) -> Result<(u64, u64, usize)> {
+    let mut seq = read_u64(db, seq_key())?;
+    let mut count = read_u64(db, count_key())?;
+    let mut replay = Vec::new();
+    for b in wal::recover(wal_dir)? {
+        if b.seq <= seq {
+            continue;
+        }
+        if b.seq != seq + 1 {
+            return Err(Error::Corrupt(format!(
+                "write-ahead log jumps from batch {seq} to {}; refusing to guess",
+                b.seq
+            )));
+        }
+        seq = b.seq;
+        replay.push(b);
+    }
+    count = apply_group(db, &replay, count)?;
+    db.flush()?;
+    if let Some(f) = sled_log {
+        f.sync_data()
+            .map_err(|e| Error::Storage(sled::Error::Io(e)))?;
+    }
+    Ok((seq, count, replay.len()))
+}
+
 impl GroupCommit {
-    pub(crate) fn start(db: sled::Db, log: Option<std::fs::File>) -> Self {
+    /// Starts the flusher with a fresh log segment, after [`recover`].
+    pub(crate) fn start(
+        db: sled::Db,
+        sled_log: Option<std::fs::File>,
+        wal_dir: PathBuf,
+        seq: u64,
+        documents: u64,
+    ) -> Result<Self> {
+        let wal = Wal::start(&wal_dir, seq + 1)?;
         let shared = Arc::new(Shared {
             db,
-            log,
-            applied: Mutex::new(Applied::default()),
+            sled_log,
+            pending: Mutex::new(Pending {
+                seq,
+                ..Default::default()
+            }),
             wake: Condvar::new(),
-            durable: watch::Sender::new(Watermark::default()),
-            flushes: Default::default(),
+            durable: watch::Sender::new(Watermark { seq, failed: None }),
+            documents: AtomicU64::new(documents),
+            syncs: Default::default(),
         });
         let s = shared.clone();
         let flusher = std::thread::Builder::new()
             .name("meridian-flush".into())
-            .spawn(move || flush_loop(&s))
+            .spawn(move || flush_loop(&s, wal, seq))
             .expect("spawn the flusher thread");
-        GroupCommit {
+        Ok(GroupCommit {
             shared,
             flusher: Mutex::new(Some(flusher)),
-        }
+        })
     }
 
-    /// Announces a writer that will call [`GroupCommit::apply`] soon.
+    /// Announces a writer that will call [`GroupCommit::submit`] soon.
     pub(crate) fn begin(&self) -> InProgress<'_> {
-        self.shared.applied.lock().in_progress += 1;
+        self.shared.pending.lock().in_progress += 1;
         InProgress(self)
     }
 
-    /// Runs `write` (which applies a sled batch) with the next sequence number, serialized with
-    /// every other write so that sequence order is log order.
-    pub(crate) fn apply<T>(&self, write: impl FnOnce(u64) -> Result<T>) -> Result<(u64, T)> {
+    /// Queues a batch (built with its sequence number) and returns that number; the batch is
+    /// durable and in sled once [`GroupCommit::durable`] returns for it.
+    pub(crate) fn submit(
+        &self,
+        docs_delta: i64,
+        build: impl FnOnce(u64) -> Vec<Op>,
+    ) -> Result<u64> {
         self.check()?;
-        let mut applied = self.shared.applied.lock();
-        let seq = applied.seq + 1;
-        let out = write(seq)?;
-        applied.seq = seq;
-        drop(applied);
+        let mut p = self.shared.pending.lock();
+        if p.shutdown {
+            return Err(Error::Unavailable("the store is closed".into()));
+        }
+        let seq = p.seq + 1;
+        p.batches.push(wal::Batch {
+            seq,
+            ops: build(seq),
+            docs_delta,
+        });
+        p.seq = seq;
+        drop(p);
         self.shared.wake.notify_one();
-        Ok((seq, out))
+        Ok(seq)
     }
 
-    /// Waits until everything up to `seq` is on disk.
+    /// Waits until everything up to `seq` is on disk and in sled.
     pub(crate) async fn durable(&self, seq: u64) -> Result<()> {
         let mut rx = self.shared.durable.subscribe();
         let w = rx
@@ -115,7 +221,7 @@ impl GroupCommit {
         }
     }
 
-    /// Fails once a flush has failed: after that nothing can be acknowledged.
+    /// Fails once a sync has failed: after that nothing can be acknowledged.
     pub(crate) fn check(&self) -> Result<()> {
         match &self.shared.durable.borrow().failed {
             Some(e) => Err(Error::Unavailable(e.clone())),
@@ -123,15 +229,19 @@ impl GroupCommit {
         }
     }
 
-    pub(crate) fn flushes(&self) -> u64 {
-        self.shared
-            .flushes
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// Live documents, as of the last group applied.
+    pub(crate) fn documents(&self) -> u64 {
+        self.shared.documents.load(Ordering::Relaxed)
     }
 
-    /// Flushes what is left and stops the flusher.
+    /// Group commits so far (one log append and sync each).
+    pub(crate) fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Commits what is queued, checkpoints, and stops the flusher. Writes after this fail.
     pub(crate) fn stop(&self) {
-        self.shared.applied.lock().shutdown = true;
+        self.shared.pending.lock().shutdown = true;
         self.shared.wake.notify_one();
         if let Some(h) = self.flusher.lock().take() {
             let _ = h.join();
@@ -145,42 +255,75 @@ impl Drop for GroupCommit {
     }
 }
 
-fn flush_loop(s: &Shared) {
-    let mut flushed = 0;
+fn fail(s: &Shared, what: &str, e: impl std::fmt::Display) {
+    tracing::error!(error = %e, "{what} failed; refusing writes until restart");
+    s.durable
+        .send_modify(|w| w.failed = Some(format!("{what} failed: {e}")));
+}
+
+fn flush_loop(s: &Shared, mut wal: Wal, mut flushed: u64) {
+    let mut checkpointed = flushed;
+    let mut last_checkpoint = Instant::now();
+    let mut records = Vec::new();
     loop {
-        let (target, shutdown) = {
-            let mut a = s.applied.lock();
-            while a.seq == flushed && !a.shutdown {
-                s.wake.wait(&mut a);
+        let (batches, shutdown) = {
+            let mut p = s.pending.lock();
+            while p.batches.is_empty() && !p.shutdown {
+                let timeout = CHECKPOINT_EVERY.saturating_sub(last_checkpoint.elapsed());
+                if s.wake
+                    .wait_for(&mut p, timeout.max(Duration::from_millis(10)))
+                    .timed_out()
+                    && checkpointed < flushed
+                {
+                    break;
+                }
             }
             let deadline = Instant::now() + MAX_COMMIT_DELAY;
-            while a.in_progress > 0
-                && !a.shutdown
-                && !s.wake.wait_until(&mut a, deadline).timed_out()
+            while p.in_progress > 0
+                && !p.shutdown
+                && !s.wake.wait_until(&mut p, deadline).timed_out()
             {}
-            (a.seq, a.shutdown)
+            (std::mem::take(&mut p.batches), p.shutdown)
         };
-        if target > flushed {
-            let flushed_and_synced = s.db.flush().and_then(|n| match &s.log {
-                Some(f) => f.sync_data().map(|_| n).map_err(sled::Error::from),
-                None => Ok(n),
-            });
-            match flushed_and_synced {
-                Ok(_) => {
-                    flushed = target;
-                    s.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    s.durable.send_modify(|w| w.seq = target);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "flush failed; refusing writes until restart");
-                    s.durable
-                        .send_modify(|w| w.failed = Some(format!("flush failed: {e}")));
-                    return;
-                }
+        if let Some(last) = batches.last().map(|b| b.seq) {
+            records.clear();
+            for b in &batches {
+                wal::encode_into(&mut records, b);
             }
+            if let Err(e) = wal.append(&records) {
+                return fail(s, "write-ahead log sync", e);
+            }
+            match apply_group(&s.db, &batches, s.documents.load(Ordering::Relaxed)) {
+                Ok(count) => s.documents.store(count, Ordering::Relaxed),
+                Err(e) => return fail(s, "applying a group to sled", e),
+            }
+            flushed = last;
+            s.syncs.fetch_add(1, Ordering::Relaxed);
+            s.durable.send_modify(|w| w.seq = last);
+        }
+        let due = last_checkpoint.elapsed() >= CHECKPOINT_EVERY || wal.bytes >= CHECKPOINT_BYTES;
+        if checkpointed < flushed && (due || shutdown) {
+            if let Err(e) = checkpoint(s, &mut wal, flushed) {
+                return fail(s, "checkpoint", e);
+            }
+            checkpointed = flushed;
+            last_checkpoint = Instant::now();
         }
         if shutdown {
+            s.durable
+                .send_modify(|w| w.failed = Some("the store is closed".into()));
             return;
         }
     }
+}
+
+/// Makes sled hold everything up to `flushed` durably, then drops the log segments before it.
+fn checkpoint(s: &Shared, wal: &mut Wal, flushed: u64) -> Result<()> {
+    let old = wal.rotate(flushed + 1)?;
+    s.db.flush()?;
+    if let Some(f) = &s.sled_log {
+        f.sync_data()
+            .map_err(|e| Error::Storage(sled::Error::Io(e)))?;
+    }
+    wal.remove(&old)
 }

@@ -10,7 +10,8 @@
 //! - `doc`: one document: genesis, edits (PUT, merge patch, ops, delete), rendering with
 //!   HLC-ordered conflict resolution.
 //! - `record`: on-disk record formats and key layout.
-//! - `commit`: group commit (one flush for many writers).
+//! - `wal`: the write-ahead log (records, segments, recovery).
+//! - `commit`: group commit (one log sync for many writers) and checkpoints.
 //! - `store`: the durable store: cache, locks, batches, reads that never see undurable writes.
 #![warn(unreachable_pub, missing_debug_implementations)]
 
@@ -23,6 +24,7 @@ mod key;
 pub mod pointer;
 mod record;
 mod store;
+mod wal;
 
 pub use doc::{parse_ops, version_of, Applied, Conflict, ConflictValue, Document, Edit, Op, State};
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@
 //! | `I` collection NUL id NUL n (u64) | one automerge change saved after it      |
 //! | `F` hlc time (u64 BE) hlc id      | [`FeedEntry`]: the change with that stamp|
 //! | `K` idempotency key               | [`IdemRecord`]                           |
-//! | `M` name                          | node id, boot counter, document count    |
+//! | `M` name                          | node id, last batch seq, document count  |
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uhlc::Timestamp;
@@ -89,15 +89,6 @@ pub(crate) fn strip_format(bytes: &[u8]) -> Result<&[u8]> {
     }
 }
 
-/// Where a write sits in the group-commit order: records of an earlier boot are durable (they
-/// were recovered from disk); records of this boot are durable once the flush watermark passes
-/// `seq`. Readers wait for that before answering, so nobody sees a write that could still be lost.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub(crate) struct Durability {
-    pub boot: u64,
-    pub seq: u64,
-}
-
 /// The materialized state of one document, kept beside its CRDT history so that reads and
 /// lists need not load automerge at all.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,7 +103,6 @@ pub(crate) struct DocRecord {
     pub incr_count: u64,
     /// Bytes of snapshot plus increments, for the cache's weight.
     pub stored_bytes: u64,
-    pub durability: Durability,
 }
 
 /// One entry of the local change feed: the change stamped with the key's HLC timestamp.
@@ -140,7 +130,6 @@ pub(crate) struct IdemRecord {
     pub fingerprint: Vec<u8>,
     pub created_ms: u64,
     pub outcome: WriteOutcome,
-    pub durability: Durability,
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ use crate::doc::{Applied, Conflict, Document, Edit, State};
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, NodeId, DEFAULT_MAX_DRIFT};
 use crate::key::{validate_name, DocKey};
-use crate::record::{self, DocRecord, Durability, FeedEntry, IdemRecord, WriteOutcome};
+use crate::record::{self, DocRecord, FeedEntry, IdemRecord, WriteOutcome};
+use crate::wal::Op;
 
 /// Store settings. [`StoreConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -113,7 +114,10 @@ pub struct StoreStats {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub cache_bytes: u64,
+    /// Group commits (log syncs) since start-up.
     pub flushes: u64,
+    /// Batches replayed from the write-ahead log at start-up.
+    pub replayed: u64,
 }
 
 const DOC_STRIPES: usize = 4096;
@@ -142,13 +146,12 @@ struct Inner {
     tree: sled::Db,
     node: NodeId,
     clock: Clock,
-    boot: u64,
     config: StoreConfig,
     cache: Cache<DocKey, Arc<Slot>>,
     doc_locks: Vec<tokio::sync::Mutex<()>>,
     idem_locks: Vec<tokio::sync::Mutex<()>>,
     commit: GroupCommit,
-    documents: AtomicU64,
+    replayed: u64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -160,7 +163,7 @@ impl Store {
             .path(db_path(&config.path))
             .cache_capacity(config.sled_cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            // every flush is ours (group commit); sled's own timer would only add flushes
+            // durability comes from the write-ahead log; sled is flushed at checkpoints
             .flush_every_ms(None)
             .open()?;
 
@@ -174,16 +177,16 @@ impl Store {
             (None, Some(wanted)) => NodeId::new(wanted)?,
             (None, None) => NodeId::random(),
         };
-        let boot = get_meta(&db, "boot")?
-            .and_then(|b| b.parse::<u64>().ok())
-            .unwrap_or(0)
-            + 1;
         db.insert(record::meta_key("node"), node.as_str().as_bytes())?;
-        db.insert(record::meta_key("boot"), boot.to_string().as_bytes())?;
-        db.flush()?;
-        let documents = get_meta(&db, "count")?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let sled_log = std::fs::File::open(db_path(&config.path).join("db")).ok();
+        if sled_log.is_none() {
+            tracing::warn!("cannot open sled's log file to sync it; relying on sled's flush alone");
+        }
+        let wal_dir = config.path.join("wal");
+        let (seq, documents, replayed) = crate::commit::recover(&db, sled_log.as_ref(), &wal_dir)?;
+        if replayed > 0 {
+            tracing::info!(replayed, "recovered writes from the write-ahead log");
+        }
 
         let clock = Clock::new(&node, config.max_drift);
         if let Some(last) = last_stamp(&db)? {
@@ -200,25 +203,18 @@ impl Store {
             .max_capacity(config.cache_bytes)
             .weigher(|_k, slot: &Arc<Slot>| slot.weight.load(Ordering::Relaxed) as u32)
             .build();
-        let log = std::fs::File::open(db_path(&config.path).join("db")).ok();
-        if log.is_none() {
-            tracing::warn!(
-                "cannot open sled's log file for fdatasync; relying on sled's flush alone"
-            );
-        }
-        let commit = GroupCommit::start(db.clone(), log);
+        let commit = GroupCommit::start(db.clone(), sled_log, wal_dir, seq, documents)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 tree: db,
                 node,
                 clock,
-                boot,
                 config,
                 cache,
                 doc_locks: (0..DOC_STRIPES).map(|_| Default::default()).collect(),
                 idem_locks: (0..IDEM_STRIPES).map(|_| Default::default()).collect(),
                 commit,
-                documents: AtomicU64::new(documents),
+                replayed: replayed as u64,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
             }),
@@ -258,7 +254,6 @@ impl Store {
                         "this Idempotency-Key was already used for a different request",
                     ));
                 }
-                inner.wait_durable(rec.durability).await?;
                 return Ok(Written {
                     outcome: rec.outcome,
                     replayed: true,
@@ -271,16 +266,13 @@ impl Store {
         let prev = inner.read_record(key)?;
         let slot = inner.slot(key, prev.as_ref())?;
         let stamp = inner.clock.now();
-        let (durability, outcome) = {
+        let (seq, outcome, weight) = {
             let mut doc = slot.doc.lock();
             let applied = doc.apply(&edit, &stamp)?;
             match inner.persist(key, &doc, prev, &applied, &stamp, idem.as_ref()) {
-                Ok((durability, outcome, weight)) => {
-                    slot.weight.store(weight, Ordering::Relaxed);
-                    (durability, outcome)
-                }
+                Ok(done) => done,
                 Err(e) => {
-                    // the in-memory document is ahead of disk now: forget it
+                    // the edit is in the cached document but not queued: forget the document
                     drop(doc);
                     inner.cache.invalidate(key);
                     return Err(e);
@@ -288,10 +280,19 @@ impl Store {
             }
         };
         drop(in_progress);
+        // The document's lock is held until the batch is durable and in sled, so the next
+        // writer of this document reads the record this write produced.
+        if let Some(seq) = seq {
+            if let Err(e) = inner.commit.durable(seq).await {
+                // the cached document may be ahead of disk now: forget it
+                inner.cache.invalidate(key);
+                return Err(e);
+            }
+        }
+        slot.weight.store(weight, Ordering::Relaxed);
         inner.cache.insert(key.clone(), slot);
         drop(doc_lock);
         drop(_idem_lock);
-        inner.wait_durable(durability).await?;
         Ok(Written {
             outcome,
             replayed: false,
@@ -303,7 +304,6 @@ impl Store {
         let Some(rec) = self.inner.read_record(key)? else {
             return Ok(None);
         };
-        self.inner.wait_durable(rec.durability).await?;
         Ok(live_view(key.id(), rec))
     }
 
@@ -322,7 +322,6 @@ impl Store {
         let conflicts = slot.doc.lock().conflicts();
         inner.cache.insert(key.clone(), slot);
         drop(lock);
-        inner.wait_durable(rec.durability).await?;
         Ok(live_view(key.id(), rec).map(|v| (v, conflicts)))
     }
 
@@ -345,7 +344,6 @@ impl Store {
             None => prefix.clone(),
         };
         let mut items = Vec::new();
-        let mut newest = Durability::default();
         let mut more = false;
         for kv in self.inner.tree.range(start..end) {
             let (k, v) = kv?;
@@ -358,12 +356,8 @@ impl Store {
                 break;
             }
             let key = DocKey::decode(&k[1..])?;
-            if rec.durability.boot == self.inner.boot && rec.durability.seq > newest.seq {
-                newest = rec.durability;
-            }
             items.extend(live_view(key.id(), rec));
         }
-        self.inner.wait_durable(newest).await?;
         let next = if more {
             items.last().map(|d| d.id.clone())
         } else {
@@ -431,12 +425,13 @@ impl Store {
         StoreStats {
             node_id: inner.node.to_string(),
             hlc: crate::hlc::display_stamp(&inner.clock.now()),
-            documents: inner.documents.load(Ordering::Relaxed),
+            documents: inner.commit.documents(),
             bytes_on_disk: inner.tree.size_on_disk().unwrap_or(0),
             cache_hits: inner.hits.load(Ordering::Relaxed),
             cache_misses: inner.misses.load(Ordering::Relaxed),
             cache_bytes: inner.cache.weighted_size(),
-            flushes: inner.commit.flushes(),
+            flushes: inner.commit.syncs(),
+            replayed: inner.replayed,
         }
     }
 
@@ -463,13 +458,6 @@ impl Inner {
         let rec: IdemRecord = record::decode(&v)?;
         let ttl = self.config.idempotency_ttl.as_millis() as u64;
         Ok((rec.created_ms + ttl >= now_ms()).then_some(rec))
-    }
-
-    async fn wait_durable(&self, d: Durability) -> Result<()> {
-        if d.boot != self.boot {
-            return Ok(());
-        }
-        self.commit.durable(d.seq).await
     }
 
     /// The cached document, or the one on disk. Callers hold the document's lock.
@@ -509,8 +497,8 @@ impl Inner {
         }))
     }
 
-    /// Writes one applied edit in one sled batch. Returns where it sits in the commit order, the
-    /// answer to give, and the document's new cache weight.
+    /// Queues one applied edit as one batch. Returns its sequence number (`None` when there was
+    /// nothing to write), the answer to give, and the document's new cache weight.
     fn persist(
         &self,
         key: &DocKey,
@@ -519,7 +507,7 @@ impl Inner {
         applied: &Applied,
         stamp: &Timestamp,
         idem: Option<&Idempotency>,
-    ) -> Result<(Durability, WriteOutcome, u64)> {
+    ) -> Result<(Option<u64>, WriteOutcome, u64)> {
         let state = doc.state();
         let value = match state {
             State::Live => serde_json::to_string(&doc.value()).expect("JSON values serialize"),
@@ -533,8 +521,7 @@ impl Inner {
             version: version.clone(),
         };
         let was_live = prev.as_ref().is_some_and(|r| r.state == State::Live);
-        let mut batch = sled::Batch::default();
-        let mut rec = prev.clone().unwrap_or(DocRecord {
+        let mut rec = prev.unwrap_or(DocRecord {
             state: State::Absent,
             version: String::new(),
             json: String::new(),
@@ -542,26 +529,27 @@ impl Inner {
             incr_base: 0,
             incr_count: 0,
             stored_bytes: 0,
-            durability: Durability::default(),
         });
+        let mut ops: Vec<Op> = Vec::with_capacity(5);
+        let mut docs_delta = 0;
         if let Some((hash, bytes)) = &applied.change {
             if rec.incr_count + 1 >= self.config.compact_every {
                 let snapshot = doc.save();
                 for n in rec.incr_base..rec.incr_base + rec.incr_count {
-                    batch.remove(record::increment_key(key, n));
+                    ops.push((record::increment_key(key, n), None));
                 }
                 rec.incr_base += rec.incr_count;
                 rec.incr_count = 0;
                 rec.stored_bytes = snapshot.len() as u64;
-                batch.insert(
+                ops.push((
                     record::doc_key(record::SNAPSHOT, key),
-                    record::wrap(&snapshot),
-                );
+                    Some(record::wrap(&snapshot)),
+                ));
             } else {
-                batch.insert(
+                ops.push((
                     record::increment_key(key, rec.incr_base + rec.incr_count),
-                    record::wrap(bytes),
-                );
+                    Some(record::wrap(bytes)),
+                ));
                 rec.incr_count += 1;
                 rec.stored_bytes += bytes.len() as u64;
             }
@@ -570,48 +558,31 @@ impl Inner {
                 id: key.id().into(),
                 hash: hash.0,
             };
-            batch.insert(record::feed_key(stamp), record::encode(&entry));
+            ops.push((record::feed_key(stamp), Some(record::encode(&entry))));
             rec.state = state;
             rec.version = version;
             rec.json = value;
             rec.heads = doc.heads().iter().map(|h| h.0).collect();
+            ops.push((
+                record::doc_key(record::DOC, key),
+                Some(record::encode(&rec)),
+            ));
+            docs_delta = (state == State::Live) as i64 - was_live as i64;
         }
-        let changed = applied.change.is_some();
-        let now_live = if changed {
-            state == State::Live
-        } else {
-            was_live
-        };
-        let delta = now_live as i64 - was_live as i64;
-        if !changed && idem.is_none() {
-            // nothing to write: answer once the state we report is durable
-            return Ok((rec.durability, outcome, weight(rec.stored_bytes)));
+        if let Some(i) = idem {
+            let r = IdemRecord {
+                fingerprint: i.fingerprint.clone(),
+                created_ms: now_ms(),
+                outcome: outcome.clone(),
+            };
+            ops.push((record::idem_key(&i.key), Some(record::encode(&r))));
         }
-        let boot = self.boot;
-        let (seq, ()) = self.commit.apply(|seq| {
-            let durability = Durability { boot, seq };
-            if changed {
-                rec.durability = durability;
-                batch.insert(record::doc_key(record::DOC, key), record::encode(&rec));
-            }
-            if let Some(i) = idem {
-                let r = IdemRecord {
-                    fingerprint: i.fingerprint.clone(),
-                    created_ms: now_ms(),
-                    outcome: outcome.clone(),
-                    durability,
-                };
-                batch.insert(record::idem_key(&i.key), record::encode(&r));
-            }
-            let count = (self.documents.load(Ordering::Relaxed) as i64 + delta).max(0) as u64;
-            if delta != 0 {
-                batch.insert(record::meta_key("count"), count.to_string().as_bytes());
-            }
-            self.tree.apply_batch(std::mem::take(&mut batch))?;
-            self.documents.store(count, Ordering::Relaxed);
-            Ok(())
-        })?;
-        Ok((Durability { boot, seq }, outcome, weight(rec.stored_bytes)))
+        let weight = weight(rec.stored_bytes);
+        if ops.is_empty() {
+            return Ok((None, outcome, weight));
+        }
+        let seq = self.commit.submit(docs_delta, |_| ops)?;
+        Ok((Some(seq), outcome, weight))
     }
 }
 
