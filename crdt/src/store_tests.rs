@@ -344,3 +344,28 @@ async fn a_torn_log_tail_is_ignored() {
     let replica = open(image.path());
     assert_eq!(get_json(&replica, "a").await, Some(json!({"v": 1})));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_of_one_document_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut tasks = vec![];
+    for _ in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let ops = crate::parse_ops(json!({"ops":[{"op":"increment","path":"/n","by":1}]}))
+                    .unwrap();
+                s.write(&key("hot"), Edit::Ops(ops), None).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(get_json(&s, "hot").await, Some(json!({"n": 160})));
+    s.close().unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(get_json(&s, "hot").await, Some(json!({"n": 160})));
+}
