@@ -1,12 +1,11 @@
-//! The durable document store: sled underneath, a byte-bounded cache of automerge documents,
-//! per-document write locks and group commit.
+//! The durable document store: sled underneath, a write-ahead log in front of it, a
+//! byte-bounded cache of automerge documents, per-document write locks and group commit.
 //!
 //! A write, in order: take the idempotency-key lock (if any) and the document's lock; load the
 //! document (cache or disk); apply the edit in memory (on error, roll back: nothing changed);
-//! write the change, the new materialized record, the feed entry and the idempotency record in
-//! one sled batch; wait for the flush that makes it durable; answer. Reads take no lock: a
-//! reader that finds a record not yet durable waits for its flush, so no answer ever shows a
-//! write that a crash could still take away.
+//! queue the change, the new materialized record, the feed entry and the idempotency record as
+//! one batch; wait until its group is synced to the log and applied to sled; answer. sled only
+//! ever holds durable writes, so reads take no lock and never wait.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -180,7 +179,9 @@ impl Store {
         db.insert(record::meta_key("node"), node.as_str().as_bytes())?;
         let sled_log = std::fs::File::open(db_path(&config.path).join("db")).ok();
         if sled_log.is_none() {
-            tracing::warn!("cannot open sled's log file to sync it; relying on sled's flush alone");
+            tracing::warn!(
+                "cannot open sled's log file to sync it; checkpoints rely on sled's flush alone"
+            );
         }
         let wal_dir = config.path.join("wal");
         let (seq, documents, replayed) = crate::commit::recover(&db, sled_log.as_ref(), &wal_dir)?;

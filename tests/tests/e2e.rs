@@ -23,19 +23,21 @@ async fn get(c: &reqwest::Client, p: &Process, path: &str) -> (u16, Value) {
 /// Acknowledged state: per document, the last `seq` that was answered 2xx.
 type Acked = Arc<Mutex<HashMap<String, i64>>>;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_while_clients_write_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Process::start(dir.path(), &["--node-id", "crash"]);
-    let c = client();
+/// Starts 16 writers against `node`, each bumping its own document `{round}-w{i}` with ops that
+/// set two fields at once; kill -9s the node once every writer has 20 acknowledged writes; and
+/// returns the last acknowledged seq of each document.
+async fn write_until_killed(
+    node: Process,
+    c: &reqwest::Client,
+    round: u32,
+) -> HashMap<String, i64> {
     let acked: Acked = Default::default();
-
-    // --- 16 writers, each bumping its own document: ops that set two fields at once
     let mut writers = vec![];
     for w in 0..16 {
+        let doc = format!("r{round}-w{w}");
         let (c, url, acked) = (
             c.clone(),
-            node.url(&format!("/v1/crash/w{w}/ops")),
+            node.url(&format!("/v1/crash/{doc}/ops")),
             acked.clone(),
         );
         writers.push(tokio::spawn(async move {
@@ -47,14 +49,37 @@ async fn kill_9_while_clients_write_loses_nothing_acknowledged() {
                 ]});
                 match c.post(&url).json(&body).send().await {
                     Ok(r) if r.status().is_success() => {
-                        acked.lock().unwrap().insert(format!("w{w}"), seq);
+                        acked.lock().unwrap().insert(doc.clone(), seq);
                     }
                     _ => return, // the node is gone
                 }
             }
         }));
     }
-    // --- one idempotent increment whose answer we keep
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().values().filter(|s| **s >= 20).count() < 16 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writers made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.kill9();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let out = acked.lock().unwrap().clone();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_clients_write_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let mut acked = HashMap::new();
+
+    // --- an idempotent increment whose answer we keep
+    let node = Process::start(dir.path(), &["--node-id", "crash"]);
     let incr = json!({"ops":[{"op":"increment","path":"/n","by":1}]});
     let first = c
         .post(node.url("/v1/crash/idem/ops"))
@@ -66,23 +91,16 @@ async fn kill_9_while_clients_write_loses_nothing_acknowledged() {
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
 
-    // --- let them write, then kill -9 mid-stream
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while acked.lock().unwrap().values().filter(|s| **s >= 20).count() < 16 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "writers made no progress"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // --- three rounds of: write, kill -9 mid-stream, restart on the same data dir
+    acked.extend(write_until_killed(node, &c, 0).await);
+    for round in 1..3 {
+        let node = Process::start(dir.path(), &[]);
+        acked.extend(write_until_killed(node, &c, round).await);
     }
-    node.kill9();
-    for w in writers {
-        w.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
 
-    // --- restart on the same data dir: every acknowledged write is there, none half-applied
+    // --- every acknowledged write is there, none half-applied
     let node = Process::start(dir.path(), &[]);
+    assert_eq!(acked.len(), 48);
     for (doc, seq) in &acked {
         let (status, body) = get(&c, &node, &format!("/v1/crash/{doc}")).await;
         assert_eq!(status, 200, "{doc} lost");
@@ -96,7 +114,7 @@ async fn kill_9_while_clients_write_loses_nothing_acknowledged() {
             "{doc}: counter and seq disagree"
         );
     }
-    // --- an idempotent retry after the restart applies nothing twice
+    // --- an idempotent retry after the restarts applies nothing twice
     let retry = c
         .post(node.url("/v1/crash/idem/ops"))
         .header("idempotency-key", "once")
