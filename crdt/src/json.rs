@@ -137,18 +137,9 @@ mod tests {
 
     #[test]
     fn depth_limit() {
-        let ok = format!(
-            "{}{}",
-            "{\"a\":".repeat(63),
-            format!("{{}}{}", "}".repeat(63))
-        );
-        assert!(parse(ok.as_bytes()).is_ok());
-        let deep = format!(
-            "{}{}",
-            "{\"a\":".repeat(64),
-            format!("{{}}{}", "}".repeat(64))
-        );
-        assert!(parse(deep.as_bytes()).is_err());
+        let nested = |n: usize| format!("{}{{}}{}", "{\"a\":".repeat(n), "}".repeat(n));
+        assert!(parse(nested(63).as_bytes()).is_ok());
+        assert!(parse(nested(64).as_bytes()).is_err());
         let very_deep = "[".repeat(100_000);
         assert!(parse(very_deep.as_bytes()).is_err());
     }

@@ -120,6 +120,7 @@ pub(crate) async fn get_doc(
 }
 
 /// The shared steps of a write with a body: media type, size limit, parse, idempotency key.
+#[allow(clippy::too_many_arguments)] // each is one piece of the request; a struct would only rename them
 async fn write_with_body(
     st: &AppState,
     key: DocKey,

@@ -141,7 +141,6 @@ async fn fill(node: &Process, n: usize, clients: usize, collection: &str) -> f64
     let start = Instant::now();
     let mut tasks = vec![];
     for _ in 0..clients {
-        let start = start;
         let (client, next, base) = (
             client.clone(),
             next.clone(),
@@ -153,7 +152,7 @@ async fn fill(node: &Process, n: usize, clients: usize, collection: &str) -> f64
                 if i >= n {
                     break;
                 }
-                if i > 0 && i % 100_000 == 0 {
+                if i > 0 && i.is_multiple_of(100_000) {
                     eprintln!(
                         "  {i} documents written, {:.0} docs/s so far",
                         i as f64 / start.elapsed().as_secs_f64()
