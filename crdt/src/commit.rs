@@ -9,6 +9,8 @@
 //! per group instead of once per writer. Every few seconds the flusher checkpoints: it flushes
 //! sled, syncs sled's log file, and drops the log segments sled now covers.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,6 +65,8 @@ struct Pending {
 #[derive(Debug)]
 struct Shared {
     db: sled::Db,
+    /// sled's blob directory: pages over about 128 KiB live there, in files sled never syncs.
+    blob_dir: PathBuf,
     /// sled's own log file, synced at checkpoints: sled's flush ends in `sync_file_range`,
     /// which does not reach the disk's write cache.
     sled_log: Option<std::fs::File>,
@@ -149,6 +153,7 @@ impl GroupCommit {
     /// Starts the flusher with a fresh log segment, after [`recover`].
     pub(crate) fn start(
         db: sled::Db,
+        blob_dir: PathBuf,
         sled_log: Option<std::fs::File>,
         wal_dir: PathBuf,
         seq: u64,
@@ -157,6 +162,7 @@ impl GroupCommit {
         let wal = Wal::start(&wal_dir, seq + 1)?;
         let shared = Arc::new(Shared {
             db,
+            blob_dir,
             sled_log,
             pending: Mutex::new(Pending {
                 seq,
@@ -262,6 +268,7 @@ fn fail(s: &Shared, what: &str, e: impl std::fmt::Display) {
 }
 
 fn flush_loop(s: &Shared, mut wal: Wal, mut flushed: u64) {
+    let mut synced_blobs = BTreeSet::new();
     let mut checkpointed = flushed;
     let mut last_checkpoint = Instant::now();
     let mut records = Vec::new();
@@ -303,7 +310,7 @@ fn flush_loop(s: &Shared, mut wal: Wal, mut flushed: u64) {
         }
         let due = last_checkpoint.elapsed() >= CHECKPOINT_EVERY || wal.bytes >= CHECKPOINT_BYTES;
         if checkpointed < flushed && (due || shutdown) {
-            if let Err(e) = checkpoint(s, &mut wal, flushed) {
+            if let Err(e) = checkpoint(s, &mut wal, flushed, &mut synced_blobs) {
                 return fail(s, "checkpoint", e);
             }
             checkpointed = flushed;
@@ -318,12 +325,41 @@ fn flush_loop(s: &Shared, mut wal: Wal, mut flushed: u64) {
 }
 
 /// Makes sled hold everything up to `flushed` durably, then drops the log segments before it.
-fn checkpoint(s: &Shared, wal: &mut Wal, flushed: u64) -> Result<()> {
+fn checkpoint(
+    s: &Shared,
+    wal: &mut Wal,
+    flushed: u64,
+    synced_blobs: &mut BTreeSet<OsString>,
+) -> Result<()> {
     let old = wal.rotate(flushed + 1)?;
     s.db.flush()?;
+    let io = |e: std::io::Error| Error::Storage(sled::Error::Io(e));
     if let Some(f) = &s.sled_log {
-        f.sync_data()
-            .map_err(|e| Error::Storage(sled::Error::Io(e)))?;
+        f.sync_data().map_err(io)?;
     }
+    sync_new_blobs(&s.blob_dir, synced_blobs).map_err(io)?;
     wal.remove(&old)
+}
+
+/// fsyncs blob files written since the last checkpoint, and their directory.
+fn sync_new_blobs(dir: &Path, synced: &mut BTreeSet<OsString>) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut present = BTreeSet::new();
+    let mut any_new = false;
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        if !synced.contains(&name) {
+            std::fs::File::open(e.path())?.sync_all()?;
+            any_new = true;
+        }
+        present.insert(name);
+    }
+    if any_new {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    *synced = present;
+    Ok(())
 }

@@ -204,7 +204,8 @@ impl Store {
             .max_capacity(config.cache_bytes)
             .weigher(|_k, slot: &Arc<Slot>| slot.weight.load(Ordering::Relaxed) as u32)
             .build();
-        let commit = GroupCommit::start(db.clone(), sled_log, wal_dir, seq, documents)?;
+        let blob_dir = db_path(&config.path).join("blobs");
+        let commit = GroupCommit::start(db.clone(), blob_dir, sled_log, wal_dir, seq, documents)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 tree: db,

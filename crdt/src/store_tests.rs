@@ -429,3 +429,43 @@ mod crash_images {
         }
     }
 }
+
+#[tokio::test]
+async fn large_documents_and_expired_idempotency_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.idempotency_ttl = Duration::from_millis(50);
+    let s = Store::open(c.clone()).unwrap();
+    // a document well over sled's blob threshold
+    let big: Vec<String> = (0..4000)
+        .map(|i| format!("entry number {i} with some padding text"))
+        .collect();
+    s.write(&key("big"), Edit::Put(obj(json!({"items": big}))), None)
+        .await
+        .unwrap();
+    // an idempotency key is forgotten after its TTL: a retry then applies again
+    let incr = || {
+        Edit::Ops(crate::parse_ops(json!({"ops":[{"op":"increment","path":"/c","by":1}]})).unwrap())
+    };
+    let idem = || Some(Idempotency::new("short-lived", b"f".to_vec()).unwrap());
+    s.write(&key("ttl"), incr(), idem()).await.unwrap();
+    assert!(s.write(&key("ttl"), incr(), idem()).await.unwrap().replayed);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(s.purge_idempotency_keys().unwrap(), 1);
+    assert!(!s.write(&key("ttl"), incr(), idem()).await.unwrap().replayed);
+    assert_eq!(get_json(&s, "ttl").await, Some(json!({"c": 2})));
+    s.close().unwrap();
+    drop(s);
+    // sled keeps that page in a blob file, which the checkpoint synced
+    let blobs = std::fs::read_dir(dir.path().join("db").join("blobs"))
+        .unwrap()
+        .count();
+    assert!(
+        blobs > 0,
+        "expected sled to store the large document as a blob"
+    );
+    let s = Store::open(c).unwrap();
+    let v = get_json(&s, "big").await.unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 4000);
+    assert_eq!(v["items"][3999], json!(big[3999]));
+}
