@@ -635,3 +635,65 @@ async fn openapi_describes_every_route() {
         }
     }
 }
+
+mod fuzz {
+    //! Property: no request, however malformed, gets a 5xx or crashes the node, and every 4xx
+    //! leaves the store exactly as it was.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("users".to_owned()),
+            Just("alice".to_owned()),
+            Just("ops".to_owned()),
+            Just("v1".to_owned()),
+            "[a-z]{1,4}",
+            "(%[0-9A-F]{2}){1,3}",
+            "[ -~]{0,6}".prop_map(|s| s.replace(['/', '?', '#', ' ', '%'], "x")),
+            Just("x".repeat(201)),
+        ]
+    }
+
+    fn arb_body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            Just(br#"{"a":1}"#.to_vec()),
+            Just(br#"{"ops":[{"op":"set","path":"/a","value":1}]}"#.to_vec()),
+            r#"\{"(ops|a|b)":(\[|\{|1|null|"x"|-1e999|99999999999999999999)[\],\}]{0,3}"#
+                .prop_map(String::into_bytes),
+            Just(b"[".repeat(5000)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn malformed_requests_get_4xx_and_change_nothing(
+            method in prop_oneof![Just("GET"), Just("PUT"), Just("PATCH"), Just("POST"), Just("DELETE"), Just("OPTIONS")],
+            segments in prop::collection::vec(arb_segment(), 0..5),
+            query in prop_oneof![Just(String::new()), Just("?conflicts=true".to_owned()), Just("?limit=0".to_owned()), "\\?[a-z=&]{0,8}"],
+            ct in prop_oneof![Just(None), Just(Some("application/json")), Just(Some("application/merge-patch+json")), Just(Some("text/plain"))],
+            body in arb_body(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let n = node();
+                let a = &n.app;
+                send(a, "PUT", "/v1/users/alice", Some(r#"{"keep":"me"}"#)).await;
+                let before = send(a, "GET", "/v1/users/alice", None).await.body;
+                let uri = format!("/{}{}", segments.join("/"), query);
+                let Ok(uri_ok) = uri.parse::<axum::http::Uri>() else { return };
+                let r = send_body(a, method, &uri_ok.to_string(), ct, &[], Body::from(body.clone())).await;
+                assert!(r.status.as_u16() < 500, "{method} {uri} -> {} {}", r.status, r.body);
+                if r.status.is_client_error() {
+                    assert!(r.body["error"]["code"].is_string(), "{method} {uri}: {}", r.body);
+                    assert_eq!(send(a, "GET", "/v1/users/alice", None).await.body, before, "{method} {uri} changed alice");
+                    let status = send(a, "GET", "/v1/status", None).await.body;
+                    assert_eq!(status["documents"], 1, "{method} {uri} stored something");
+                }
+                assert_eq!(send(a, "GET", "/healthz", None).await.status, StatusCode::OK);
+            });
+        }
+    }
+}
