@@ -263,8 +263,10 @@ impl Store {
             }
         }
 
-        let in_progress = inner.commit.begin();
         let doc_lock = inner.doc_locks[key.stripe(DOC_STRIPES)].lock().await;
+        // Only now: a writer still waiting for the document's lock cannot join this group, and
+        // the flusher must not wait for it.
+        let in_progress = inner.commit.begin();
         let prev = inner.read_record(key)?;
         let slot = inner.slot(key, prev.as_ref())?;
         let stamp = inner.clock.now();

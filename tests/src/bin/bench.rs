@@ -253,6 +253,25 @@ async fn main() {
     .await;
     let per_flush =
         patch.rps * (args.seconds as f64 + 1.0) / (flushes(&node).await - flushes_before).max(1.0);
+    let hot_url = node.url("/v1/bench/u0000000");
+    let hot = drive(
+        "PATCH one hot document (durable)",
+        args.clients,
+        dur,
+        move |c, i| {
+            let url = hot_url.clone();
+            async move {
+                c.patch(&url)
+                    .header("content-type", "application/merge-patch+json")
+                    .body(format!(r#"{{"hot":{i}}}"#))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
     let b = base.clone();
     let get = drive("GET a document", args.clients, dur, move |c, i| {
         let url = format!("{b}u{:07}", (i * 7919) % docs);
@@ -282,7 +301,7 @@ async fn main() {
     println!();
     println!("| operation | requests/s | p50 ms | p99 ms | errors | throughput vs ceiling |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for p in [&ceil, &patch, &get, &list] {
+    for p in [&ceil, &patch, &hot, &get, &list] {
         println!(
             "| {} | {:.0} | {:.2} | {:.2} | {} | {:.2}x |",
             p.name,
