@@ -3,6 +3,11 @@
 use clap::Parser;
 use meridian_server::config::{Cli, Command};
 
+// A node allocates many small, short-lived buffers per request (JSON, records, headers);
+// glibc's malloc took about 11% of a GET-heavy profile.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
