@@ -2,11 +2,10 @@
 //!
 //! A writer queues its batch under [`GroupCommit::submit`], which hands out the next sequence
 //! number. A single flusher thread takes everything queued, appends it to the write-ahead log,
-//! `fdatasync`s it, and only then applies the whole group to sled as one atomic batch (with the
-//! group's last sequence number under `M/seq` and the document count under `M/count`), and
-//! publishes the durable watermark. So sled only ever holds durable writes: readers never need
-//! to wait, and sled's per-batch cost (it writes out an I/O buffer for every batch) is paid once
-//! per group instead of once per writer. Every few seconds the flusher checkpoints: it flushes
+//! `fdatasync`s it, and only then applies the group to sled (then the document count under
+//! `M/count` and the group's last sequence number under `M/seq`), and publishes the durable
+//! watermark. So sled only ever holds durable writes: readers never need to wait, and sled never
+//! needs to sync on the write path. Every few seconds the flusher checkpoints: it flushes
 //! sled, syncs sled's log file, and drops the log segments sled now covers.
 
 use std::collections::BTreeSet;
@@ -94,24 +93,29 @@ impl Drop for InProgress<'_> {
     }
 }
 
-/// Applies batches to sled as one atomic batch, with the bookkeeping keys.
+/// Applies batches to sled in sequence order, then the bookkeeping keys (`M/count`, and
+/// `M/seq` last).
+///
+/// Plain inserts, not one `sled::Batch`: sled's `apply_batch` writes out an I/O buffer (with
+/// `sync_file_range`) every time, which the log makes unnecessary. Atomicity still holds across
+/// a crash: a group reaches sled only after its log record is synced, and sled recovers a prefix
+/// of its log, so if `M/seq` survived, everything before it did; if not, recovery replays the
+/// whole group from the log (puts and removes of whole values, so replaying is idempotent).
 fn apply_group(db: &sled::Db, batches: &[wal::Batch], count: u64) -> Result<u64> {
-    let mut b = sled::Batch::default();
     let mut count = count as i64;
     for batch in batches {
         for (k, v) in &batch.ops {
             match v {
-                Some(v) => b.insert(k.as_slice(), v.as_slice()),
-                None => b.remove(k.as_slice()),
-            }
+                Some(v) => db.insert(k.as_slice(), v.as_slice())?,
+                None => db.remove(k.as_slice())?,
+            };
         }
         count += batch.docs_delta;
     }
     let count = count.max(0) as u64;
     if let Some(last) = batches.last() {
-        b.insert(seq_key(), &last.seq.to_be_bytes());
-        b.insert(count_key(), &count.to_be_bytes());
-        db.apply_batch(b)?;
+        db.insert(count_key(), &count.to_be_bytes())?;
+        db.insert(seq_key(), &last.seq.to_be_bytes())?;
     }
     Ok(count)
 }
