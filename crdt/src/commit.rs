@@ -1,4 +1,4 @@
-//! Group commit: many writers, one log sync and one sled batch.
+//! Group commit: many writers, one log sync, one pass over sled.
 //!
 //! A writer queues its batch under [`GroupCommit::submit`], which hands out the next sequence
 //! number. A single flusher thread takes everything queued, appends it to the write-ahead log,

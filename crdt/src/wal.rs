@@ -3,9 +3,9 @@
 //! Every write's batch is appended to the log as one record, and a write is acknowledged once
 //! the record is `fdatasync`ed: one sequential append and one sync for a whole group of writers.
 //! Only then is the group applied to sled, which is flushed only at checkpoints. A record
-//! carries the batch's sequence number and sled stores the last applied one under `M/seq`, so
-//! recovery replays exactly the records sled does not have yet (sled recovers a prefix of its
-//! batches, in order).
+//! carries the batch's sequence number and sled stores the last applied one under `M/seq`
+//! (inserted after the group's other keys), so recovery replays exactly the records sled does
+//! not have yet (sled recovers a prefix of its log).
 //!
 //! # Format
 //! Segment files `<first seq, 20 digits>.wal`, each a run of records:
