@@ -7,6 +7,7 @@
 //! one batch; wait until its group is synced to the log and applied to sled; answer. sled only
 //! ever holds durable writes, so reads take no lock and never wait.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -122,8 +123,11 @@ pub struct StoreStats {
 const DOC_STRIPES: usize = 4096;
 const IDEM_STRIPES: usize = 1024;
 
+/// A cached document and the record that describes it. Under the document's lock the two always
+/// agree; they run ahead of sled while the document has writes queued for commit.
 struct Slot {
     doc: Mutex<Document>,
+    rec: Mutex<Option<DocRecord>>,
     weight: AtomicU64,
 }
 
@@ -147,6 +151,9 @@ struct Inner {
     clock: Clock,
     config: StoreConfig,
     cache: Cache<DocKey, Arc<Slot>>,
+    /// Documents with writes queued but not yet durable, and the last such write's sequence
+    /// number. Pinned here so that eviction cannot make the next writer load a stale state.
+    pending: Mutex<HashMap<DocKey, (Arc<Slot>, u64)>>,
     doc_locks: Vec<tokio::sync::Mutex<()>>,
     idem_locks: Vec<tokio::sync::Mutex<()>>,
     commit: GroupCommit,
@@ -213,6 +220,7 @@ impl Store {
                 clock,
                 config,
                 cache,
+                pending: Mutex::new(HashMap::new()),
                 doc_locks: (0..DOC_STRIPES).map(|_| Default::default()).collect(),
                 idem_locks: (0..IDEM_STRIPES).map(|_| Default::default()).collect(),
                 commit,
@@ -267,35 +275,49 @@ impl Store {
         // Only now: a writer still waiting for the document's lock cannot join this group, and
         // the flusher must not wait for it.
         let in_progress = inner.commit.begin();
-        let prev = inner.read_record(key)?;
-        let slot = inner.slot(key, prev.as_ref())?;
+        let (slot, queued_before) = inner.current_slot(key)?;
+        let prev = slot.rec.lock().clone();
         let stamp = inner.clock.now();
-        let (seq, outcome, weight) = {
+        let (seq, outcome) = {
             let mut doc = slot.doc.lock();
             let applied = doc.apply(&edit, &stamp)?;
             match inner.persist(key, &doc, prev, &applied, &stamp, idem.as_ref()) {
-                Ok(done) => done,
+                Ok((Some(seq), outcome, weight, rec)) => {
+                    *slot.rec.lock() = Some(rec);
+                    slot.weight.store(weight, Ordering::Relaxed);
+                    inner
+                        .pending
+                        .lock()
+                        .insert(key.clone(), (slot.clone(), seq));
+                    (Some(seq), outcome)
+                }
+                Ok((None, outcome, _, _)) => (None, outcome),
                 Err(e) => {
                     // the edit is in the cached document but not queued: forget the document
                     drop(doc);
-                    inner.cache.invalidate(key);
+                    inner.forget(key);
                     return Err(e);
                 }
             }
         };
         drop(in_progress);
-        // The document's lock is held until the batch is durable and in sled, so the next
-        // writer of this document reads the record this write produced.
-        if let Some(seq) = seq {
-            if let Err(e) = inner.commit.durable(seq).await {
-                // the cached document may be ahead of disk now: forget it
-                inner.cache.invalidate(key);
+        inner.cache.insert(key.clone(), slot);
+        // The next writer of this document may build on this state right away (it is queued in
+        // order behind this one); this answer waits until the state it reports is durable.
+        drop(doc_lock);
+        if let Some(wait) = seq.or(queued_before) {
+            if let Err(e) = inner.commit.durable(wait).await {
+                inner.forget(key);
                 return Err(e);
             }
         }
-        slot.weight.store(weight, Ordering::Relaxed);
-        inner.cache.insert(key.clone(), slot);
-        drop(doc_lock);
+        if let Some(seq) = seq {
+            let mut pending = inner.pending.lock();
+            if pending.get(key).is_some_and(|(_, s)| *s == seq) {
+                pending.remove(key);
+            }
+        }
+        // held until durable, so a retry with the same key finds the stored answer
         drop(_idem_lock);
         Ok(Written {
             outcome,
@@ -316,16 +338,13 @@ impl Store {
         &self,
         key: &DocKey,
     ) -> Result<Option<(DocView, Vec<Conflict>)>> {
-        let inner = &*self.inner;
-        // under the document's lock the cached automerge doc matches the record exactly
-        let lock = inner.doc_locks[key.stripe(DOC_STRIPES)].lock().await;
-        let Some(rec) = inner.read_record(key)? else {
+        let Some((slot, _lock)) = self.inner.settled_slot(key).await? else {
             return Ok(None);
         };
-        let slot = inner.slot(key, Some(&rec))?;
+        let Some(rec) = slot.rec.lock().clone() else {
+            return Ok(None);
+        };
         let conflicts = slot.doc.lock().conflicts();
-        inner.cache.insert(key.clone(), slot);
-        drop(lock);
         Ok(live_view(key.id(), rec).map(|v| (v, conflicts)))
     }
 
@@ -399,12 +418,9 @@ impl Store {
 
     /// The raw bytes of one change of a document, found by its hash.
     pub async fn change(&self, key: &DocKey, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let inner = &*self.inner;
-        let _lock = inner.doc_locks[key.stripe(DOC_STRIPES)].lock().await;
-        let Some(rec) = inner.read_record(key)? else {
+        let Some((slot, _lock)) = self.inner.settled_slot(key).await? else {
             return Ok(None);
         };
-        let slot = inner.slot(key, Some(&rec))?;
         let doc = slot.doc.lock();
         Ok(doc.change_bytes(&ChangeHash(*hash)))
     }
@@ -464,15 +480,21 @@ impl Inner {
         Ok((rec.created_ms + ttl >= now_ms()).then_some(rec))
     }
 
-    /// The cached document, or the one on disk. Callers hold the document's lock.
-    fn slot(&self, key: &DocKey, rec: Option<&DocRecord>) -> Result<Arc<Slot>> {
+    /// The document with queued writes, the cached one, or the one on disk, and the sequence
+    /// number of its last queued write. Callers hold the document's lock.
+    fn current_slot(&self, key: &DocKey) -> Result<(Arc<Slot>, Option<u64>)> {
+        if let Some((slot, seq)) = self.pending.lock().get(key).cloned() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((slot, Some(seq)));
+        }
         if let Some(slot) = self.cache.get(key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(slot);
+            return Ok((slot, None));
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        let rec = self.read_record(key)?;
         let actor = self.node.actor();
-        let doc = match rec {
+        let doc = match &rec {
             None => Document::new(actor),
             Some(r) => {
                 let snapshot = self.tree.get(record::doc_key(record::SNAPSHOT, key))?;
@@ -494,11 +516,39 @@ impl Inner {
                 Document::load(actor, snapshot, chunks)?
             }
         };
-        let stored = rec.map(|r| r.stored_bytes).unwrap_or(0);
-        Ok(Arc::new(Slot {
-            doc: Mutex::new(doc),
-            weight: AtomicU64::new(weight(stored)),
-        }))
+        let stored = rec.as_ref().map(|r| r.stored_bytes).unwrap_or(0);
+        Ok((
+            Arc::new(Slot {
+                doc: Mutex::new(doc),
+                rec: Mutex::new(rec),
+                weight: AtomicU64::new(weight(stored)),
+            }),
+            None,
+        ))
+    }
+
+    /// An existing document whose state is durable, with its lock held: waits for queued
+    /// writes (no new ones can start while the lock is held). `None` if it was never written.
+    async fn settled_slot(
+        &self,
+        key: &DocKey,
+    ) -> Result<Option<(Arc<Slot>, tokio::sync::MutexGuard<'_, ()>)>> {
+        let lock = self.doc_locks[key.stripe(DOC_STRIPES)].lock().await;
+        let (slot, queued) = self.current_slot(key)?;
+        if let Some(seq) = queued {
+            self.commit.durable(seq).await?;
+        }
+        if slot.rec.lock().is_none() {
+            return Ok(None);
+        }
+        self.cache.insert(key.clone(), slot.clone());
+        Ok(Some((slot, lock)))
+    }
+
+    /// Drops a document from memory after a failure left it ahead of what was queued.
+    fn forget(&self, key: &DocKey) {
+        self.cache.invalidate(key);
+        self.pending.lock().remove(key);
     }
 
     /// Queues one applied edit as one batch. Returns its sequence number (`None` when there was
@@ -511,7 +561,7 @@ impl Inner {
         applied: &Applied,
         stamp: &Timestamp,
         idem: Option<&Idempotency>,
-    ) -> Result<(Option<u64>, WriteOutcome, u64)> {
+    ) -> Result<(Option<u64>, WriteOutcome, u64, DocRecord)> {
         let state = doc.state();
         let value = match state {
             State::Live => serde_json::to_string(&doc.value()).expect("JSON values serialize"),
@@ -583,10 +633,10 @@ impl Inner {
         }
         let weight = weight(rec.stored_bytes);
         if ops.is_empty() {
-            return Ok((None, outcome, weight));
+            return Ok((None, outcome, weight, rec));
         }
         let seq = self.commit.submit(docs_delta, |_| ops)?;
-        Ok((Some(seq), outcome, weight))
+        Ok((Some(seq), outcome, weight, rec))
     }
 }
 
