@@ -301,24 +301,10 @@ impl Document {
             .get_change_by_hash(hash)
             .map(|c| c.raw_bytes().to_vec())
     }
-
-    /// The HLC stamp of a change, parsed from its message.
-    pub fn stamp_of(&self, hash: &ChangeHash) -> Option<Timestamp> {
-        self.am
-            .get_change_by_hash(hash)
-            .and_then(|c| c.message().and_then(|m| parse_stamp(m)))
-    }
-
-    /// A rough figure of the memory this document takes, for the cache's byte budget. Automerge
-    /// keeps ops expanded in memory, so this is a multiple of the compressed size.
-    pub fn weight(&self) -> u32 {
-        let saved = self.am.save_nocompress().len();
-        (2048 + saved * 12).min(u32::MAX as usize) as u32
-    }
 }
 
 /// The version string of a set of heads.
-pub fn version_of(heads: &[ChangeHash]) -> String {
+fn version_of(heads: &[ChangeHash]) -> String {
     let mut sorted: Vec<&ChangeHash> = heads.iter().collect();
     sorted.sort();
     let mut h = Sha256::new();

@@ -78,11 +78,16 @@ impl DocKey {
 
     /// A stable stripe index for lock striping.
     pub(crate) fn stripe(&self, n: usize) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut h);
-        (h.finish() as usize) % n
+        stripe(self, n)
     }
+}
+
+/// Which of `n` lock stripes `value` falls in (stable within a process).
+pub(crate) fn stripe<T: std::hash::Hash + ?Sized>(value: &T, n: usize) -> usize {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    (h.finish() as usize) % n
 }
 
 impl std::fmt::Display for DocKey {

@@ -26,7 +26,7 @@ mod record;
 mod store;
 mod wal;
 
-pub use doc::{parse_ops, version_of, Applied, Conflict, ConflictValue, Document, Edit, Op, State};
+pub use doc::{parse_ops, Applied, Conflict, ConflictValue, Document, Edit, Op, State};
 pub use error::{Error, Result};
 pub use hlc::{display_stamp, parse_stamp, Clock, NodeId, DEFAULT_MAX_DRIFT};
 pub use key::{validate_name, DocKey, MAX_NAME_LEN};

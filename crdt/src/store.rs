@@ -22,7 +22,7 @@ use crate::commit::GroupCommit;
 use crate::doc::{Applied, Conflict, Document, Edit, State};
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, NodeId, DEFAULT_MAX_DRIFT};
-use crate::key::{validate_name, DocKey};
+use crate::key::{stripe, validate_name, DocKey};
 use crate::record::{self, DocRecord, FeedEntry, IdemRecord, WriteOutcome};
 use crate::wal::Op;
 
@@ -681,13 +681,6 @@ fn decode_feed_key(k: &[u8]) -> Result<Timestamp> {
     let id = uhlc::ID::try_from(id)
         .map_err(|_| Error::Corrupt("feed key with a zero clock id".into()))?;
     Ok(Timestamp::new(uhlc::NTP64(time), id))
-}
-
-fn stripe(s: &str, n: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    (h.finish() as usize) % n
 }
 
 fn now_ms() -> u64 {
