@@ -285,14 +285,54 @@ impl Document {
     }
 
     /// Raw bytes of every change after `heads` (all of them for `&[]`), genesis excluded.
+    /// Heads this document does not know are ignored, so the answer may repeat changes the
+    /// asker has: harmless, merging is idempotent.
     pub fn changes_since(&self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
+        self.hashed_changes_since(heads)
+            .into_iter()
+            .map(|(_, bytes)| bytes)
+            .collect()
+    }
+
+    /// [`Document::changes_since`] with each change's hash.
+    pub fn hashed_changes_since(&self, heads: &[ChangeHash]) -> Vec<(ChangeHash, Vec<u8>)> {
         let genesis = genesis_hash();
+        let known: Vec<ChangeHash> = heads
+            .iter()
+            .filter(|h| self.am.get_change_by_hash(h).is_some())
+            .copied()
+            .collect();
         self.am
-            .get_changes(heads)
+            .get_changes(&known)
             .into_iter()
             .filter(|c| c.hash() != genesis)
-            .map(|c| c.raw_bytes().to_vec())
+            .map(|c| (c.hash(), c.raw_bytes().to_vec()))
             .collect()
+    }
+
+    /// True while merged changes wait for changes they depend on (they are not applied yet).
+    pub fn has_missing_deps(&self) -> bool {
+        !self.am.get_missing_deps(&[]).is_empty()
+    }
+
+    /// True if every change in `wanted` is in the history of `heads` (the state those heads
+    /// name). For checking session guarantees.
+    pub fn history_includes(&self, heads: &[ChangeHash], wanted: &[ChangeHash]) -> bool {
+        if heads
+            .iter()
+            .any(|h| self.am.get_change_by_hash(h).is_none())
+        {
+            return false;
+        }
+        let after: std::collections::HashSet<ChangeHash> = self
+            .am
+            .get_changes(heads)
+            .iter()
+            .map(|c| c.hash())
+            .collect();
+        wanted
+            .iter()
+            .all(|w| self.am.get_change_by_hash(w).is_some() && !after.contains(w))
     }
 
     /// The raw bytes of one change.
@@ -301,6 +341,32 @@ impl Document {
             .get_change_by_hash(hash)
             .map(|c| c.raw_bytes().to_vec())
     }
+}
+
+/// Who made a change and its HLC stamp, read from raw change bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeInfo {
+    pub hash: ChangeHash,
+    /// The node id of the author (`None` for genesis or a foreign actor).
+    pub node: Option<String>,
+    /// The stamp in the change's message (`None` for genesis).
+    pub stamp: Option<Timestamp>,
+}
+
+/// Parses and checks raw change bytes (checksum included) without applying them.
+pub fn change_info(bytes: &[u8]) -> Result<ChangeInfo> {
+    let change = automerge::Change::from_bytes(bytes.to_vec())
+        .map_err(|e| Error::bad(format!("undecodable change: {e}")))?;
+    let node = std::str::from_utf8(change.actor_id().to_bytes())
+        .ok()
+        .filter(|s| crate::hlc::NodeId::new(s).is_ok())
+        .map(str::to_owned);
+    let stamp = change.message().and_then(|m| parse_stamp(m));
+    Ok(ChangeInfo {
+        hash: change.hash(),
+        node,
+        stamp,
+    })
 }
 
 /// The version string of a set of heads.

@@ -26,12 +26,17 @@ mod record;
 mod store;
 mod wal;
 
-pub use doc::{parse_ops, Applied, Conflict, ConflictValue, Document, Edit, Op, State};
+pub use doc::{
+    change_info, parse_ops, Applied, ChangeInfo, Conflict, ConflictValue, Document, Edit, Op, State,
+};
 pub use error::{Error, Result};
 pub use hlc::{display_stamp, parse_stamp, Clock, NodeId, DEFAULT_MAX_DRIFT};
 pub use key::{validate_name, DocKey, MAX_NAME_LEN};
 pub use record::{FeedEntry, WriteOutcome};
-pub use store::{DocView, Idempotency, Page, Store, StoreConfig, StoreStats, Written};
+pub use store::{
+    DocState, DocView, FeedPage, Idempotency, Merged, Page, Progress, Store, StoreConfig,
+    StoreStats, Written, DIGEST_BUCKETS,
+};
 
 pub use automerge::{ActorId, ChangeHash};
 pub use uhlc::Timestamp;

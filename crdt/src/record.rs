@@ -6,9 +6,10 @@
 //! | `D` collection NUL id             | [`DocRecord`]: state, version, JSON      |
 //! | `S` collection NUL id             | automerge snapshot (whole history)       |
 //! | `I` collection NUL id NUL n (u64) | one automerge change saved after it      |
-//! | `F` hlc time (u64 BE) hlc id      | [`FeedEntry`]: the change with that stamp|
+//! | `F` hlc time (u64 BE) hlc id      | [`FeedEntry`]: the local change with that stamp |
 //! | `K` idempotency key               | [`IdemRecord`]                           |
-//! | `M` name                          | node id, last batch seq, document count  |
+//! | `M` name                          | node id, last batch seq, document count; |
+//! |                                   | replication bookkeeping under `M sync/…` |
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uhlc::Timestamp;
@@ -105,12 +106,14 @@ pub(crate) struct DocRecord {
     pub stored_bytes: u64,
 }
 
-/// One entry of the local change feed: the change stamped with the key's HLC timestamp.
+/// One entry of the local change feed: the change stamped with the key's HLC timestamp. The
+/// change's bytes are kept here too, so that serving the feed to a peer never loads documents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedEntry {
     pub collection: String,
     pub id: String,
     pub hash: [u8; 32],
+    pub change: Vec<u8>,
 }
 
 /// What a write answered, kept so that a retry with the same idempotency key gets it again.

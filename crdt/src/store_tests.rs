@@ -172,7 +172,9 @@ async fn every_change_can_be_found_by_its_stamp() {
         .await
         .unwrap();
     }
-    let feed = s.feed(None, 100).unwrap();
+    let page = s.feed(None, 100).unwrap();
+    assert!(!page.more);
+    let feed = page.entries;
     assert_eq!(feed.len(), 5);
     assert!(
         feed.windows(2).all(|w| w[0].0 < w[1].0),
@@ -180,8 +182,11 @@ async fn every_change_can_be_found_by_its_stamp() {
     );
     let (stamp, entry) = &feed[2];
     assert_eq!(entry.id, "d2");
-    let rest = s.feed(Some(stamp), 100).unwrap();
+    let rest = s.feed(Some(stamp), 100).unwrap().entries;
     assert_eq!(rest.len(), 2);
+    let limited = s.feed(None, 2).unwrap();
+    assert!(limited.more);
+    assert_eq!(limited.upto, Some(limited.entries[1].0));
     let bytes = s.change(&key("d2"), &entry.hash).await.unwrap().unwrap();
     let change = automerge::Change::from_bytes(bytes).unwrap();
     assert_eq!(change.message().unwrap(), &stamp.to_string());
@@ -318,7 +323,7 @@ async fn a_crash_image_recovers_every_acknowledged_write_from_the_log() {
         get_json(&replica, "hot").await,
         Some(json!({"n": 29, "m": 1}))
     );
-    let feed = replica.feed(None, 1000).unwrap();
+    let feed = replica.feed(None, 1000).unwrap().entries;
     assert_eq!(feed.len(), 30 + 30 + 1 + 1 + 1);
 }
 
@@ -424,7 +429,7 @@ mod crash_images {
                     assert_eq!(replica.get(&k).await.unwrap(), s.get(&k).await.unwrap(), "d{d}");
                 }
                 assert_eq!(replica.stats().documents, s.stats().documents);
-                assert_eq!(replica.feed(None, 10_000).unwrap(), s.feed(None, 10_000).unwrap());
+                assert_eq!(replica.feed(None, 10_000).unwrap().entries, s.feed(None, 10_000).unwrap().entries);
             });
         }
     }
@@ -504,4 +509,145 @@ async fn pipelined_writes_to_one_document_recover_in_order() {
     copy_dir(&dir.path().join("wal"), &image.path().join("wal"));
     let replica = open(image.path());
     assert_eq!(replica.get(&key("hot")).await.unwrap(), Some(live));
+}
+
+// --- replication support
+
+#[tokio::test]
+async fn the_feed_stops_below_a_write_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.write(&key("a"), Edit::Put(obj(json!({"v": 1}))), None)
+        .await
+        .unwrap();
+    let idle = s.feed(None, 100).unwrap();
+    assert_eq!(idle.entries.len(), 1);
+    assert!(
+        idle.upto.unwrap() > idle.entries[0].0,
+        "idle: upto is the clock"
+    );
+    // a write that has its stamp but is not durable yet
+    let guard = s.inner.stamp();
+    s.write(&key("b"), Edit::Put(obj(json!({"v": 2}))), None)
+        .await
+        .unwrap();
+    let page = s.feed(None, 100).unwrap();
+    assert_eq!(
+        page.entries.len(),
+        1,
+        "b is stamped after the write in flight"
+    );
+    assert_eq!(page.upto, Some(page.entries[0].0));
+    assert!(page.upto.unwrap() < guard.stamp);
+    drop(guard);
+    assert_eq!(s.feed(None, 100).unwrap().entries.len(), 2);
+}
+
+#[tokio::test]
+async fn merged_changes_are_durable_and_digests_agree() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut ca = StoreConfig::new(da.path());
+    ca.node_id = Some("a".into());
+    let mut cb = StoreConfig::new(db.path());
+    cb.node_id = Some("b".into());
+    let (a, b) = (Store::open(ca).unwrap(), Store::open(cb.clone()).unwrap());
+    for i in 0..40 {
+        a.write(
+            &key(&format!("d{}", i % 7)),
+            Edit::Patch(obj(json!({"a": i}))),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    b.write(&key("d1"), Edit::Patch(obj(json!({"b": 1}))), None)
+        .await
+        .unwrap();
+    assert_ne!(a.digests(), b.digests());
+    // b merges a's feed, twice (duplicates are harmless), with bookkeeping after it
+    let page = a.feed(None, 1000).unwrap();
+    let docs: Vec<(DocKey, Vec<Vec<u8>>)> = page
+        .entries
+        .iter()
+        .map(|(_, e)| {
+            (
+                DocKey::new(&e.collection, &e.id).unwrap(),
+                vec![e.change.clone()],
+            )
+        })
+        .collect();
+    let merged = b
+        .merge_remote(docs.clone(), vec![("sync/x".into(), b"1".to_vec())])
+        .await
+        .unwrap();
+    assert_eq!(merged.changes, 40);
+    assert_eq!(merged.documents, 7);
+    assert!(merged.missing_deps.is_empty());
+    assert_eq!(b.merge_remote(docs, vec![]).await.unwrap().changes, 0);
+    assert!(
+        b.feed(None, 1000).unwrap().entries.len() == 1,
+        "merges are not local changes"
+    );
+    // a takes b's one change; now both hold the same history
+    let back = b
+        .changes_since(
+            &key("d1"),
+            &a.read_state(&key("d1")).unwrap().unwrap().heads,
+        )
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    a.merge_remote(vec![(key("d1"), back)], vec![])
+        .await
+        .unwrap();
+    assert_eq!(a.digests(), b.digests());
+    for i in 0..7 {
+        let k = key(&format!("d{i}"));
+        assert_eq!(a.read_state(&k).unwrap(), b.read_state(&k).unwrap());
+    }
+    // everything, bookkeeping included, survives a restart (digests are rebuilt from disk)
+    let digests = b.digests();
+    b.close().unwrap();
+    drop(b);
+    let b = Store::open(cb).unwrap();
+    assert_eq!(b.digests(), digests);
+    assert_eq!(
+        b.meta_scan("sync/").unwrap(),
+        vec![("sync/x".into(), b"1".to_vec())]
+    );
+    assert_eq!(get_json(&b, "d1").await, get_json(&a, "d1").await);
+    // only the buckets asked for are listed
+    let all: BTreeSet<u32> = (0..DIGEST_BUCKETS as u32).collect();
+    assert_eq!(b.bucket_heads(&all).unwrap().len(), 7);
+    let one: BTreeSet<u32> = [bucket_of(&key("d3")) as u32].into();
+    assert!(b
+        .bucket_heads(&one)
+        .unwrap()
+        .iter()
+        .any(|(k, _)| k == &key("d3")));
+}
+
+#[tokio::test]
+async fn a_change_with_a_missing_dependency_waits_and_garbage_is_refused() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(da.path()), open(db.path()));
+    for i in 0..2 {
+        a.write(&key("d"), Edit::Patch(obj(json!({"i": i}))), None)
+            .await
+            .unwrap();
+    }
+    let feed = a.feed(None, 10).unwrap().entries;
+    let second = vec![(key("d"), vec![feed[1].1.change.clone()])];
+    let merged = b.merge_remote(second, vec![]).await.unwrap();
+    assert_eq!(merged.changes, 0);
+    assert_eq!(merged.missing_deps, vec![key("d")]);
+    assert_eq!(b.read_state(&key("d")).unwrap(), None);
+    let first = vec![(key("d"), vec![feed[0].1.change.clone()])];
+    assert_eq!(b.merge_remote(first, vec![]).await.unwrap().changes, 2);
+    assert_eq!(get_json(&b, "d").await, Some(json!({"i": 1})));
+    let err = b
+        .merge_remote(vec![(key("d"), vec![b"garbage".to_vec()])], vec![])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("undecodable change"), "{err}");
 }

@@ -53,6 +53,22 @@ pub struct ServeArgs {
     /// Request timeout in milliseconds. Default: 10000.
     #[arg(long, env = "MERIDIAN_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// A peer node, as ID=URL (repeat for each; full mesh, static membership).
+    #[arg(long = "peer", env = "MERIDIAN_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// The secret every node of the cluster shares; required with --peer.
+    #[arg(long, env = "MERIDIAN_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Longest a request with a session token waits for this node to catch up, in
+    /// milliseconds. Default: 1000.
+    #[arg(long, env = "MERIDIAN_SESSION_WAIT_MS")]
+    pub session_wait_ms: Option<u64>,
+    /// Seconds between anti-entropy passes with each peer. Default: 30.
+    #[arg(long, env = "MERIDIAN_ANTI_ENTROPY_SECS")]
+    pub anti_entropy_secs: Option<u64>,
+    /// Largest clock drift accepted in a peer's change stamps, in milliseconds. Default: 500.
+    #[arg(long, env = "MERIDIAN_MAX_DRIFT_MS")]
+    pub max_drift_ms: Option<u64>,
 }
 
 /// The config file's keys: the same settings as the flags.
@@ -67,6 +83,12 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_in_flight: Option<usize>,
     request_timeout_ms: Option<u64>,
+    #[serde(default)]
+    peers: Vec<String>,
+    cluster_secret: Option<String>,
+    session_wait_ms: Option<u64>,
+    anti_entropy_secs: Option<u64>,
+    max_drift_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -80,6 +102,27 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
     pub request_timeout_ms: u64,
+    pub peers: Vec<meridian_sync::Peer>,
+    pub cluster_secret: Option<String>,
+    pub session_wait_ms: u64,
+    pub anti_entropy_secs: u64,
+    pub max_drift_ms: u64,
+}
+
+/// `ID=URL`, with an http URL.
+fn parse_peer(s: &str) -> anyhow::Result<meridian_sync::Peer> {
+    let (id, url) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("peer {s:?} must be ID=URL"))?;
+    let id = meridian_crdt::NodeId::new(id).map_err(|e| anyhow::anyhow!("peer {s:?}: {e}"))?;
+    anyhow::ensure!(
+        url.starts_with("http://") && url.len() > "http://".len(),
+        "peer {s:?}: the URL must start with http://"
+    );
+    Ok(meridian_sync::Peer {
+        id,
+        addr: url.trim_end_matches('/').to_owned(),
+    })
 }
 
 impl ServeArgs {
@@ -118,7 +161,43 @@ impl ServeArgs {
                 .request_timeout_ms
                 .or(file.request_timeout_ms)
                 .unwrap_or(10_000),
+            peers: if self.peers.is_empty() {
+                file.peers
+            } else {
+                self.peers
+            }
+            .iter()
+            .map(|p| parse_peer(p))
+            .collect::<anyhow::Result<_>>()?,
+            cluster_secret: self.cluster_secret.or(file.cluster_secret),
+            session_wait_ms: self
+                .session_wait_ms
+                .or(file.session_wait_ms)
+                .unwrap_or(1000),
+            anti_entropy_secs: self
+                .anti_entropy_secs
+                .or(file.anti_entropy_secs)
+                .unwrap_or(30),
+            max_drift_ms: self.max_drift_ms.or(file.max_drift_ms).unwrap_or(500),
         };
+        if !c.peers.is_empty() {
+            anyhow::ensure!(
+                c.cluster_secret.as_deref().is_some_and(|s| s.len() >= 8),
+                "--peer needs --cluster-secret (at least 8 characters), shared by every node"
+            );
+            let me = c.node_id.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("--peer needs --node-id: peers know this node by its id")
+            })?;
+            let mut ids: Vec<&str> = c.peers.iter().map(|p| p.id.as_str()).collect();
+            anyhow::ensure!(!ids.contains(&me), "--peer lists this node's own id {me:?}");
+            ids.sort();
+            ids.dedup();
+            anyhow::ensure!(ids.len() == c.peers.len(), "--peer lists a node id twice");
+        }
+        anyhow::ensure!(
+            c.anti_entropy_secs > 0,
+            "anti_entropy_secs must be at least 1"
+        );
         if let Some(id) = &c.node_id {
             meridian_crdt::NodeId::new(id)?;
         }
@@ -174,5 +253,58 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("node id"), "{err}");
+    }
+
+    #[test]
+    fn peers_need_a_secret_an_id_and_valid_urls() {
+        let args = |peers: &[&str], secret: Option<&str>, id: Option<&str>| ServeArgs {
+            peers: peers.iter().map(|s| s.to_string()).collect(),
+            cluster_secret: secret.map(str::to_owned),
+            node_id: id.map(str::to_owned),
+            ..Default::default()
+        };
+        let ok = args(
+            &["us=http://127.0.0.1:1/"],
+            Some("s3cret-s3cret"),
+            Some("eu"),
+        )
+        .resolve()
+        .unwrap();
+        assert_eq!(ok.peers[0].addr, "http://127.0.0.1:1");
+        for (a, wanted) in [
+            (args(&["us=http://h"], None, Some("eu")), "cluster-secret"),
+            (
+                args(&["us=http://h"], Some("short"), Some("eu")),
+                "cluster-secret",
+            ),
+            (
+                args(&["us=http://h"], Some("s3cret-s3cret"), None),
+                "node-id",
+            ),
+            (args(&["us"], Some("s3cret-s3cret"), Some("eu")), "ID=URL"),
+            (
+                args(&["us=ftp://h"], Some("s3cret-s3cret"), Some("eu")),
+                "http://",
+            ),
+            (
+                args(&["u/s=http://h"], Some("s3cret-s3cret"), Some("eu")),
+                "node id",
+            ),
+            (
+                args(&["eu=http://h"], Some("s3cret-s3cret"), Some("eu")),
+                "own id",
+            ),
+            (
+                args(
+                    &["us=http://h", "us=http://i"],
+                    Some("s3cret-s3cret"),
+                    Some("eu"),
+                ),
+                "twice",
+            ),
+        ] {
+            let err = a.resolve().unwrap_err().to_string();
+            assert!(err.contains(wanted), "{err} should mention {wanted}");
+        }
     }
 }

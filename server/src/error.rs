@@ -12,6 +12,10 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidId(String),
     #[error("{0}")]
+    BadSession(String),
+    #[error("this endpoint needs the cluster secret")]
+    Unauthorized,
+    #[error("{0}")]
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -25,6 +29,13 @@ pub enum ApiError {
     Overloaded,
     #[error("the request took longer than the server's timeout")]
     Timeout,
+    /// This node cannot cover the session token in time: `node` has the data.
+    #[error("{}", session_message(node, *unknown))]
+    SessionUnavailable {
+        node: String,
+        url: Option<String>,
+        unknown: bool,
+    },
     /// Storage has failed; internal details are logged, not sent.
     #[error("storage unavailable")]
     Unavailable(String),
@@ -35,15 +46,19 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::InvalidId(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidId(_) | ApiError::BadSession(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Overloaded | ApiError::Timeout | ApiError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Overloaded
+            | ApiError::Timeout
+            | ApiError::Unavailable(_)
+            | ApiError::SessionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -52,6 +67,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::InvalidId(_) => "invalid_id",
+            ApiError::BadSession(_) => "invalid_session_token",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::SessionUnavailable { .. } => "session_unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -62,6 +80,14 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
+    }
+}
+
+fn session_message(node: &str, unknown: bool) -> String {
+    if unknown {
+        format!("the session token names node {node:?}, which is not in this cluster")
+    } else {
+        format!("this node has not yet caught up with the session's changes from {node:?}; retry, or ask {node:?}")
     }
 }
 
@@ -87,7 +113,13 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(%status, error = %self, "request refused"),
         }
-        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut error = serde_json::json!({"code": self.code(), "message": self.to_string()});
+        if let ApiError::SessionUnavailable { node, url, .. } = &self {
+            // where the client can go instead
+            error["region"] = node.clone().into();
+            error["url"] = url.clone().into();
+        }
+        let body = serde_json::json!({ "error": error });
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()

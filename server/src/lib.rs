@@ -5,6 +5,8 @@
 //! - `error`: [`ApiError`], the one mapping from errors to HTTP statuses and codes.
 //! - `extract`: path, body, query and header parsing with the project's error format.
 //! - `api`: the `/v1` document handlers.
+//! - `session`: session tokens in and out of `/v1` requests.
+//! - `cluster`: the HTTP transport between nodes, `/internal/rpc`, `/v1/cluster`.
 //! - `metrics`: Prometheus metrics and the request-tracking middleware.
 //! - `openapi`: the OpenAPI description served at `/openapi.json`.
 //!
@@ -13,11 +15,13 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 mod api;
+mod cluster;
 pub mod config;
 mod error;
 mod extract;
 mod metrics;
 mod openapi;
+mod session;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +33,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{BoxError, Json, Router};
 use meridian_crdt::{Store, StoreConfig};
+use meridian_sync::{Replica, SyncConfig};
 use tower::ServiceBuilder;
 
+pub use cluster::HttpTransport;
 pub use config::Config;
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -44,6 +50,8 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Longest a `/v1` request may take before 503 `timeout`.
     pub request_timeout: Duration,
+    /// Longest a request with a session token waits for this node to catch up.
+    pub session_wait: Duration,
 }
 
 impl Default for Limits {
@@ -52,6 +60,7 @@ impl Default for Limits {
             max_body: 1 << 20,
             max_in_flight: 1024,
             request_timeout: Duration::from_secs(10),
+            session_wait: Duration::from_secs(1),
         }
     }
 }
@@ -60,21 +69,48 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Store,
+    pub replica: Replica<HttpTransport>,
+    /// Required on `/internal/`; `None` refuses every internal request.
+    pub cluster_secret: Option<Arc<str>>,
     pub region: Arc<str>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
+    /// A node without peers.
     pub fn new(store: Store, region: &str, limits: Limits) -> Self {
-        AppState {
+        Self::clustered(store, region, limits, SyncConfig::new(vec![]), None)
+            .expect("a replica without peers has no bookkeeping to fail on")
+    }
+
+    /// A node with peers (replication is started by [`run`], or by the caller).
+    pub fn clustered(
+        store: Store,
+        region: &str,
+        limits: Limits,
+        sync: SyncConfig,
+        secret: Option<&str>,
+    ) -> meridian_crdt::Result<Self> {
+        let transport = HttpTransport::new(secret.unwrap_or(""));
+        Ok(AppState {
+            replica: Replica::new(store.clone(), transport, sync)?,
             store,
+            cluster_secret: secret.map(Into::into),
             region: region.into(),
             limits: Arc::new(limits),
             metrics: Arc::new(Metrics::default()),
-        }
+        })
+    }
+
+    /// The URL of a peer, to tell a client where the data is.
+    pub(crate) fn peer_url(&self, id: &str) -> Option<String> {
+        self.replica.peer_url(id)
     }
 }
+
+/// Largest node-to-node request (a repair request lists heads of many documents).
+const INTERNAL_BODY_LIMIT: usize = 64 << 20;
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
@@ -107,11 +143,25 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/{collection}/{id}/ops", post(api::post_ops))
         .route("/v1/{collection}", g(api::list_docs))
-        .route_layer(guard);
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::wait,
+        ))
+        .route_layer(guard)
+        .route("/v1/status", get(status))
+        .route("/v1/cluster", get(cluster::report))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::stamp,
+        ));
+
+    let internal = Router::new()
+        .route("/internal/rpc", post(cluster::rpc))
+        .layer(axum::extract::DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
 
     Router::new()
         .merge(v1)
-        .route("/v1/status", get(status))
+        .merge(internal)
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -151,7 +201,13 @@ async fn ready(State(st): State<AppState>) -> Result<Json<serde_json::Value>, Ap
 }
 
 async fn metrics_text(State(st): State<AppState>) -> Response {
-    let body = st.metrics.render(&st.store.stats());
+    let (bytes_sent, bytes_received) = st.replica.bytes();
+    let repl = metrics::ReplicationStats {
+        drift_refusals: st.replica.drift_refusals(),
+        bytes_sent,
+        bytes_received,
+    };
+    let body = st.metrics.render(&st.store.stats(), repl);
     let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
 }
@@ -165,6 +221,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sc = StoreConfig::new(data_dir);
     sc.node_id = config.node_id.clone();
     sc.cache_bytes = config.cache_mb << 20;
+    sc.max_drift = Duration::from_millis(config.max_drift_ms);
     let store = Store::open(sc).map_err(|e| open_error(data_dir, e))?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -173,13 +230,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_body: config.max_body_bytes,
         max_in_flight: config.max_in_flight,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
+        session_wait: Duration::from_millis(config.session_wait_ms),
     };
-    let state = AppState::new(store.clone(), &config.region, limits);
+    let mut sync = SyncConfig::new(config.peers.clone());
+    sync.anti_entropy_every = Duration::from_secs(config.anti_entropy_secs);
+    let state = AppState::clustered(
+        store.clone(),
+        &config.region,
+        limits,
+        sync,
+        config.cluster_secret.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot load replication state: {e}"))?;
+    let replica = state.replica.clone();
+    replica.start();
     tracing::info!(
         node = %store.node_id(),
         region = %config.region,
         listen = %listener.local_addr()?,
         data_dir = %data_dir.display(),
+        peers = config.peers.len(),
         "meridian is serving"
     );
 
@@ -198,9 +268,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    let stop = replica.clone();
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // ends the long polls peers are waiting on, so the shutdown does not wait for them
+            stop.stop();
+        })
         .await?;
+    replica.stop();
     purge.abort();
     store
         .close()

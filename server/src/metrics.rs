@@ -40,6 +40,17 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     flushes: Counter,
+    drift_refusals: Counter,
+    replication_sent: Counter,
+    replication_received: Counter,
+}
+
+/// Replication figures read at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplicationStats {
+    pub drift_refusals: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 impl Default for Metrics {
@@ -59,6 +70,9 @@ impl Default for Metrics {
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             flushes: Counter::default(),
+            drift_refusals: Counter::default(),
+            replication_sent: Counter::default(),
+            replication_received: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -93,13 +107,28 @@ impl Default for Metrics {
             "Durable flushes (one per group commit)",
             m.flushes.clone(),
         );
+        registry.register(
+            "clock_drift_refusals",
+            "Changes from peers refused because their HLC stamp was too far ahead of this clock",
+            m.drift_refusals.clone(),
+        );
+        registry.register(
+            "replication_sent_bytes",
+            "Bytes sent to peers (requests and answers)",
+            m.replication_sent.clone(),
+        );
+        registry.register(
+            "replication_received_bytes",
+            "Bytes received from peers (requests and answers)",
+            m.replication_received.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
     /// The text exposition, with the store's figures as of now.
-    pub fn render(&self, s: &StoreStats) -> String {
+    pub fn render(&self, s: &StoreStats, r: ReplicationStats) -> String {
         self.documents.set(s.documents as i64);
         self.bytes_on_disk.set(s.bytes_on_disk as i64);
         self.cache_bytes.set(s.cache_bytes as i64);
@@ -107,6 +136,9 @@ impl Metrics {
         set(&self.cache_hits, s.cache_hits);
         set(&self.cache_misses, s.cache_misses);
         set(&self.flushes, s.flushes);
+        set(&self.drift_refusals, r.drift_refusals);
+        set(&self.replication_sent, r.bytes_sent);
+        set(&self.replication_received, r.bytes_received);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

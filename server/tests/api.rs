@@ -605,6 +605,8 @@ async fn operational_endpoints() {
         "meridian_cache_hits_total",
         "meridian_cache_misses_total",
         "meridian_flushes_total",
+        "meridian_clock_drift_refusals_total 0",
+        "meridian_replication_sent_bytes_total",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }
@@ -625,6 +627,8 @@ async fn openapi_describes_every_route() {
         ("/v1/{collection}/{id}/ops", &["post"]),
         ("/v1/{collection}", &["get"]),
         ("/v1/status", &["get"]),
+        ("/v1/cluster", &["get"]),
+        ("/internal/rpc", &["post"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
@@ -634,6 +638,166 @@ async fn openapi_describes_every_route() {
             assert!(paths[path][m].is_object(), "{m} {path} is not described");
         }
     }
+}
+
+#[tokio::test]
+async fn every_v1_answer_carries_a_session_token_that_covers_the_write() {
+    let n = node();
+    let a = &n.app;
+    let w = send(a, "PUT", "/v1/c/d", Some(r#"{"a":1}"#)).await;
+    let token = w.headers["meridian-session"].to_str().unwrap().to_owned();
+    assert!(token.starts_with("test-node="), "{token}");
+    // the node covers its own token: the read is served, and its token is at least as new
+    let r = send_with(a, "GET", "/v1/c/d", None, &[("meridian-session", &token)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["meridian-session"].to_str().unwrap(), token);
+    for uri in ["/v1/c", "/v1/status", "/v1/cluster", "/v1/c/nope"] {
+        let r = send(a, "GET", uri, None).await;
+        assert!(r.headers.contains_key("meridian-session"), "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn bad_session_headers_get_400_and_change_nothing() {
+    let n = node();
+    let a = &n.app;
+    for (h, v) in [
+        ("meridian-session", "garbage"),
+        ("meridian-session", "test-node=zz"),
+        ("meridian-session", "a=1,a=2"),
+        ("meridian-max-wait-ms", "soon"),
+        ("meridian-max-wait-ms", "-1"),
+    ] {
+        let r = send_with(a, "PUT", "/v1/c/d", Some(r#"{"a":1}"#), &[(h, v)]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{h}: {v}");
+        let wanted = if h == "meridian-session" {
+            "invalid_session_token"
+        } else {
+            "bad_request"
+        };
+        assert_eq!(r.code(), wanted, "{h}: {v}");
+        assert_eq!(
+            send(a, "GET", "/v1/c/d", None).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_this_node_cannot_cover_gets_503_session_unavailable_within_the_bound() {
+    let n = node();
+    let a = &n.app;
+    // a node that is not in the cluster: refused at once
+    let r = send_with(
+        a,
+        "GET",
+        "/v1/c/d",
+        None,
+        &[("meridian-session", "elsewhere=1")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.code(), "session_unavailable");
+    assert_eq!(r.body["error"]["region"], "elsewhere");
+    assert!(r.headers.contains_key("retry-after"));
+    // this node's own future: waits no longer than asked, then says so; writes are refused too
+    let future = format!("test-node={:x}", u64::MAX / 2);
+    let t0 = std::time::Instant::now();
+    let r = send_with(
+        a,
+        "PUT",
+        "/v1/c/d",
+        Some("{}"),
+        &[
+            ("meridian-session", &future),
+            ("meridian-max-wait-ms", "100"),
+        ],
+    )
+    .await;
+    assert_eq!(r.code(), "session_unavailable");
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        send(a, "GET", "/v1/c/d", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn internal_endpoints_need_the_cluster_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.node_id = Some("eu".into());
+    let store = Store::open(c).unwrap();
+    let state = AppState::clustered(
+        store,
+        "eu",
+        Limits::default(),
+        meridian_sync::SyncConfig::new(vec![]),
+        Some("s3cret-s3cret"),
+    )
+    .unwrap();
+    let a = &app(state);
+    let digest = meridian_sync::encode(&meridian_sync::Request::Digest { from: "us".into() });
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret-s3cret"),
+        Some("Bearer s3cret-s3cre"),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|v| ("authorization", *v)).collect();
+        let r = send_body(
+            a,
+            "POST",
+            "/internal/rpc",
+            None,
+            &headers,
+            Body::from(digest.clone()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(r.code(), "unauthorized");
+    }
+    let ok = [("authorization", "Bearer s3cret-s3cret")];
+    let r = send_body(a, "POST", "/internal/rpc", None, &ok, Body::from(digest)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // garbage with the secret: an error message in the protocol, not a crash
+    let app = a.clone();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/internal/rpc")
+        .header("authorization", "Bearer s3cret-s3cret")
+        .body(Body::from(vec![1u8, 255, 255]))
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let answer: meridian_sync::Response = meridian_sync::decode(&bytes).unwrap();
+    assert!(matches!(answer, meridian_sync::Response::Error { .. }));
+    // a node without a secret refuses every internal request
+    let n = node();
+    let r = send_body(
+        &n.app,
+        "POST",
+        "/internal/rpc",
+        None,
+        &ok,
+        Body::from(vec![1u8]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_cluster_endpoint_describes_this_node_and_its_peers() {
+    let n = node();
+    let r = send(&n.app, "GET", "/v1/cluster", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["node"], "test-node");
+    assert_eq!(r.body["peers"], json!([]));
+    assert_eq!(r.body["clock_drift_refusals"], 0);
 }
 
 mod fuzz {

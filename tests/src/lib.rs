@@ -2,10 +2,15 @@
 //!
 //! # Layout
 //! - [`Process`]: one `meridian serve` child process, its address and its log.
+//! - [`cluster`]: nodes in one process over an in-memory faulty network.
+//! - [`proxy`]: a TCP proxy a test can cut, to partition real processes.
 //! - [`binary`]: where the binary is (`MERIDIAN_BIN`, or next to the test executable).
 //! - `tests/`: end-to-end tests; `src/bin/bench.rs`: the benchmark; `src/bin/ceiling.rs`: a
 //!   constant axum handler, the HTTP ceiling the benchmark compares against.
 #![warn(unreachable_pub, missing_debug_implementations)]
+
+pub mod cluster;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -138,6 +143,19 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits for a condition, polling, with a deadline (never a fixed sleep).
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,0 +1,117 @@
+//! The node-to-node side: the HTTP transport replication uses to reach peers, the
+//! authenticated `POST /internal/rpc` endpoint that answers them, and `GET /v1/cluster`.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use meridian_sync::{ClusterReport, Peer, Transport};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Content type of node-to-node messages (see `meridian_sync::wire`).
+const RPC_TYPE: &str = "application/x-meridian-rpc";
+
+/// Replication over HTTP/1.1 with keep-alive, one pooled client for all peers.
+#[derive(Debug, Clone)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    secret: String,
+}
+
+impl HttpTransport {
+    pub fn new(secret: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client with default TLS-less settings builds");
+        HttpTransport {
+            client,
+            secret: secret.to_owned(),
+        }
+    }
+}
+
+impl Transport for HttpTransport {
+    async fn call(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
+        let url = format!("{}/internal/rpc", peer.addr.trim_end_matches('/'));
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .header(header::CONTENT_TYPE, RPC_TYPE)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "{url}: {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the secret.
+fn same_secret(given: &[u8], wanted: &[u8]) -> bool {
+    given.len() == wanted.len() && given.iter().zip(wanted).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+/// `POST /internal/rpc`: one replication request from a peer. Refused with 401 unless it carries
+/// the cluster secret (and always, on a node without one).
+pub(crate) async fn rpc(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = match (&st.cluster_secret, given) {
+        (Some(secret), Some(given)) => same_secret(given.as_bytes(), secret.as_bytes()),
+        _ => false,
+    };
+    if !ok {
+        return Err(ApiError::Unauthorized);
+    }
+    let answer = st.replica.handle(&body).await;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(RPC_TYPE))],
+        answer,
+    )
+        .into_response())
+}
+
+/// `GET /v1/cluster`: this node and each peer, with reachability, lag both ways and traffic.
+pub(crate) async fn report(State(st): State<AppState>) -> Json<ClusterReport> {
+    let replica = st.replica.clone();
+    // counting a backlog reads the feed: off the async workers
+    let report = tokio::task::spawn_blocking(move || replica.report()).await;
+    Json(report.unwrap_or_else(|_| st.replica.report()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abd", b"abc"));
+        assert!(!same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"", b"abc"));
+    }
+}

@@ -1,0 +1,29 @@
+//! Replication between Meridian's regional nodes.
+//!
+//! Every node serves its own changes as a feed ordered by hybrid logical clock, and pulls each
+//! peer's feed (long poll) from a durable per-peer cursor; so a node gets exactly the changes it
+//! lacks, promptly, and a restart or a healed partition resumes where it stopped. A periodic
+//! anti-entropy pass compares bucketed digests of document heads and fetches, for the documents
+//! that differ, the changes the local heads lack: it repairs whatever the feeds missed (a change
+//! relayed by a third node, a lost message, a restored backup). Session tokens name, per node,
+//! the HLC time a client's session has seen; a node answers a request only from state covering
+//! its token, fetching from the named node (bounded in time) when behind.
+//!
+//! The protocol logic does no I/O of its own: a [`Transport`] moves request bytes to a peer and
+//! back (HTTP in the server, an in-memory faulty network in the tests), and the store does the
+//! disk work.
+//!
+//! # Layout
+//! - `token`: session tokens (parse, print, merge).
+//! - `wire`: the node-to-node messages.
+//! - `replica`: one node's replication: serving peers, pulling from them, anti-entropy,
+//!   session waits, status.
+#![warn(unreachable_pub, missing_debug_implementations)]
+
+mod replica;
+mod token;
+mod wire;
+
+pub use replica::{Behind, ClusterReport, Lag, Peer, PeerReport, Replica, SyncConfig, Transport};
+pub use token::{BadToken, SessionToken, MAX_TOKEN_NODES};
+pub use wire::{decode, encode, DocChanges, DocHeads, Request, Response, WIRE_VERSION};

@@ -1,0 +1,955 @@
+//! One node's replication: the answering side (feed, digest, repair) and, per peer, a feed
+//! puller and an anti-entropy worker; plus session-token waits and the cluster status.
+//!
+//! Bookkeeping kept durable with the merged changes (one group commit, after them):
+//! - `sync/cursor/<peer>`: every change made on `peer` stamped at or before this HLC stamp is
+//!   here. Advanced only from the peer's own feed, which is served in stamp order and only
+//!   below any write still in flight there, so it never skips a change.
+//! - `sync/seen/<node>`: the newest stamp of any change by `node` merged here, by whatever
+//!   path. Session tokens name it, so a token always covers what a read showed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_crdt::{change_info, ChangeHash, DocKey, NodeId, Store, DIGEST_BUCKETS};
+use parking_lot::Mutex;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::watch;
+use uhlc::Timestamp;
+
+use crate::token::SessionToken;
+use crate::wire::{self, DocChanges, DocHeads, Request, Response};
+
+/// A peer: its node id and where to reach it (a base URL for HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+/// Moves one request to a peer and brings back its answer. Errors are strings: the caller
+/// only logs them and retries.
+pub trait Transport: Send + Sync + 'static {
+    fn call(
+        &self,
+        peer: &Peer,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+}
+
+/// Replication settings.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub peers: Vec<Peer>,
+    /// How long a feed request waits on the peer for news (long poll).
+    pub feed_wait: Duration,
+    /// Most changes per feed page.
+    pub feed_batch: u32,
+    /// Time between anti-entropy passes with each peer (jittered).
+    pub anti_entropy_every: Duration,
+    /// Time limit of one request, on top of any long-poll wait.
+    pub call_timeout: Duration,
+    /// Longest pause between retries of a failing peer (exponential, jittered).
+    pub max_backoff: Duration,
+}
+
+impl SyncConfig {
+    pub fn new(peers: Vec<Peer>) -> Self {
+        SyncConfig {
+            peers,
+            feed_wait: Duration::from_secs(10),
+            feed_batch: 1000,
+            anti_entropy_every: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Most bytes of changes one repair answer carries; the asker comes back for the rest.
+const REPAIR_BYTES: usize = 4 << 20;
+/// Digest buckets compared per repair request.
+const REPAIR_BUCKETS: usize = 256;
+/// The longest a feed request may ask the answering node to wait.
+const MAX_FEED_WAIT: Duration = Duration::from_secs(30);
+/// Changes counted when reporting how far behind a node is.
+const BACKLOG_CAP: usize = 100_000;
+
+/// A request whose session token this node cannot cover (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Behind {
+    /// The node whose changes are missing here: the region that has the data.
+    pub node: String,
+    /// The node is not in this cluster at all.
+    pub unknown: bool,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterReport {
+    pub node: String,
+    pub hlc: String,
+    /// Changes refused because their stamp was too far ahead of this node's clock.
+    pub clock_drift_refusals: u64,
+    pub peers: Vec<PeerReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerReport {
+    pub id: String,
+    pub url: String,
+    /// The last request to the peer succeeded.
+    pub reachable: bool,
+    /// Milliseconds since the last successful exchange either way (`None`: never).
+    pub last_contact_ms_ago: Option<u64>,
+    pub last_error: Option<String>,
+    /// How far this node is behind the peer's changes.
+    pub behind_peer: Lag,
+    /// How far the peer is behind this node's changes (as of its last feed request).
+    pub peer_behind: Lag,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Changes taken from the peer's feed since start-up.
+    pub changes_received: u64,
+    /// Changes anti-entropy took from the peer since start-up (ones the feeds missed).
+    pub changes_repaired: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lag {
+    pub seconds: f64,
+    pub changes: u64,
+}
+
+#[derive(Debug, Default)]
+struct PeerStatus {
+    reachable: bool,
+    last_contact: Option<Instant>,
+    last_error: Option<String>,
+    bytes_sent: u64,
+    bytes_received: u64,
+    changes_received: u64,
+    changes_repaired: u64,
+    /// From the peer's last feed answer: its newest change and how many were still to come.
+    their_latest: Option<Timestamp>,
+    their_backlog: u64,
+    /// From the peer's last feed request: its cursor into this node's feed.
+    their_cursor: Option<Option<Timestamp>>,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    peer: Peer,
+    cursor: Mutex<Option<Timestamp>>,
+    /// One merge of this peer's feed at a time, so the cursor only moves forward.
+    apply: tokio::sync::Mutex<()>,
+    catching_up: AtomicBool,
+    status: Mutex<PeerStatus>,
+}
+
+/// One node's replication. Cheap to clone.
+#[derive(Debug)]
+pub struct Replica<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Replica<T> {
+    fn clone(&self) -> Self {
+        Replica {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared<T> {
+    store: Store,
+    transport: T,
+    config: SyncConfig,
+    me: String,
+    peers: Vec<Arc<PeerState>>,
+    seen: Mutex<HashMap<String, Timestamp>>,
+    /// Bumped whenever a cursor moves, for session waits.
+    cursor_moved: watch::Sender<u64>,
+    drift_refusals: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+fn cursor_name(peer: &str) -> String {
+    format!("sync/cursor/{peer}")
+}
+
+fn seen_name(node: &str) -> String {
+    format!("sync/seen/{node}")
+}
+
+fn stamp_meta(ts: &Timestamp) -> Vec<u8> {
+    ts.to_string().into_bytes()
+}
+
+fn parse_meta(v: &[u8]) -> Option<Timestamp> {
+    meridian_crdt::parse_stamp(std::str::from_utf8(v).ok()?)
+}
+
+fn secs_between(later: &Timestamp, earlier: Option<&Timestamp>) -> f64 {
+    let earlier = earlier.map(|t| t.get_time().as_secs_f64()).unwrap_or(0.0);
+    (later.get_time().as_secs_f64() - earlier).max(0.0)
+}
+
+/// A pause of about `base * 2^failures`, capped, times a random factor in [0.5, 1.5), so that
+/// nodes retrying the same peer spread out.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(50) * 2u32.pow(failures.min(10));
+    base.min(max)
+        .mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+}
+
+impl<T: Transport> Replica<T> {
+    /// Loads the cursors and seen stamps from the store. Call [`Replica::start`] to begin
+    /// pulling from peers.
+    pub fn new(store: Store, transport: T, config: SyncConfig) -> meridian_crdt::Result<Self> {
+        let me = store.node_id().to_string();
+        let mut cursors = HashMap::new();
+        let mut seen = HashMap::new();
+        for (name, value) in store.meta_scan("sync/")? {
+            let Some(ts) = parse_meta(&value) else {
+                continue;
+            };
+            if let Some(p) = name.strip_prefix("sync/cursor/") {
+                cursors.insert(p.to_owned(), ts);
+            } else if let Some(n) = name.strip_prefix("sync/seen/") {
+                seen.insert(n.to_owned(), ts);
+            }
+        }
+        let peers = config
+            .peers
+            .iter()
+            .filter(|p| p.id.as_str() != me)
+            .map(|p| {
+                Arc::new(PeerState {
+                    cursor: Mutex::new(cursors.get(p.id.as_str()).copied()),
+                    peer: p.clone(),
+                    apply: Default::default(),
+                    catching_up: AtomicBool::new(false),
+                    status: Default::default(),
+                })
+            })
+            .collect();
+        Ok(Replica {
+            shared: Arc::new(Shared {
+                store,
+                transport,
+                config,
+                me,
+                peers,
+                seen: Mutex::new(seen),
+                cursor_moved: watch::Sender::new(0),
+                drift_refusals: AtomicU64::new(0),
+                shutdown: watch::Sender::new(false),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Starts, per peer, the feed puller and the anti-entropy worker.
+    pub fn start(&self) {
+        for peer in &self.shared.peers {
+            tokio::spawn(self.clone().feed_loop(peer.clone()));
+            tokio::spawn(self.clone().repair_loop(peer.clone()));
+        }
+    }
+
+    /// Stops the workers (at their next wait) and any long poll being served.
+    pub fn stop(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    fn stopped(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
+
+    fn peer(&self, id: &str) -> Option<&Arc<PeerState>> {
+        self.shared.peers.iter().find(|p| p.peer.id.as_str() == id)
+    }
+
+    /// Sleeps, or returns early (true) on shutdown.
+    async fn pause(&self, d: Duration) -> bool {
+        let mut rx = self.shared.shutdown.subscribe();
+        if *rx.borrow() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => self.stopped(),
+            _ = rx.changed() => true,
+        }
+    }
+
+    // --- answering peers
+
+    /// Answers one request from a peer (the body of `POST /internal/rpc`).
+    pub async fn handle(&self, body: &[u8]) -> Vec<u8> {
+        let (from, resp) = match wire::decode::<Request>(body) {
+            Ok(req) => {
+                let from = match &req {
+                    Request::Feed { from, .. }
+                    | Request::Digest { from }
+                    | Request::Repair { from, .. } => from.clone(),
+                };
+                let resp = self.serve(req).await.unwrap_or_else(|message| {
+                    tracing::warn!(peer = %from, %message, "refused a peer's request");
+                    Response::Error { message }
+                });
+                (Some(from), resp)
+            }
+            Err(message) => (None, Response::Error { message }),
+        };
+        let out = wire::encode(&resp);
+        if let Some(p) = from.as_deref().and_then(|f| self.peer(f)) {
+            let mut st = p.status.lock();
+            st.bytes_received += body.len() as u64;
+            st.bytes_sent += out.len() as u64;
+            st.last_contact = Some(Instant::now());
+        }
+        out
+    }
+
+    async fn serve(&self, req: Request) -> Result<Response, String> {
+        let store = &self.shared.store;
+        let err = |e: meridian_crdt::Error| e.to_string();
+        match req {
+            Request::Feed {
+                from,
+                after,
+                wait_ms,
+                limit,
+            } => {
+                if let Some(p) = self.peer(&from) {
+                    p.status.lock().their_cursor = Some(after);
+                }
+                let deadline =
+                    Instant::now() + Duration::from_millis(wait_ms as u64).min(MAX_FEED_WAIT);
+                let limit = limit.clamp(1, 10_000) as usize;
+                let mut news = store.subscribe();
+                let mut stop = self.shared.shutdown.subscribe();
+                let page = loop {
+                    let page = store.feed(after.as_ref(), limit).map_err(err)?;
+                    if !page.entries.is_empty() || Instant::now() >= deadline || self.stopped() {
+                        break page;
+                    }
+                    tokio::select! {
+                        _ = news.changed() => {}
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = stop.changed() => {}
+                    }
+                };
+                let (latest, behind) = if page.more {
+                    let (latest, n) = store
+                        .feed_backlog(page.upto.as_ref(), BACKLOG_CAP)
+                        .map_err(err)?;
+                    (latest, n as u64)
+                } else {
+                    (page.entries.last().map(|(ts, _)| *ts), 0)
+                };
+                let mut changes: Vec<DocChanges> = Vec::new();
+                for (_, e) in page.entries {
+                    match changes.last_mut() {
+                        Some(last) if last.collection == e.collection && last.id == e.id => {
+                            last.changes.push(e.change)
+                        }
+                        _ => changes.push(DocChanges {
+                            collection: e.collection,
+                            id: e.id,
+                            changes: vec![e.change],
+                        }),
+                    }
+                }
+                Ok(Response::Feed {
+                    changes,
+                    upto: page.upto,
+                    more: page.more,
+                    latest,
+                    behind,
+                })
+            }
+            Request::Digest { .. } => Ok(Response::Digest {
+                buckets: store.digests(),
+            }),
+            Request::Repair { buckets, docs, .. } => {
+                if buckets.iter().any(|b| *b as usize >= DIGEST_BUCKETS) {
+                    return Err(format!("buckets are numbered below {DIGEST_BUCKETS}"));
+                }
+                let mut theirs: HashMap<DocKey, Vec<ChangeHash>> = HashMap::new();
+                for d in docs {
+                    let key = DocKey::new(&d.collection, &d.id).map_err(err)?;
+                    theirs.insert(key, d.heads.into_iter().map(ChangeHash).collect());
+                }
+                let buckets: BTreeSet<u32> = buckets.into_iter().collect();
+                let mut mine: HashMap<DocKey, Vec<ChangeHash>> = if buckets.is_empty() {
+                    HashMap::new()
+                } else {
+                    store
+                        .bucket_heads(&buckets)
+                        .map_err(err)?
+                        .into_iter()
+                        .collect()
+                };
+                for key in theirs.keys() {
+                    if !mine.contains_key(key) {
+                        if let Some(s) = store.read_state(key).map_err(err)? {
+                            mine.insert(key.clone(), s.heads);
+                        }
+                    }
+                }
+                let mut keys: Vec<DocKey> = mine.keys().cloned().collect();
+                keys.sort();
+                let (mut changes, mut bytes, mut more) = (Vec::new(), 0, false);
+                for key in keys {
+                    let their_heads = theirs.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+                    let mut mine_sorted = mine[&key].clone();
+                    mine_sorted.sort();
+                    let mut theirs_sorted = their_heads.to_vec();
+                    theirs_sorted.sort();
+                    if mine_sorted == theirs_sorted {
+                        continue;
+                    }
+                    if bytes >= REPAIR_BYTES {
+                        more = true;
+                        break;
+                    }
+                    let delta = store.changes_since(&key, their_heads).await.map_err(err)?;
+                    if delta.is_empty() {
+                        continue;
+                    }
+                    bytes += delta.iter().map(Vec::len).sum::<usize>();
+                    changes.push(DocChanges {
+                        collection: key.collection().into(),
+                        id: key.id().into(),
+                        changes: delta,
+                    });
+                }
+                Ok(Response::Repair { changes, more })
+            }
+        }
+    }
+
+    // --- asking peers
+
+    async fn call(
+        &self,
+        peer: &PeerState,
+        req: &Request,
+        extra_wait: Duration,
+    ) -> Result<Response, String> {
+        let body = wire::encode(req);
+        let sent = body.len() as u64;
+        let result = self
+            .shared
+            .transport
+            .call(
+                &peer.peer,
+                body,
+                self.shared.config.call_timeout + extra_wait,
+            )
+            .await
+            .and_then(|bytes| {
+                peer.status.lock().bytes_received += bytes.len() as u64;
+                wire::decode::<Response>(&bytes)
+            })
+            .and_then(|r| match r {
+                Response::Error { message } => Err(format!("the peer refused: {message}")),
+                r => Ok(r),
+            });
+        let mut st = peer.status.lock();
+        st.bytes_sent += sent;
+        match &result {
+            Ok(_) => {
+                st.reachable = true;
+                st.last_contact = Some(Instant::now());
+                st.last_error = None;
+            }
+            Err(e) => {
+                st.reachable = false;
+                st.last_error = Some(e.clone());
+            }
+        }
+        result
+    }
+
+    /// Pulls the peer's feed for as long as the node runs: long polls once caught up.
+    async fn feed_loop(self, peer: Arc<PeerState>) {
+        let cfg = &self.shared.config;
+        let mut failures = 0;
+        let mut caught_up = false;
+        while !self.stopped() {
+            let wait = if caught_up {
+                cfg.feed_wait
+            } else {
+                Duration::ZERO
+            };
+            let pause = match self.pull_once(&peer, wait).await {
+                Ok(Pulled { more, refused }) => {
+                    failures = 0;
+                    caught_up = !more;
+                    // a refused stamp will not be accepted again before our clock moves on
+                    refused.then(|| backoff(4, cfg.max_backoff))
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.peer.id, error = %e, "feed pull failed");
+                    failures += 1;
+                    caught_up = false;
+                    Some(backoff(failures, cfg.max_backoff))
+                }
+            };
+            if let Some(d) = pause {
+                if self.pause(d).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn pull_once(&self, peer: &PeerState, wait: Duration) -> Result<Pulled, String> {
+        let req = Request::Feed {
+            from: self.shared.me.clone(),
+            after: *peer.cursor.lock(),
+            wait_ms: wait.as_millis() as u32,
+            limit: self.shared.config.feed_batch,
+        };
+        match self.call(peer, &req, wait).await? {
+            Response::Feed {
+                changes,
+                upto,
+                more,
+                latest,
+                behind,
+            } => {
+                {
+                    let mut st = peer.status.lock();
+                    st.their_latest = latest.or(st.their_latest);
+                    st.their_backlog = behind;
+                }
+                let refused = self.apply_feed(peer, changes, upto).await?;
+                Ok(Pulled { more, refused })
+            }
+            other => Err(format!("unexpected answer to a feed request: {other:?}")),
+        }
+    }
+
+    /// Merges one page of a peer's feed and advances the cursor with it. Stops at the first
+    /// change whose stamp this node's clock refuses (the cursor stays before it). Returns true
+    /// if it stopped so.
+    async fn apply_feed(
+        &self,
+        peer: &PeerState,
+        changes: Vec<DocChanges>,
+        upto: Option<Timestamp>,
+    ) -> Result<bool, String> {
+        let _one_at_a_time = peer.apply.lock().await;
+        let checked = self.check(changes, true)?;
+        let cursor = if checked.refused {
+            checked.last_stamp
+        } else {
+            upto.or(checked.last_stamp)
+        };
+        let old = *peer.cursor.lock();
+        let cursor = cursor.filter(|c| old.is_none_or(|o| *c > o));
+        let mut meta = checked.seen_meta(self);
+        // An empty page moves the cursor in memory only: persisting it would cost a sync per
+        // idle long poll, and after a restart the older cursor only re-reads nothing.
+        if let Some(c) = cursor.as_ref().filter(|_| !checked.docs.is_empty()) {
+            meta.push((cursor_name(peer.peer.id.as_str()), stamp_meta(c)));
+        }
+        let (n, refused) = (checked.changes, checked.refused);
+        let merged = self.merge(checked, meta).await?;
+        peer.status.lock().changes_received += n as u64;
+        if let Some(c) = cursor {
+            *peer.cursor.lock() = Some(c);
+            self.shared.cursor_moved.send_modify(|n| *n += 1);
+        }
+        if !merged.missing_deps.is_empty() {
+            // their dependencies reached the peer by another path: ask it for what we lack
+            self.repair_docs(peer, merged.missing_deps).await?;
+        }
+        Ok(refused)
+    }
+
+    /// Decodes and checks received changes: each must parse, and its stamp must be within the
+    /// clock's maximum drift (which also moves the clock past it). `feed`: stop at the first
+    /// refusal; otherwise skip the rest of that document only.
+    fn check(&self, changes: Vec<DocChanges>, feed: bool) -> Result<Checked, String> {
+        let clock = self.shared.store.clock();
+        let mut out = Checked::default();
+        'docs: for dc in changes {
+            let key = DocKey::new(&dc.collection, &dc.id).map_err(|e| e.to_string())?;
+            let mut accepted = Vec::with_capacity(dc.changes.len());
+            for c in dc.changes {
+                let info = change_info(&c).map_err(|e| e.to_string())?;
+                if let Some(stamp) = info.stamp {
+                    if let Err(e) = clock.observe(&stamp) {
+                        self.shared.drift_refusals.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            key = %key, stamp = %meridian_crdt::display_stamp(&stamp), error = %e,
+                            "refused a change stamped too far in the future; is that node's clock right?"
+                        );
+                        out.refused = true;
+                        if !accepted.is_empty() {
+                            out.docs.push((key.clone(), std::mem::take(&mut accepted)));
+                        }
+                        if feed {
+                            break 'docs;
+                        }
+                        continue 'docs;
+                    }
+                    if let Some(node) = info.node {
+                        let s = out.seen.entry(node).or_insert(stamp);
+                        *s = (*s).max(stamp);
+                    }
+                    out.last_stamp = Some(stamp);
+                }
+                accepted.push(c);
+                out.changes += 1;
+            }
+            if !accepted.is_empty() {
+                out.docs.push((key, accepted));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Merges checked changes durably with `meta`, then raises the seen stamps in memory.
+    async fn merge(
+        &self,
+        checked: Checked,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<meridian_crdt::Merged, String> {
+        let merged = self
+            .shared
+            .store
+            .merge_remote(checked.docs, meta)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut all = self.shared.seen.lock();
+        for (node, ts) in checked.seen {
+            let s = all.entry(node).or_insert(ts);
+            *s = (*s).max(ts);
+        }
+        Ok(merged)
+    }
+
+    /// Merges changes from a repair answer (any author), with their bookkeeping.
+    async fn merge_checked(
+        &self,
+        peer: &PeerState,
+        changes: Vec<DocChanges>,
+    ) -> Result<usize, String> {
+        let checked = self.check(changes, false)?;
+        let meta = checked.seen_meta(self);
+        let merged = self.merge(checked, meta).await?;
+        peer.status.lock().changes_repaired += merged.changes as u64;
+        Ok(merged.changes)
+    }
+
+    /// Asks `peer` for what the given documents lack.
+    async fn repair_docs(&self, peer: &PeerState, keys: Vec<DocKey>) -> Result<(), String> {
+        let mut docs = Vec::with_capacity(keys.len());
+        for key in keys {
+            let heads = self
+                .shared
+                .store
+                .read_state(&key)
+                .map_err(|e| e.to_string())?
+                .map(|s| s.heads)
+                .unwrap_or_default();
+            docs.push(doc_heads(&key, &heads));
+        }
+        let req = Request::Repair {
+            from: self.shared.me.clone(),
+            buckets: vec![],
+            docs,
+        };
+        match self.call(peer, &req, Duration::ZERO).await? {
+            Response::Repair { changes, .. } => self.merge_checked(peer, changes).await.map(|_| ()),
+            other => Err(format!("unexpected answer to a repair request: {other:?}")),
+        }
+    }
+
+    async fn repair_loop(self, peer: Arc<PeerState>) {
+        let every = self.shared.config.anti_entropy_every;
+        // the first pass soon after start-up (restored backups, changes missed while down)
+        let mut next = every.mul_f64(rand::thread_rng().gen_range(0.05..0.3));
+        loop {
+            if self.pause(next).await {
+                return;
+            }
+            match self.anti_entropy(&peer).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(peer = %peer.peer.id, repaired = n, "anti-entropy repaired changes")
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.peer.id, error = %e, "anti-entropy pass failed")
+                }
+            }
+            next = every.mul_f64(rand::thread_rng().gen_range(0.75..1.25));
+        }
+    }
+
+    /// One anti-entropy pass with `peer`: compare digests, then fetch, for the documents in
+    /// the buckets that differ, the changes this node lacks. Returns the changes merged.
+    pub async fn anti_entropy_with(&self, peer: &str) -> Result<usize, String> {
+        let p = self
+            .peer(peer)
+            .ok_or_else(|| format!("{peer} is not a peer"))?
+            .clone();
+        self.anti_entropy(&p).await
+    }
+
+    async fn anti_entropy(&self, peer: &PeerState) -> Result<usize, String> {
+        let req = Request::Digest {
+            from: self.shared.me.clone(),
+        };
+        let theirs = match self.call(peer, &req, Duration::ZERO).await? {
+            Response::Digest { buckets } if buckets.len() == DIGEST_BUCKETS => buckets,
+            other => return Err(format!("unexpected answer to a digest request: {other:?}")),
+        };
+        let mine = self.shared.store.digests();
+        let differing: Vec<u32> = (0..DIGEST_BUCKETS)
+            .filter(|b| mine[*b] != theirs[*b])
+            .map(|b| b as u32)
+            .collect();
+        let mut merged = 0;
+        for chunk in differing.chunks(REPAIR_BUCKETS) {
+            loop {
+                let set: BTreeSet<u32> = chunk.iter().copied().collect();
+                let docs = self
+                    .shared
+                    .store
+                    .bucket_heads(&set)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(|(k, h)| doc_heads(k, h))
+                    .collect();
+                let req = Request::Repair {
+                    from: self.shared.me.clone(),
+                    buckets: chunk.to_vec(),
+                    docs,
+                };
+                let Response::Repair { changes, more } =
+                    self.call(peer, &req, Duration::ZERO).await?
+                else {
+                    return Err("unexpected answer to a repair request".into());
+                };
+                let n = self.merge_checked(peer, changes).await?;
+                merged += n;
+                // stop if a cut answer brought nothing new (it would repeat itself)
+                if !more || n == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    // --- sessions
+
+    /// This node's part of a session token: its own newest stamp, and the newest stamp of each
+    /// peer's changes merged here. It covers everything a read here can show.
+    pub fn token(&self) -> SessionToken {
+        let mut t = SessionToken::default();
+        if let Some(ts) = self.shared.store.last_local_stamp() {
+            t.observe(&self.shared.me, ts.get_time().as_u64());
+        }
+        let seen = self.shared.seen.lock();
+        for p in &self.shared.peers {
+            if let Some(ts) = seen.get(p.peer.id.as_str()) {
+                t.observe(p.peer.id.as_str(), ts.get_time().as_u64());
+            }
+        }
+        t
+    }
+
+    /// The first node of `token` whose changes this node may lack.
+    fn uncovered(&self, token: &SessionToken) -> Option<Behind> {
+        for (node, time) in token.iter() {
+            let covered = if node == self.shared.me {
+                time <= self.shared.store.clock().now().get_time().as_u64()
+            } else if let Some(p) = self.peer(node) {
+                p.cursor
+                    .lock()
+                    .is_some_and(|c| c.get_time().as_u64() >= time)
+            } else {
+                return Some(Behind {
+                    node: node.to_owned(),
+                    unknown: true,
+                });
+            };
+            if !covered {
+                return Some(Behind {
+                    node: node.to_owned(),
+                    unknown: false,
+                });
+            }
+        }
+        None
+    }
+
+    /// Waits until this node holds everything `token` covers, pulling from the nodes it names
+    /// right away; gives up after `max_wait`.
+    pub async fn await_token(
+        &self,
+        token: &SessionToken,
+        max_wait: Duration,
+    ) -> Result<(), Behind> {
+        let deadline = Instant::now() + max_wait;
+        let mut moved = self.shared.cursor_moved.subscribe();
+        loop {
+            let Some(behind) = self.uncovered(token) else {
+                return Ok(());
+            };
+            if behind.unknown || Instant::now() >= deadline {
+                return Err(behind);
+            }
+            if let Some(p) = self.peer(&behind.node) {
+                self.catch_up(p.clone());
+            }
+            let tick = (deadline - Instant::now()).min(Duration::from_millis(50));
+            tokio::select! {
+                _ = moved.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    /// Pulls the peer's feed without waiting, until caught up (one such task per peer).
+    fn catch_up(&self, peer: Arc<PeerState>) {
+        if peer.catching_up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Pulled {
+                more: true,
+                refused: false,
+            }) = this.pull_once(&peer, Duration::ZERO).await
+            {}
+            peer.catching_up.store(false, Ordering::Release);
+        });
+    }
+
+    // --- status
+
+    pub fn report(&self) -> ClusterReport {
+        let store = &self.shared.store;
+        let peers = self
+            .shared
+            .peers
+            .iter()
+            .map(|p| {
+                let st = p.status.lock();
+                let cursor = *p.cursor.lock();
+                let behind_peer = match st.their_latest {
+                    Some(latest) if st.their_backlog > 0 || cursor.is_none_or(|c| c < latest) => {
+                        Lag {
+                            seconds: secs_between(&latest, cursor.as_ref()),
+                            changes: st.their_backlog.max(1),
+                        }
+                    }
+                    _ => Lag::default(),
+                };
+                let peer_behind = match st.their_cursor {
+                    Some(after) => match store.feed_backlog(after.as_ref(), BACKLOG_CAP) {
+                        Ok((Some(latest), n)) if n > 0 => Lag {
+                            seconds: secs_between(&latest, after.as_ref()),
+                            changes: n as u64,
+                        },
+                        _ => Lag::default(),
+                    },
+                    None => Lag::default(),
+                };
+                PeerReport {
+                    id: p.peer.id.to_string(),
+                    url: p.peer.addr.clone(),
+                    reachable: st.reachable,
+                    last_contact_ms_ago: st.last_contact.map(|t| t.elapsed().as_millis() as u64),
+                    last_error: st.last_error.clone(),
+                    behind_peer,
+                    peer_behind,
+                    bytes_sent: st.bytes_sent,
+                    bytes_received: st.bytes_received,
+                    changes_received: st.changes_received,
+                    changes_repaired: st.changes_repaired,
+                }
+            })
+            .collect();
+        ClusterReport {
+            node: self.shared.me.clone(),
+            hlc: meridian_crdt::display_stamp(&store.clock().now()),
+            clock_drift_refusals: self.shared.drift_refusals.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+
+    /// Bytes sent to and received from all peers, both as asker and as answerer.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.shared.peers.iter().fold((0, 0), |(s, r), p| {
+            let st = p.status.lock();
+            (s + st.bytes_sent, r + st.bytes_received)
+        })
+    }
+
+    pub fn drift_refusals(&self) -> u64 {
+        self.shared.drift_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Where a peer is reached, if it is one.
+    pub fn peer_url(&self, id: &str) -> Option<String> {
+        self.peer(id).map(|p| p.peer.addr.clone())
+    }
+
+    /// This node's cursor into a peer's feed.
+    pub fn cursor(&self, peer: &str) -> Option<Timestamp> {
+        self.peer(peer).and_then(|p| *p.cursor.lock())
+    }
+}
+
+struct Pulled {
+    more: bool,
+    refused: bool,
+}
+
+#[derive(Default)]
+struct Checked {
+    docs: Vec<(DocKey, Vec<Vec<u8>>)>,
+    changes: usize,
+    seen: HashMap<String, Timestamp>,
+    last_stamp: Option<Timestamp>,
+    refused: bool,
+}
+
+impl Checked {
+    /// Bookkeeping for the seen stamps this batch raises.
+    fn seen_meta<T>(&self, r: &Replica<T>) -> Vec<(String, Vec<u8>)> {
+        let all = r.shared.seen.lock();
+        self.seen
+            .iter()
+            .filter(|(n, ts)| all.get(*n).is_none_or(|s| *ts > s))
+            .map(|(n, ts)| (seen_name(n), stamp_meta(ts)))
+            .collect()
+    }
+}
+
+fn doc_heads(key: &DocKey, heads: &[ChangeHash]) -> DocHeads {
+    DocHeads {
+        collection: key.collection().into(),
+        id: key.id().into(),
+        heads: heads.iter().map(|h| h.0).collect(),
+    }
+}
