@@ -66,7 +66,7 @@ impl SyncConfig {
             feed_batch: 1000,
             anti_entropy_every: Duration::from_secs(30),
             call_timeout: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -118,6 +118,9 @@ pub struct PeerReport {
     pub changes_received: u64,
     /// Changes anti-entropy took from the peer since start-up (ones the feeds missed).
     pub changes_repaired: u64,
+    /// Feed requests made to the peer, and how many of the answers brought changes.
+    pub feed_requests: u64,
+    pub feed_batches: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -135,6 +138,8 @@ struct PeerStatus {
     bytes_received: u64,
     changes_received: u64,
     changes_repaired: u64,
+    feed_requests: u64,
+    feed_batches: u64,
     /// From the peer's last feed answer: its newest change and how many were still to come.
     their_latest: Option<Timestamp>,
     their_backlog: u64,
@@ -149,6 +154,8 @@ struct PeerState {
     /// One merge of this peer's feed at a time, so the cursor only moves forward.
     apply: tokio::sync::Mutex<()>,
     catching_up: AtomicBool,
+    /// Ends a retry pause early: the peer just reached us, so the link works again.
+    wake: tokio::sync::Notify,
     status: Mutex<PeerStatus>,
 }
 
@@ -174,6 +181,10 @@ struct Shared<T> {
     me: String,
     peers: Vec<Arc<PeerState>>,
     seen: Mutex<HashMap<String, Timestamp>>,
+    /// Bumped whenever `seen` changes, to know when [`Replica::token_text`] is stale.
+    seen_epoch: AtomicU64,
+    /// This node's token as text, and the (newest local stamp, seen epoch) it was made at.
+    token_cache: Mutex<Option<(u64, u64, Arc<str>)>>,
     /// Bumped whenever a cursor moves, for session waits.
     cursor_moved: watch::Sender<u64>,
     drift_refusals: AtomicU64,
@@ -236,6 +247,7 @@ impl<T: Transport> Replica<T> {
                     peer: p.clone(),
                     apply: Default::default(),
                     catching_up: AtomicBool::new(false),
+                    wake: tokio::sync::Notify::new(),
                     status: Default::default(),
                 })
             })
@@ -248,6 +260,8 @@ impl<T: Transport> Replica<T> {
                 me,
                 peers,
                 seen: Mutex::new(seen),
+                seen_epoch: AtomicU64::new(0),
+                token_cache: Mutex::new(None),
                 cursor_moved: watch::Sender::new(0),
                 drift_refusals: AtomicU64::new(0),
                 shutdown: watch::Sender::new(false),
@@ -280,15 +294,22 @@ impl<T: Transport> Replica<T> {
         self.shared.peers.iter().find(|p| p.peer.id.as_str() == id)
     }
 
-    /// Sleeps, or returns early (true) on shutdown.
-    async fn pause(&self, d: Duration) -> bool {
+    /// Sleeps, or returns early: true on shutdown, false if `wake` fires.
+    async fn pause(&self, d: Duration, wake: Option<&tokio::sync::Notify>) -> bool {
         let mut rx = self.shared.shutdown.subscribe();
         if *rx.borrow() {
             return true;
         }
+        let woken = async {
+            match wake {
+                Some(w) => w.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(d) => self.stopped(),
             _ = rx.changed() => true,
+            _ = woken => self.stopped(),
         }
     }
 
@@ -303,6 +324,12 @@ impl<T: Transport> Replica<T> {
                     | Request::Digest { from }
                     | Request::Repair { from, .. } => from.clone(),
                 };
+                if let Some(p) = self.peer(&from) {
+                    if !p.status.lock().reachable {
+                        // a partition healed: retry our side now, not after the backoff
+                        p.wake.notify_one();
+                    }
+                }
                 let resp = self.serve(req).await.unwrap_or_else(|message| {
                     tracing::warn!(peer = %from, %message, "refused a peer's request");
                     Response::Error { message }
@@ -350,13 +377,14 @@ impl<T: Transport> Replica<T> {
                         _ = stop.changed() => {}
                     }
                 };
+                // only a node that is behind needs to know by how much
                 let (latest, behind) = if page.more {
                     let (latest, n) = store
                         .feed_backlog(page.upto.as_ref(), BACKLOG_CAP)
                         .map_err(err)?;
                     (latest, n as u64)
                 } else {
-                    (page.entries.last().map(|(ts, _)| *ts), 0)
+                    (None, 0)
                 };
                 let mut changes: Vec<DocChanges> = Vec::new();
                 for (_, e) in page.entries {
@@ -509,7 +537,7 @@ impl<T: Transport> Replica<T> {
                 }
             };
             if let Some(d) = pause {
-                if self.pause(d).await {
+                if self.pause(d, Some(&peer.wake)).await {
                     return;
                 }
             }
@@ -533,8 +561,10 @@ impl<T: Transport> Replica<T> {
             } => {
                 {
                     let mut st = peer.status.lock();
-                    st.their_latest = latest.or(st.their_latest);
+                    st.their_latest = latest;
                     st.their_backlog = behind;
+                    st.feed_requests += 1;
+                    st.feed_batches += !changes.is_empty() as u64;
                 }
                 let refused = self.apply_feed(peer, changes, upto).await?;
                 Ok(Pulled { more, refused })
@@ -641,6 +671,7 @@ impl<T: Transport> Replica<T> {
             let s = all.entry(node).or_insert(ts);
             *s = (*s).max(ts);
         }
+        self.shared.seen_epoch.fetch_add(1, Ordering::Release);
         Ok(merged)
     }
 
@@ -686,7 +717,7 @@ impl<T: Transport> Replica<T> {
         // the first pass soon after start-up (restored backups, changes missed while down)
         let mut next = every.mul_f64(rand::thread_rng().gen_range(0.05..0.3));
         loop {
-            if self.pause(next).await {
+            if self.pause(next, None).await {
                 return;
             }
             match self.anti_entropy(&peer).await {
@@ -774,6 +805,25 @@ impl<T: Transport> Replica<T> {
             }
         }
         t
+    }
+
+    /// [`Replica::token`] as text, cached until it changes: every `/v1` answer carries it.
+    pub fn token_text(&self) -> Arc<str> {
+        let local = self
+            .shared
+            .store
+            .last_local_stamp()
+            .map_or(0, |t| t.get_time().as_u64());
+        let epoch = self.shared.seen_epoch.load(Ordering::Acquire);
+        let mut cache = self.shared.token_cache.lock();
+        match &*cache {
+            Some((l, e, text)) if *l == local && *e == epoch => text.clone(),
+            _ => {
+                let text: Arc<str> = self.token().to_string().into();
+                *cache = Some((local, epoch, text.clone()));
+                text
+            }
+        }
     }
 
     /// The first node of `token` whose changes this node may lack.
@@ -886,6 +936,8 @@ impl<T: Transport> Replica<T> {
                     bytes_received: st.bytes_received,
                     changes_received: st.changes_received,
                     changes_repaired: st.changes_repaired,
+                    feed_requests: st.feed_requests,
+                    feed_batches: st.feed_batches,
                 }
             })
             .collect();

@@ -4,12 +4,14 @@
 //! - [`Process`]: one `meridian serve` child process, its address and its log.
 //! - [`cluster`]: nodes in one process over an in-memory faulty network.
 //! - [`proxy`]: a TCP proxy a test can cut, to partition real processes.
+//! - [`mesh`]: three real processes in a full mesh through such proxies.
 //! - [`binary`]: where the binary is (`MERIDIAN_BIN`, or next to the test executable).
 //! - `tests/`: end-to-end tests; `src/bin/bench.rs`: the benchmark; `src/bin/ceiling.rs`: a
 //!   constant axum handler, the HTTP ceiling the benchmark compares against.
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 pub mod cluster;
+pub mod mesh;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -59,7 +61,7 @@ impl Process {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("MERIDIAN_LOG", "info")
+            .env("MERIDIAN_LOG", "info,automerge=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

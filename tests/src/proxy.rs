@@ -5,7 +5,7 @@
 //! refuses new ones, as a partition that the sender notices at once would.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -17,6 +17,8 @@ struct State {
     target: Mutex<Option<SocketAddr>>,
     cut: AtomicBool,
     conns: Mutex<Vec<AbortHandle>>,
+    /// Bytes carried, both directions (HTTP framing included).
+    bytes: AtomicU64,
 }
 
 /// One proxy. Stops when dropped.
@@ -35,16 +37,19 @@ impl Proxy {
         let state = Arc::new(State::default());
         let s = state.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
+            while let Ok((down, _)) = listener.accept().await {
                 let target = *s.target.lock();
                 let Some(target) = target.filter(|_| !s.cut.load(Ordering::SeqCst)) else {
                     continue; // dropped: the connection closes
                 };
+                let counted = s.clone();
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut up) = TcpStream::connect(target).await {
+                    if let Ok(up) = TcpStream::connect(target).await {
                         let _ = up.set_nodelay(true);
                         let _ = down.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        let (dr, dw) = down.into_split();
+                        let (ur, uw) = up.into_split();
+                        tokio::join!(pump(dr, uw, &counted), pump(ur, dw, &counted));
                     }
                 });
                 let mut conns = s.conns.lock();
@@ -58,6 +63,11 @@ impl Proxy {
             state,
             accept,
         }
+    }
+
+    /// Bytes carried so far, both directions.
+    pub fn bytes(&self) -> u64 {
+        self.state.bytes.load(Ordering::Relaxed)
     }
 
     pub fn url(&self) -> String {
@@ -79,6 +89,28 @@ impl Proxy {
     pub fn heal(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
     }
+}
+
+/// Copies one direction, counting bytes, until either side closes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    state: &State,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                state.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for Proxy {

@@ -1,92 +1,11 @@
 //! Replication end to end: three real `meridian serve` processes on loopback, their peer
 //! traffic routed through proxies the test can cut.
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use meridian_tests::proxy::Proxy;
+use meridian_tests::mesh::{Mesh, IDS, SECRET};
 use meridian_tests::{eventually, Process};
 use serde_json::{json, Value};
-
-const SECRET: &str = "e2e-cluster-secret";
-const IDS: [&str; 3] = ["a", "b", "c"];
-
-/// Three nodes and the six directed links between them.
-struct Cluster {
-    dirs: HashMap<&'static str, tempfile::TempDir>,
-    nodes: HashMap<&'static str, Process>,
-    links: HashMap<(&'static str, &'static str), Proxy>,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let mut links = HashMap::new();
-        for from in IDS {
-            for to in IDS {
-                if from != to {
-                    links.insert((from, to), Proxy::start().await);
-                }
-            }
-        }
-        let mut c = Cluster {
-            dirs: IDS
-                .iter()
-                .map(|id| (*id, tempfile::tempdir().unwrap()))
-                .collect(),
-            nodes: HashMap::new(),
-            links,
-        };
-        for id in IDS {
-            c.start_node(id);
-        }
-        c
-    }
-
-    /// Starts (or restarts) a node on its data dir and points the links to it at its address.
-    fn start_node(&mut self, id: &'static str) {
-        let mut args = vec![
-            "--node-id".to_string(),
-            id.to_string(),
-            "--region".into(),
-            id.into(),
-            "--cluster-secret".into(),
-            SECRET.into(),
-            "--anti-entropy-secs".into(),
-            "2".into(),
-        ];
-        for to in IDS.iter().filter(|to| **to != id) {
-            args.push("--peer".into());
-            args.push(format!("{to}={}", self.links[&(id, *to)].url()));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let dir: &Path = self.dirs[id].path();
-        let p = Process::start(dir, &args);
-        for from in IDS.iter().filter(|from| **from != id) {
-            self.links[&(*from, id)].set_target(&p.addr);
-        }
-        self.nodes.insert(id, p);
-    }
-
-    fn node(&self, id: &str) -> &Process {
-        &self.nodes[id]
-    }
-
-    /// Cuts every link between `side` and the other nodes, both ways.
-    fn partition(&self, side: &str) {
-        for ((from, to), proxy) in &self.links {
-            if (*from == side) != (*to == side) {
-                proxy.cut();
-            }
-        }
-    }
-
-    fn heal(&self) {
-        for proxy in self.links.values() {
-            proxy.heal();
-        }
-    }
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -136,7 +55,7 @@ async fn call(
 }
 
 /// A document as every node shows it, conflicts included (`None` where it is absent).
-async fn everywhere(c: &reqwest::Client, cl: &Cluster, path: &str) -> Vec<(u16, Value)> {
+async fn everywhere(c: &reqwest::Client, cl: &Mesh, path: &str) -> Vec<(u16, Value)> {
     let mut out = vec![];
     for id in IDS {
         let r = call(
@@ -159,7 +78,7 @@ async fn bulk_count(c: &reqwest::Client, p: &Process) -> usize {
     r.body["items"].as_array().map_or(0, Vec::len)
 }
 
-async fn all_agree(c: &reqwest::Client, cl: &Cluster, path: &str) -> bool {
+async fn all_agree(c: &reqwest::Client, cl: &Mesh, path: &str) -> bool {
     let v = everywhere(c, cl, path).await;
     v.iter().all(|x| x == &v[0])
 }
@@ -167,7 +86,7 @@ async fn all_agree(c: &reqwest::Client, cl: &Cluster, path: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_regions_replicate_partition_converge_and_survive_kill_9() {
     let c = client();
-    let mut cl = Cluster::start().await;
+    let mut cl = Mesh::start(&["--anti-entropy-secs", "2"]).await;
 
     // --- a write in one region, read with its token in another
     let w = call(
