@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,9 @@ use meridian_sync::{ClusterReport, Peer, Transport};
 
 use crate::error::ApiError;
 use crate::AppState;
+
+/// Largest node-to-node request (a repair request lists the heads of many documents).
+const INTERNAL_BODY_LIMIT: usize = 64 << 20;
 
 /// Content type of node-to-node messages (see `meridian_sync::wire`).
 const RPC_TYPE: &str = "application/x-meridian-rpc";
@@ -73,7 +76,7 @@ fn same_secret(given: &[u8], wanted: &[u8]) -> bool {
 pub(crate) async fn rpc(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
@@ -86,6 +89,10 @@ pub(crate) async fn rpc(
     if !ok {
         return Err(ApiError::Unauthorized);
     }
+    // read only once authenticated
+    let body = axum::body::to_bytes(body, INTERNAL_BODY_LIMIT)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(INTERNAL_BODY_LIMIT))?;
     let answer = st.replica.handle(&body).await;
     Ok((
         StatusCode::OK,

@@ -109,9 +109,6 @@ impl AppState {
     }
 }
 
-/// Largest node-to-node request (a repair request lists heads of many documents).
-const INTERNAL_BODY_LIMIT: usize = 64 << 20;
-
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
     use axum::routing::{get as g, post};
@@ -151,13 +148,9 @@ pub fn app(state: AppState) -> Router {
             session::layer,
         ));
 
-    let internal = Router::new()
-        .route("/internal/rpc", post(cluster::rpc))
-        .layer(axum::extract::DefaultBodyLimit::max(INTERNAL_BODY_LIMIT));
-
     Router::new()
         .merge(v1)
-        .merge(internal)
+        .route("/internal/rpc", post(cluster::rpc))
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),

@@ -1005,3 +1005,101 @@ fn doc_heads(key: &DocKey, heads: &[ChangeHash]) -> DocHeads {
         heads: heads.iter().map(|h| h.0).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A network that reaches nobody.
+    #[derive(Debug)]
+    struct NoNet;
+
+    impl Transport for NoNet {
+        async fn call(&self, _: &Peer, _: Vec<u8>, _: Duration) -> Result<Vec<u8>, String> {
+            Err("no network".into())
+        }
+    }
+
+    fn replica(dir: &std::path::Path) -> Replica<NoNet> {
+        let mut c = meridian_crdt::StoreConfig::new(dir);
+        c.node_id = Some("n1".into());
+        let store = Store::open(c).unwrap();
+        Replica::new(store, NoNet, SyncConfig::new(vec![])).unwrap()
+    }
+
+    fn error_of(answer: &[u8]) -> Option<String> {
+        match wire::decode::<Response>(answer).unwrap() {
+            Response::Error { message } => Some(message),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn any_bytes_get_an_answer_and_change_nothing(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let dir = tempfile::tempdir().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let r = replica(dir.path());
+                let answer = r.handle(&body).await;
+                // every answer decodes; garbage gets an error message
+                let decoded = wire::decode::<Response>(&answer);
+                prop_assert!(decoded.is_ok());
+                prop_assert!(r.store().digests().iter().all(|d| *d == 0));
+                prop_assert!(r.store().feed(None, 10).unwrap().entries.is_empty());
+                Ok(())
+            })?;
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path());
+        let bad_bucket = Request::Repair {
+            from: "x".into(),
+            buckets: vec![DIGEST_BUCKETS as u32],
+            docs: vec![],
+        };
+        let e = error_of(&r.handle(&wire::encode(&bad_bucket)).await).unwrap();
+        assert!(e.contains("buckets"), "{e}");
+        let bad_key = Request::Repair {
+            from: "x".into(),
+            buckets: vec![],
+            docs: vec![DocHeads {
+                collection: "a/b".into(),
+                id: "c".into(),
+                heads: vec![],
+            }],
+        };
+        assert!(error_of(&r.handle(&wire::encode(&bad_key)).await).is_some());
+        let e = error_of(&r.handle(&[9, 0]).await).unwrap();
+        assert!(e.contains("version 9"), "{e}");
+        // a feed request from anyone, with nothing to send, waits no longer than asked
+        let feed = Request::Feed {
+            from: "x".into(),
+            after: None,
+            wait_ms: 50,
+            limit: 10,
+        };
+        let t0 = Instant::now();
+        let answer = wire::decode::<Response>(&r.handle(&wire::encode(&feed)).await).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        assert!(
+            matches!(answer, Response::Feed { ref changes, more: false, .. } if changes.is_empty())
+        );
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let max = Duration::from_millis(500);
+        for f in 0..20 {
+            let d = backoff(f, max);
+            assert!(d <= max.mul_f64(1.5), "{d:?}");
+            assert!(d >= Duration::from_millis(25), "{d:?}");
+        }
+        assert!(backoff(0, max) < Duration::from_millis(76));
+    }
+}

@@ -134,22 +134,32 @@ async fn put_all(
     }
 }
 
-/// A node's anti-entropy digest, over the internal protocol.
-async fn digest(c: &reqwest::Client, m: &Mesh, id: &str) -> Vec<u64> {
-    let req = meridian_sync::Request::Digest {
-        from: "bench".into(),
-    };
+/// One request over the internal protocol, as a peer would send it.
+async fn rpc(
+    c: &reqwest::Client,
+    m: &Mesh,
+    id: &str,
+    req: &meridian_sync::Request,
+) -> meridian_sync::Response {
     let bytes = c
         .post(m.node(id).url("/internal/rpc"))
         .bearer_auth(SECRET)
-        .body(meridian_sync::encode(&req))
+        .body(meridian_sync::encode(req))
         .send()
         .await
         .expect("rpc")
         .bytes()
         .await
         .expect("rpc body");
-    match meridian_sync::decode(&bytes).expect("digest answer") {
+    meridian_sync::decode(&bytes).expect("an answer")
+}
+
+/// A node's anti-entropy digest.
+async fn digest(c: &reqwest::Client, m: &Mesh, id: &str) -> Vec<u64> {
+    let req = meridian_sync::Request::Digest {
+        from: "bench".into(),
+    };
+    match rpc(c, m, id, &req).await {
         meridian_sync::Response::Digest { buckets } => buckets,
         other => panic!("unexpected answer {other:?}"),
     }
@@ -166,22 +176,12 @@ async fn last_change_sizes(c: &reqwest::Client, m: &Mesh, n: usize) -> Vec<usize
             wait_ms: 0,
             limit: 10_000,
         };
-        let bytes = c
-            .post(m.node("a").url("/internal/rpc"))
-            .bearer_auth(SECRET)
-            .body(meridian_sync::encode(&req))
-            .send()
-            .await
-            .expect("rpc")
-            .bytes()
-            .await
-            .expect("rpc body");
         let meridian_sync::Response::Feed {
             changes,
             upto,
             more,
             ..
-        } = meridian_sync::decode(&bytes).expect("feed answer")
+        } = rpc(c, m, "a", &req).await
         else {
             panic!("unexpected answer");
         };
@@ -236,7 +236,9 @@ async fn main() {
         tick.tick().await;
         i += 1;
         let (c, a, lags, reads) = (c.clone(), a.clone(), lags.clone(), reads.clone());
-        let probe = i.is_multiple_of(10).then(|| readers[(i / 10 % 2) as usize].clone());
+        let probe = i
+            .is_multiple_of(10)
+            .then(|| readers[(i / 10 % 2) as usize].clone());
         tasks.push(tokio::spawn(async move {
             let doc = format!("d{}", i % 1000);
             let r = c
