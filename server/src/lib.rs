@@ -140,12 +140,16 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/{collection}/{id}/ops", post(api::post_ops))
         .route("/v1/{collection}", g(api::list_docs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::wait,
+        ))
         .route_layer(guard)
         .route("/v1/status", get(status))
         .route("/v1/cluster", get(cluster::report))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            session::layer,
+            session::stamp,
         ));
 
     Router::new()

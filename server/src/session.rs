@@ -1,8 +1,10 @@
 //! Session tokens over HTTP: `Meridian-Session` in and out, `Meridian-Max-Wait-Ms`.
 //!
-//! One middleware around every `/v1` route: it refuses a malformed token (400), holds a
-//! document request until this node covers the token (or answers 503 `session_unavailable`),
-//! and puts the request's token merged with this node's on every answer, errors included.
+//! Two layers. [`stamp`] wraps every `/v1` route: it refuses a malformed token (400) and puts
+//! the request's token merged with this node's on every answer, errors and overload included.
+//! [`wait`] wraps the document routes inside the concurrency limit (so waiting requests are
+//! bounded like any other) and holds a request until this node covers its token, or answers
+//! 503 `session_unavailable`.
 
 use std::time::Duration;
 
@@ -18,22 +20,46 @@ use crate::AppState;
 pub(crate) const SESSION: &str = "meridian-session";
 pub(crate) const MAX_WAIT: &str = "meridian-max-wait-ms";
 
-/// Routes that describe the node rather than serve data: never held back by a token.
-const NO_WAIT: [&str; 2] = ["/v1/status", "/v1/cluster"];
+/// What [`stamp`] parsed, for [`wait`].
+#[derive(Debug, Clone)]
+struct Session {
+    token: SessionToken,
+    max_wait: Duration,
+}
 
-pub(crate) async fn layer(State(st): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn stamp(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let (token, max_wait) = match (parse(req.headers()), max_wait(&st, req.headers())) {
         (Ok(t), Ok(w)) => (t, w),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let resp = match &token {
-        Some(t) if !NO_WAIT.contains(&req.uri().path()) => match wait(&st, t, max_wait).await {
-            Ok(()) => next.run(req).await,
-            Err(e) => e.into_response(),
-        },
-        _ => next.run(req).await,
-    };
-    stamp(&st, token, resp)
+    if let Some(t) = &token {
+        req.extensions_mut().insert(Session {
+            token: t.clone(),
+            max_wait,
+        });
+    }
+    let resp = next.run(req).await;
+    with_token(&st, token, resp)
+}
+
+/// Waits until this node holds everything the token covers, at most the bound (or
+/// `Meridian-Max-Wait-Ms`). Never lets a request see older state.
+pub(crate) async fn wait(
+    State(st): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(s) = req.extensions().get::<Session>() {
+        st.replica
+            .await_token(&s.token, s.max_wait)
+            .await
+            .map_err(|behind| ApiError::SessionUnavailable {
+                url: st.peer_url(&behind.node),
+                node: behind.node,
+                unknown: behind.unknown,
+            })?;
+    }
+    Ok(next.run(req).await)
 }
 
 /// The configured bound, or `Meridian-Max-Wait-Ms` if lower.
@@ -63,22 +89,9 @@ fn parse(headers: &HeaderMap) -> Result<Option<SessionToken>, ApiError> {
     Ok((!t.is_empty()).then_some(t))
 }
 
-/// Waits until this node holds everything the token covers, at most `max_wait`. Never lets a
-/// request see older state.
-async fn wait(st: &AppState, token: &SessionToken, max_wait: Duration) -> Result<(), ApiError> {
-    st.replica
-        .await_token(token, max_wait)
-        .await
-        .map_err(|behind| ApiError::SessionUnavailable {
-            url: st.peer_url(&behind.node),
-            node: behind.node,
-            unknown: behind.unknown,
-        })
-}
-
 /// The answer's token: the request's merged with this node's (taken after the request ran,
 /// so it covers what the request read or wrote).
-fn stamp(st: &AppState, token: Option<SessionToken>, mut resp: Response) -> Response {
+fn with_token(st: &AppState, token: Option<SessionToken>, mut resp: Response) -> Response {
     let value = match token {
         // the common case, a client without a token: this node's, cached
         None => HeaderValue::from_str(&st.replica.token_text()),

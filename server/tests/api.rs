@@ -727,6 +727,34 @@ async fn a_token_this_node_cannot_cover_gets_503_session_unavailable_within_the_
 }
 
 #[tokio::test]
+async fn requests_waiting_for_a_session_count_against_the_in_flight_limit() {
+    let n = node_with(Limits {
+        max_in_flight: 1,
+        ..Limits::default()
+    });
+    let future = format!("test-node={:x}", u64::MAX / 2);
+    let app = n.app.clone();
+    let waiting = tokio::spawn(async move {
+        send_with(
+            &app,
+            "GET",
+            "/v1/c/d",
+            None,
+            &[("meridian-session", &future)],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = send(&n.app, "GET", "/v1/c/e", None).await;
+    assert_eq!(r.code(), "overloaded");
+    // every /v1 answer carries a token, the refusals too
+    assert!(r.headers.contains_key("meridian-session"));
+    let w = waiting.await.unwrap();
+    assert_eq!(w.code(), "session_unavailable");
+    assert!(w.headers.contains_key("meridian-session"));
+}
+
+#[tokio::test]
 async fn internal_endpoints_need_the_cluster_secret() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = StoreConfig::new(dir.path());
