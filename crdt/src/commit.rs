@@ -280,11 +280,16 @@ fn flush_loop(s: &Shared, mut wal: Wal, mut flushed: u64) {
         let (batches, shutdown) = {
             let mut p = s.pending.lock();
             while p.batches.is_empty() && !p.shutdown {
+                if checkpointed == flushed {
+                    // nothing to checkpoint: sleep until a writer or shutdown wakes us (a
+                    // timeout here would wake an idle node 100 times a second)
+                    s.wake.wait(&mut p);
+                    continue;
+                }
                 let timeout = CHECKPOINT_EVERY.saturating_sub(last_checkpoint.elapsed());
                 if s.wake
                     .wait_for(&mut p, timeout.max(Duration::from_millis(10)))
                     .timed_out()
-                    && checkpointed < flushed
                 {
                     break;
                 }

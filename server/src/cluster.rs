@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use meridian_sync::{ClusterReport, Peer, Transport};
+use meridian_sync::{Chunks, ClusterReport, Peer, Transport};
+use tokio_stream::StreamExt;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -64,6 +65,42 @@ impl Transport for HttpTransport {
         }
         Ok(bytes.to_vec())
     }
+
+    async fn open(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Chunks, String> {
+        let url = format!("{}/internal/subscribe", peer.addr.trim_end_matches('/'));
+        // no overall timeout: the answer is a stream; the replica notices a silent one
+        let send = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .header(header::CONTENT_TYPE, RPC_TYPE)
+            .body(body)
+            .send();
+        let mut resp = tokio::time::timeout(timeout, send)
+            .await
+            .map_err(|_| format!("{url}: timed out"))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(format!("{url}: {status}: {}", &text[..text.len().min(200)]));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let item = match resp.chunk().await {
+                    Ok(Some(c)) => Ok(c.to_vec()),
+                    Ok(None) => return,
+                    Err(e) => Err(format!("{url}: {e}")),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the secret.
@@ -71,13 +108,13 @@ fn same_secret(given: &[u8], wanted: &[u8]) -> bool {
     given.len() == wanted.len() && given.iter().zip(wanted).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
-/// `POST /internal/rpc`: one replication request from a peer. Refused with 401 unless it carries
-/// the cluster secret (and always, on a node without one).
-pub(crate) async fn rpc(
-    State(st): State<AppState>,
-    headers: HeaderMap,
+/// Checks the cluster secret, then reads the body. 401 without the secret (and always, on a
+/// node without one); the body is read only once authenticated.
+async fn authenticated_body(
+    st: &AppState,
+    headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Bytes, ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -89,17 +126,46 @@ pub(crate) async fn rpc(
     if !ok {
         return Err(ApiError::Unauthorized);
     }
-    // read only once authenticated
-    let body = axum::body::to_bytes(body, INTERNAL_BODY_LIMIT)
+    axum::body::to_bytes(body, INTERNAL_BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge(INTERNAL_BODY_LIMIT))?;
-    let answer = st.replica.handle(&body).await;
-    Ok((
+        .map_err(|_| ApiError::PayloadTooLarge(INTERNAL_BODY_LIMIT))
+}
+
+fn rpc_response(body: Body) -> Response {
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, HeaderValue::from_static(RPC_TYPE))],
-        answer,
+        body,
     )
-        .into_response())
+        .into_response()
+}
+
+/// `POST /internal/rpc`: one replication request from a peer, one answer.
+pub(crate) async fn rpc(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = authenticated_body(&st, &headers, body).await?;
+    Ok(rpc_response(Body::from(st.replica.handle(&body).await)))
+}
+
+/// `POST /internal/subscribe`: a peer follows this node's feed; the answer is a stream of
+/// frames for as long as the subscription lives.
+pub(crate) async fn subscribe(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = authenticated_body(&st, &headers, body).await?;
+    Ok(match st.replica.subscribe(&body) {
+        Ok(frames) => {
+            let stream = tokio_stream::wrappers::ReceiverStream::new(frames)
+                .map(Ok::<_, std::convert::Infallible>);
+            rpc_response(Body::from_stream(stream))
+        }
+        Err(answer) => rpc_response(Body::from(answer)),
+    })
 }
 
 /// `GET /v1/cluster`: this node and each peer, with reachability, lag both ways and traffic.

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Largest clock drift accepted in a peer's change stamps, in milliseconds. Default: 500.
     #[arg(long, env = "MERIDIAN_MAX_DRIFT_MS")]
     pub max_drift_ms: Option<u64>,
+    /// How to follow peers' feeds: `stream` (one open answer, a frame per batch) or
+    /// `long-poll` (a request per batch). Default: stream.
+    #[arg(long, env = "MERIDIAN_FEED_MODE")]
+    pub feed_mode: Option<String>,
 }
 
 /// The config file's keys: the same settings as the flags.
@@ -89,6 +93,7 @@ struct FileConfig {
     session_wait_ms: Option<u64>,
     anti_entropy_secs: Option<u64>,
     max_drift_ms: Option<u64>,
+    feed_mode: Option<String>,
 }
 
 /// The resolved configuration.
@@ -107,6 +112,7 @@ pub struct Config {
     pub session_wait_ms: u64,
     pub anti_entropy_secs: u64,
     pub max_drift_ms: u64,
+    pub feed_mode: meridian_sync::FeedMode,
 }
 
 /// `ID=URL`, with an http URL.
@@ -179,6 +185,11 @@ impl ServeArgs {
                 .or(file.anti_entropy_secs)
                 .unwrap_or(30),
             max_drift_ms: self.max_drift_ms.or(file.max_drift_ms).unwrap_or(500),
+            feed_mode: match self.feed_mode.or(file.feed_mode).as_deref() {
+                None | Some("stream") => meridian_sync::FeedMode::Stream,
+                Some("long-poll") => meridian_sync::FeedMode::LongPoll,
+                Some(other) => anyhow::bail!("feed_mode {other:?} must be stream or long-poll"),
+            },
         };
         if !c.peers.is_empty() {
             anyhow::ensure!(
@@ -301,6 +312,13 @@ mod tests {
                     Some("eu"),
                 ),
                 "twice",
+            ),
+            (
+                ServeArgs {
+                    feed_mode: Some("push".into()),
+                    ..Default::default()
+                },
+                "feed_mode",
             ),
         ] {
             let err = a.resolve().unwrap_err().to_string();

@@ -155,6 +155,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .route("/internal/rpc", post(cluster::rpc))
+        .route("/internal/subscribe", post(cluster::subscribe))
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -227,6 +228,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut sync = SyncConfig::new(config.peers.clone());
     sync.anti_entropy_every = Duration::from_secs(config.anti_entropy_secs);
+    sync.feed_mode = config.feed_mode;
     let state = AppState::clustered(
         store.clone(),
         &config.region,
@@ -262,6 +264,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let stop = replica.clone();
+    // Without TCP_NODELAY a feed frame can sit in the kernel for a delayed-ACK round (tens of
+    // milliseconds) behind the previous one: Nagle's algorithm holds small writes back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

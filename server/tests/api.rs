@@ -629,6 +629,7 @@ async fn openapi_describes_every_route() {
         ("/v1/status", &["get"]),
         ("/v1/cluster", &["get"]),
         ("/internal/rpc", &["post"]),
+        ("/internal/subscribe", &["post"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),

@@ -24,6 +24,11 @@ mod replica;
 mod token;
 mod wire;
 
-pub use replica::{Behind, ClusterReport, Lag, Peer, PeerReport, Replica, SyncConfig, Transport};
+pub use replica::{
+    Behind, Chunks, ClusterReport, FeedMode, Lag, Peer, PeerReport, Replica, SyncConfig, Transport,
+};
 pub use token::{BadToken, SessionToken, MAX_TOKEN_NODES};
-pub use wire::{decode, encode, DocChanges, DocHeads, Request, Response, WIRE_VERSION};
+pub use wire::{
+    decode, encode, frame, DocChanges, DocHeads, FrameReader, Request, Response, MAX_FRAME,
+    WIRE_VERSION,
+};

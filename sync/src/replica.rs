@@ -18,7 +18,7 @@ use meridian_crdt::{change_info, ChangeHash, DocKey, NodeId, Store, DIGEST_BUCKE
 use parking_lot::Mutex;
 use rand::Rng;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uhlc::Timestamp;
 
 use crate::token::SessionToken;
@@ -34,13 +34,27 @@ pub struct Peer {
 /// Moves one request to a peer and brings back its answer. Errors are strings: the caller
 /// only logs them and retries.
 pub trait Transport: Send + Sync + 'static {
+    /// One request, one answer (`POST /internal/rpc`).
     fn call(
         &self,
         peer: &Peer,
         body: Vec<u8>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+
+    /// Opens a subscription (`POST /internal/subscribe`): the answer's bytes arrive as chunks,
+    /// cut anywhere; an `Err` item or the channel's end ends the stream. `timeout` bounds the
+    /// opening only.
+    fn open(
+        &self,
+        peer: &Peer,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Chunks, String>> + Send;
 }
+
+/// The chunks of a streamed answer.
+pub type Chunks = mpsc::Receiver<Result<Vec<u8>, String>>;
 
 /// Replication settings.
 #[derive(Debug, Clone)]
@@ -56,6 +70,18 @@ pub struct SyncConfig {
     pub call_timeout: Duration,
     /// Longest pause between retries of a failing peer (exponential, jittered).
     pub max_backoff: Duration,
+    /// How to follow a peer's feed: one long-lived streamed answer (the default), or one long
+    /// poll per batch. Kept selectable so that the benchmark can compare them in one run.
+    pub feed_mode: FeedMode,
+}
+
+/// See [`SyncConfig::feed_mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedMode {
+    /// `Subscribe`: a frame per batch on one open answer (about 60 bytes of framing per batch).
+    Stream,
+    /// `Feed` with a wait: one HTTP request and answer per batch (about 375 bytes per batch).
+    LongPoll,
 }
 
 impl SyncConfig {
@@ -67,6 +93,7 @@ impl SyncConfig {
             anti_entropy_every: Duration::from_secs(30),
             call_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_millis(500),
+            feed_mode: FeedMode::Stream,
         }
     }
 }
@@ -77,6 +104,9 @@ const REPAIR_BYTES: usize = 4 << 20;
 const REPAIR_BUCKETS: usize = 256;
 /// The longest a feed request may ask the answering node to wait.
 const MAX_FEED_WAIT: Duration = Duration::from_secs(30);
+/// A subscription ends after this long and the peer opens a new one (so no stream lives
+/// forever on a stale connection).
+const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 /// Changes counted when reporting how far behind a node is.
 const BACKLOG_CAP: usize = 100_000;
 
@@ -118,8 +148,9 @@ pub struct PeerReport {
     pub changes_received: u64,
     /// Changes anti-entropy took from the peer since start-up (ones the feeds missed).
     pub changes_repaired: u64,
-    /// Feed requests made to the peer, and how many of the answers brought changes.
-    pub feed_requests: u64,
+    /// Feed pages received from the peer (subscription frames and catch-up answers), and how
+    /// many brought changes.
+    pub feed_pages: u64,
     pub feed_batches: u64,
 }
 
@@ -138,7 +169,7 @@ struct PeerStatus {
     bytes_received: u64,
     changes_received: u64,
     changes_repaired: u64,
-    feed_requests: u64,
+    feed_pages: u64,
     feed_batches: u64,
     /// From the peer's last feed answer: its newest change and how many were still to come.
     their_latest: Option<Timestamp>,
@@ -321,6 +352,7 @@ impl<T: Transport> Replica<T> {
             Ok(req) => {
                 let from = match &req {
                     Request::Feed { from, .. }
+                    | Request::Subscribe { from, .. }
                     | Request::Digest { from }
                     | Request::Repair { from, .. } => from.clone(),
                 };
@@ -377,35 +409,10 @@ impl<T: Transport> Replica<T> {
                         _ = stop.changed() => {}
                     }
                 };
-                // only a node that is behind needs to know by how much
-                let (latest, behind) = if page.more {
-                    let (latest, n) = store
-                        .feed_backlog(page.upto.as_ref(), BACKLOG_CAP)
-                        .map_err(err)?;
-                    (latest, n as u64)
-                } else {
-                    (None, 0)
-                };
-                let mut changes: Vec<DocChanges> = Vec::new();
-                for (_, e) in page.entries {
-                    match changes.last_mut() {
-                        Some(last) if last.collection == e.collection && last.id == e.id => {
-                            last.changes.push(e.change)
-                        }
-                        _ => changes.push(DocChanges {
-                            collection: e.collection,
-                            id: e.id,
-                            changes: vec![e.change],
-                        }),
-                    }
-                }
-                Ok(Response::Feed {
-                    changes,
-                    upto: page.upto,
-                    more: page.more,
-                    latest,
-                    behind,
-                })
+                self.feed_answer(page)
+            }
+            Request::Subscribe { .. } => {
+                Err("a subscription is a stream: POST /internal/subscribe".into())
             }
             Request::Digest { .. } => Ok(Response::Digest {
                 buckets: store.digests(),
@@ -468,6 +475,128 @@ impl<T: Transport> Replica<T> {
         }
     }
 
+    /// A feed page as an answer, with the backlog when the asker is behind.
+    fn feed_answer(&self, page: meridian_crdt::FeedPage) -> Result<Response, String> {
+        // only a node that is behind needs to know by how much
+        let (latest, behind) = if page.more {
+            let (latest, n) = self
+                .shared
+                .store
+                .feed_backlog(page.upto.as_ref(), BACKLOG_CAP)
+                .map_err(|e| e.to_string())?;
+            (latest, n as u64)
+        } else {
+            (None, 0)
+        };
+        let mut changes: Vec<DocChanges> = Vec::new();
+        for (_, e) in page.entries {
+            match changes.last_mut() {
+                Some(last) if last.collection == e.collection && last.id == e.id => {
+                    last.changes.push(e.change)
+                }
+                _ => changes.push(DocChanges {
+                    collection: e.collection,
+                    id: e.id,
+                    changes: vec![e.change],
+                }),
+            }
+        }
+        Ok(Response::Feed {
+            changes,
+            upto: page.upto,
+            more: page.more,
+            latest,
+            behind,
+        })
+    }
+
+    /// Answers a subscription (the body of `POST /internal/subscribe`): a stream of frames,
+    /// each a feed page, sent as this node's changes become durable, with an empty page every
+    /// heartbeat. `Err` holds a one-message answer for a request that is not a subscription.
+    /// The stream ends when the receiver is dropped (the peer went away), at shutdown, or after
+    /// [`STREAM_LIFETIME`] (the peer then opens a new one); the channel is bounded, so a slow
+    /// peer slows only its own stream.
+    pub fn subscribe(&self, body: &[u8]) -> Result<mpsc::Receiver<Vec<u8>>, Vec<u8>> {
+        let refuse = |message: String| wire::encode(&Response::Error { message });
+        let (from, mut after, limit, heartbeat) = match wire::decode::<Request>(body) {
+            Ok(Request::Subscribe {
+                from,
+                after,
+                limit,
+                heartbeat_ms,
+            }) => (
+                from,
+                after,
+                limit.clamp(1, 10_000) as usize,
+                Duration::from_millis(heartbeat_ms.clamp(10, 60_000) as u64),
+            ),
+            Ok(_) => return Err(refuse("not a subscription: POST /internal/rpc".into())),
+            Err(message) => return Err(refuse(message)),
+        };
+        let peer = self.peer(&from).cloned();
+        if let Some(p) = &peer {
+            let mut st = p.status.lock();
+            st.bytes_received += body.len() as u64;
+            if !st.reachable {
+                p.wake.notify_one();
+            }
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let store = &this.shared.store;
+            let mut stop = this.shared.shutdown.subscribe();
+            let end = Instant::now() + STREAM_LIFETIME;
+            let mut last_sent: Option<Instant> = None;
+            while !this.stopped() && Instant::now() < end {
+                let mut news = store.subscribe();
+                if let Some(p) = &peer {
+                    p.status.lock().their_cursor = Some(after);
+                }
+                let page = match store.feed(after.as_ref(), limit) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx
+                            .send(wire::frame(&Response::Error {
+                                message: e.to_string(),
+                            }))
+                            .await;
+                        return;
+                    }
+                };
+                let beat_due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
+                if !page.entries.is_empty() || beat_due {
+                    let (more, upto) = (page.more, page.upto);
+                    let Ok(answer) = this.feed_answer(page) else {
+                        return;
+                    };
+                    let frame = wire::frame(&answer);
+                    let n = frame.len() as u64;
+                    if tx.send(frame).await.is_err() {
+                        return; // the peer went away
+                    }
+                    if let Some(p) = &peer {
+                        let mut st = p.status.lock();
+                        st.bytes_sent += n;
+                        st.last_contact = Some(Instant::now());
+                    }
+                    after = upto.or(after);
+                    last_sent = Some(Instant::now());
+                    if more {
+                        continue;
+                    }
+                }
+                let next_beat = last_sent.map_or(Instant::now(), |t| t + heartbeat);
+                tokio::select! {
+                    _ = news.changed() => {}
+                    _ = tokio::time::sleep_until(next_beat.into()) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     // --- asking peers
 
     async fn call(
@@ -511,8 +640,36 @@ impl<T: Transport> Replica<T> {
         result
     }
 
-    /// Pulls the peer's feed for as long as the node runs: long polls once caught up.
+    /// Follows the peer's feed for as long as the node runs: a subscription from the cursor,
+    /// applying each page as it arrives; reopened after any failure, with backoff.
     async fn feed_loop(self, peer: Arc<PeerState>) {
+        if self.shared.config.feed_mode == FeedMode::LongPoll {
+            return self.poll_loop(peer).await;
+        }
+        let cfg = &self.shared.config;
+        let mut failures = 0;
+        while !self.stopped() {
+            let pause = match self.follow(&peer).await {
+                Ok(Followed::Ended) => None,
+                // a refused stamp will not be accepted again before our clock moves on
+                Ok(Followed::Refused) => Some(backoff(4, cfg.max_backoff)),
+                Err((e, progressed)) => {
+                    tracing::debug!(peer = %peer.peer.id, error = %e, "feed subscription failed");
+                    failures = if progressed { 1 } else { failures + 1 };
+                    peer.status.lock().reachable = false;
+                    Some(backoff(failures, cfg.max_backoff))
+                }
+            };
+            if let Some(d) = pause {
+                if self.pause(d, Some(&peer.wake)).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// [`FeedMode::LongPoll`]: pulls the peer's feed page by page; long polls once caught up.
+    async fn poll_loop(self, peer: Arc<PeerState>) {
         let cfg = &self.shared.config;
         let mut failures = 0;
         let mut caught_up = false;
@@ -526,7 +683,6 @@ impl<T: Transport> Replica<T> {
                 Ok(Pulled { more, refused }) => {
                     failures = 0;
                     caught_up = !more;
-                    // a refused stamp will not be accepted again before our clock moves on
                     refused.then(|| backoff(4, cfg.max_backoff))
                 }
                 Err(e) => {
@@ -541,6 +697,100 @@ impl<T: Transport> Replica<T> {
                     return;
                 }
             }
+        }
+    }
+
+    /// One subscription, until it ends. The error says whether any page arrived first.
+    async fn follow(&self, peer: &PeerState) -> Result<Followed, (String, bool)> {
+        let cfg = &self.shared.config;
+        let req = Request::Subscribe {
+            from: self.shared.me.clone(),
+            after: *peer.cursor.lock(),
+            limit: cfg.feed_batch,
+            heartbeat_ms: cfg.feed_wait.as_millis() as u32,
+        };
+        let body = wire::encode(&req);
+        let sent = body.len() as u64;
+        let opened = self
+            .shared
+            .transport
+            .open(&peer.peer, body, cfg.call_timeout)
+            .await;
+        peer.status.lock().bytes_sent += sent;
+        let mut chunks = opened.map_err(|e| {
+            peer.status.lock().last_error = Some(e.clone());
+            (e, false)
+        })?;
+        let mut frames = wire::FrameReader::default();
+        let mut progressed = false;
+        let fail = |e: String, progressed: bool| {
+            peer.status.lock().last_error = Some(e.clone());
+            (e, progressed)
+        };
+        // a live stream sends at least a heartbeat per feed_wait
+        let silence = cfg.feed_wait + cfg.call_timeout;
+        loop {
+            let chunk = match tokio::time::timeout(silence, chunks.recv()).await {
+                Err(_) => return Err(fail("the subscription went silent".into(), progressed)),
+                Ok(None) => return Ok(Followed::Ended),
+                Ok(Some(Err(e))) => return Err(fail(e, progressed)),
+                Ok(Some(Ok(c))) => c,
+            };
+            let mut received = chunk.len();
+            frames.push(&chunk);
+            // Take everything that has arrived and merge it as one batch: one disk sync for
+            // all of it, so a follower that falls behind catches up in bigger steps.
+            while let Ok(more) = chunks.try_recv() {
+                match more {
+                    Ok(c) => {
+                        received += c.len();
+                        frames.push(&c);
+                    }
+                    Err(e) => return Err(fail(e, progressed)),
+                }
+            }
+            peer.status.lock().bytes_received += received as u64;
+            let mut batch: Vec<DocChanges> = Vec::new();
+            let mut upto = None;
+            let mut pages = 0;
+            while let Some(f) = frames.next_frame().map_err(|e| fail(e, progressed))? {
+                let page = wire::decode::<Response>(&f).map_err(|e| fail(e, progressed))?;
+                let Response::Feed {
+                    changes,
+                    upto: page_upto,
+                    latest,
+                    behind,
+                    ..
+                } = page
+                else {
+                    return Err(fail(format!("unexpected frame: {page:?}"), progressed));
+                };
+                let mut st = peer.status.lock();
+                st.their_latest = latest;
+                st.their_backlog = behind;
+                st.feed_pages += 1;
+                st.feed_batches += !changes.is_empty() as u64;
+                batch.extend(changes);
+                upto = page_upto.or(upto);
+                pages += 1;
+            }
+            if pages == 0 {
+                continue;
+            }
+            {
+                let mut st = peer.status.lock();
+                st.reachable = true;
+                st.last_contact = Some(Instant::now());
+                st.last_error = None;
+            }
+            if self
+                .apply_feed(peer, batch, upto)
+                .await
+                .map_err(|e| fail(e, progressed))?
+            {
+                return Ok(Followed::Refused);
+            }
+            progressed = true;
         }
     }
 
@@ -563,7 +813,7 @@ impl<T: Transport> Replica<T> {
                     let mut st = peer.status.lock();
                     st.their_latest = latest;
                     st.their_backlog = behind;
-                    st.feed_requests += 1;
+                    st.feed_pages += 1;
                     st.feed_batches += !changes.is_empty() as u64;
                 }
                 let refused = self.apply_feed(peer, changes, upto).await?;
@@ -936,7 +1186,7 @@ impl<T: Transport> Replica<T> {
                     bytes_received: st.bytes_received,
                     changes_received: st.changes_received,
                     changes_repaired: st.changes_repaired,
-                    feed_requests: st.feed_requests,
+                    feed_pages: st.feed_pages,
                     feed_batches: st.feed_batches,
                 }
             })
@@ -970,6 +1220,13 @@ impl<T: Transport> Replica<T> {
     pub fn cursor(&self, peer: &str) -> Option<Timestamp> {
         self.peer(peer).and_then(|p| *p.cursor.lock())
     }
+}
+
+enum Followed {
+    /// The answering node ended the stream (its lifetime, its shutdown).
+    Ended,
+    /// A change's stamp was refused: stop, and come back later.
+    Refused,
 }
 
 struct Pulled {
@@ -1017,6 +1274,10 @@ mod tests {
 
     impl Transport for NoNet {
         async fn call(&self, _: &Peer, _: Vec<u8>, _: Duration) -> Result<Vec<u8>, String> {
+            Err("no network".into())
+        }
+
+        async fn open(&self, _: &Peer, _: Vec<u8>, _: Duration) -> Result<Chunks, String> {
             Err("no network".into())
         }
     }

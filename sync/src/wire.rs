@@ -1,8 +1,12 @@
 //! The node-to-node protocol: one request, one response, postcard-encoded behind a version
 //! byte. All of it travels over a single authenticated endpoint (`POST /internal/rpc`).
 //!
-//! - `Feed`: the changes made on the answering node after a cursor, in HLC order (long poll:
-//!   waits up to `wait_ms` for news when there is none).
+//! - `Subscribe`: a stream of frames, each a `Feed` answer, as the answering node's changes
+//!   happen (`POST /internal/subscribe`): the steady-state path, one HTTP exchange for many
+//!   batches. Frames are a u32 length (little-endian) and a message; an empty frame every
+//!   `heartbeat_ms` shows the stream is alive.
+//! - `Feed`: one page of the changes made on the answering node after a cursor, in HLC order
+//!   (waits up to `wait_ms` for news when there is none): catching up for a session.
 //! - `Digest`: the answering node's anti-entropy digest (one u64 per bucket of document keys).
 //! - `Repair`: for the asker's documents in some buckets (and any listed documents), the
 //!   changes the answering node has that the asker's heads lack.
@@ -21,6 +25,12 @@ pub enum Request {
         after: Option<Timestamp>,
         wait_ms: u32,
         limit: u32,
+    },
+    Subscribe {
+        from: String,
+        after: Option<Timestamp>,
+        limit: u32,
+        heartbeat_ms: u32,
     },
     Digest {
         from: String,
@@ -78,6 +88,48 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     out
 }
 
+/// Largest frame a reader accepts (a feed page is about 1 MiB at most).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// One frame of a stream: length, then the message.
+pub fn frame(msg: &Response) -> Vec<u8> {
+    let body = encode(msg);
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend(body);
+    out
+}
+
+/// Reassembles frames from the chunks a stream arrives in (chunk borders fall anywhere).
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next whole frame's message bytes, if one has arrived; an error for a length no
+    /// sender would use.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, String> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(format!("a frame of {len} bytes is over the limit"));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let body = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(body))
+    }
+}
+
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
         Some((&WIRE_VERSION, rest)) => {
@@ -93,6 +145,30 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_survive_any_chunking() {
+        let msgs: Vec<Response> = (0..5)
+            .map(|i| Response::Error {
+                message: "x".repeat(i * 100),
+            })
+            .collect();
+        let stream: Vec<u8> = msgs.iter().flat_map(frame).collect();
+        for chunk in [1, 3, 7, 64, stream.len()] {
+            let mut r = FrameReader::default();
+            let mut got = vec![];
+            for c in stream.chunks(chunk) {
+                r.push(c);
+                while let Some(f) = r.next_frame().unwrap() {
+                    got.push(decode::<Response>(&f).unwrap());
+                }
+            }
+            assert_eq!(got, msgs, "chunks of {chunk}");
+        }
+        let mut r = FrameReader::default();
+        r.push(&u32::MAX.to_le_bytes());
+        assert!(r.next_frame().is_err());
+    }
 
     #[test]
     fn messages_round_trip_and_other_versions_are_refused() {

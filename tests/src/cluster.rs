@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_crdt::{NodeId, Store, StoreConfig};
-use meridian_sync::{Peer, Replica, SyncConfig, Transport};
+use meridian_sync::{Chunks, FeedMode, Peer, Replica, SyncConfig, Transport};
 use parking_lot::{Mutex, RwLock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -97,6 +97,49 @@ impl Transport for SimTransport {
         }
         Ok(answer)
     }
+
+    async fn open(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Chunks, String> {
+        let net = self.net.clone();
+        let (me, to) = (self.me.clone(), peer.id.as_str().to_owned());
+        tokio::time::sleep(net.delay()).await;
+        if !net.delivers(&me, &to) {
+            tokio::time::sleep(LOSS_NOTICED.min(timeout)).await;
+            return Err("request lost".into());
+        }
+        let target = net
+            .nodes
+            .read()
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| format!("{to} is down"))?;
+        let mut frames = match target.subscribe(&body) {
+            Ok(rx) => rx,
+            Err(answer) => return Err(format!("refused: {} bytes", answer.len())),
+        };
+        // Frames travel in order (one connection), cut into random chunks; a lost chunk, a
+        // cut link or a node leaving the network breaks the stream, as a reset connection would.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(frame) = frames.recv().await {
+                let mut rest = &frame[..];
+                while !rest.is_empty() {
+                    let n = net.rng.lock().gen_range(1..=rest.len());
+                    let (chunk, tail) = rest.split_at(n);
+                    rest = tail;
+                    tokio::time::sleep(net.delay() / 4).await;
+                    let alive = net.nodes.read().contains_key(&to) && net.delivers(&to, &me);
+                    if !alive {
+                        let _ = tx.send(Err("connection reset".into())).await;
+                        return;
+                    }
+                    if tx.send(Ok(chunk.to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
 }
 
 /// One node of the cluster.
@@ -123,9 +166,11 @@ pub struct SimCluster {
     pub nodes: Vec<SimNode>,
 }
 
-/// Replication settings scaled down for tests: short long polls, frequent anti-entropy.
-pub fn test_sync_config(peers: Vec<Peer>) -> SyncConfig {
+/// Replication settings scaled down for tests: short heartbeats and long polls, frequent
+/// anti-entropy.
+pub fn test_sync_config(peers: Vec<Peer>, mode: FeedMode) -> SyncConfig {
     let mut c = SyncConfig::new(peers);
+    c.feed_mode = mode;
     c.feed_wait = Duration::from_millis(300);
     c.anti_entropy_every = Duration::from_millis(400);
     c.call_timeout = Duration::from_millis(500);
@@ -136,6 +181,11 @@ pub fn test_sync_config(peers: Vec<Peer>) -> SyncConfig {
 impl SimCluster {
     /// Starts nodes with the given ids and physical clocks (see [`skewed_clocks`]).
     pub fn start(seed: u64, nodes: &[(&str, PhysicalClock)]) -> SimCluster {
+        Self::start_with(seed, nodes, FeedMode::Stream)
+    }
+
+    /// [`SimCluster::start`] with the nodes following feeds in `mode`.
+    pub fn start_with(seed: u64, nodes: &[(&str, PhysicalClock)], mode: FeedMode) -> SimCluster {
         let net = Arc::new(Net {
             nodes: RwLock::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
@@ -162,8 +212,8 @@ impl SimCluster {
                 net: net.clone(),
                 me: (*id).to_owned(),
             };
-            let replica =
-                Replica::new(store, transport, test_sync_config(peers.clone())).expect("replica");
+            let replica = Replica::new(store, transport, test_sync_config(peers.clone(), mode))
+                .expect("replica");
             net.nodes.write().insert((*id).to_owned(), replica.clone());
             out.push(SimNode {
                 id: (*id).to_owned(),

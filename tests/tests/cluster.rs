@@ -1,13 +1,13 @@
 //! Replication in one process, over the in-memory faulty network of `meridian_tests::cluster`.
 //!
-//! Seeds: `MERIDIAN_SEEDS=n` runs seeds 0..n of the random test (default 16);
-//! `MERIDIAN_SEED=s` replays one seed.
+//! Seeds: `MERIDIAN_SEEDS=n` runs seeds 0..n of the random test (default 16; even seeds follow
+//! feeds by stream, odd ones by long poll); `MERIDIAN_SEED=s` replays one seed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use meridian_crdt::{ChangeHash, DocKey, Edit, Op, State, Store};
-use meridian_sync::SessionToken;
+use meridian_sync::{FeedMode, SessionToken};
 use meridian_tests::cluster::{clock_ahead_10min, clock_exact, skewed_clocks, Faults, SimCluster};
 use meridian_tests::eventually;
 use rand::Rng;
@@ -91,9 +91,16 @@ fn random_writes_during_partitions_converge_and_keep_session_guarantees() {
 async fn random_scenario(seed: u64) {
     let clocks = skewed_clocks();
     let ids = ["a", "b", "c"];
-    let c = SimCluster::start(
+    // both ways of following a feed: streamed (the default) on even seeds, long polls on odd
+    let mode = if seed.is_multiple_of(2) {
+        FeedMode::Stream
+    } else {
+        FeedMode::LongPoll
+    };
+    let c = SimCluster::start_with(
         seed,
         &[("a", clocks[0]), ("b", clocks[1]), ("c", clocks[2])],
+        mode,
     );
     c.set_faults(Faults {
         drop: 0.1,

@@ -28,6 +28,9 @@ struct Args {
     /// Documents changed on both sides of the partition.
     #[arg(long, default_value_t = 10_000)]
     docs: usize,
+    /// Feed modes to measure, each on its own fresh mesh (`stream`, `long-poll`).
+    #[arg(long, default_value = "stream,long-poll")]
+    modes: String,
     /// Sequential single-field writes in the bytes phase.
     #[arg(long, default_value_t = 500)]
     changes: usize,
@@ -199,8 +202,33 @@ async fn last_change_sizes(c: &reqwest::Client, m: &Mesh, n: usize) -> Vec<usize
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let mut columns = vec![];
+    for mode in args.modes.split(',') {
+        println!("--- feed mode {mode}");
+        columns.push((mode.to_owned(), suite(&args, mode).await));
+    }
+    print!("\n| measure |");
+    for (mode, _) in &columns {
+        print!(" {mode} |");
+    }
+    print!("\n|---|");
+    for _ in &columns {
+        print!("---|");
+    }
+    println!();
+    for (i, (what, _)) in columns[0].1.iter().enumerate() {
+        print!("| {what} |");
+        for (_, rows) in &columns {
+            print!(" {} |", rows.get(i).map_or("", |r| r.1.as_str()));
+        }
+        println!();
+    }
+}
+
+/// Every measurement, on a fresh mesh whose nodes follow feeds in `mode`.
+async fn suite(args: &Args, mode: &str) -> Vec<(String, String)> {
     let c = client();
-    let m = Mesh::start(&[]).await;
+    let m = Mesh::start(&["--feed-mode", mode]).await;
     let mut rows: Vec<(String, String)> = vec![];
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -223,6 +251,7 @@ async fn main() {
     put_all(&c, m.node("a").url(""), "lag", 1000, None).await;
     let period = Duration::from_secs_f64(1.0 / args.rate as f64);
     let lag_wire0 = m.wire_bytes();
+    let lag_cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
     let lags = Arc::new(parking_lot::Mutex::new(Vec::<f64>::new()));
     let reads = Arc::new(parking_lot::Mutex::new(Vec::<f64>::new()));
     let start = Instant::now();
@@ -269,6 +298,8 @@ async fn main() {
         }));
     }
     let achieved = i as f64 / start.elapsed().as_secs_f64();
+    let lag_cpu =
+        (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - lag_cpu0) / start.elapsed().as_secs_f64();
     for t in tasks {
         t.await.expect("lag task");
     }
@@ -283,12 +314,11 @@ async fn main() {
     let read50 = percentile(&r, 0.5);
     println!("lag: {} probes at {achieved:.0} writes/s: p50 {p50:.2} ms, p99 {p99:.2} ms (one read round trip: p50 {read50:.2} ms)", l.len());
     rows.push((
+        format!("replication lag at {} writes/s", args.rate),
         format!(
-            "replication lag at {achieved:.0} writes/s ({} probes)",
-            l.len()
-        ),
-        format!(
-            "p50 {p50:.2} ms, p99 {p99:.2} ms (baseline, one read round trip: p50 {read50:.2} ms)"
+            "p50 {p50:.2} ms, p99 {p99:.2} ms ({} probes at {achieved:.0} writes/s; one read round trip: p50 {read50:.2} ms; the nodes used {:.0}% of one core)",
+            l.len(),
+            lag_cpu * 100.0
         ),
     ));
 
@@ -296,7 +326,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (w0, r0, b0) = (
         m.wire_bytes(),
-        counter(&c, &m, "feed_requests").await,
+        counter(&c, &m, "feed_pages").await,
         counter(&c, &m, "feed_batches").await,
     );
     for i in 0..args.changes {
@@ -312,7 +342,7 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let wire = (m.wire_bytes() - w0) as f64;
-    let requests = counter(&c, &m, "feed_requests").await - r0;
+    let requests = counter(&c, &m, "feed_pages").await - r0;
     let batches = counter(&c, &m, "feed_batches").await - b0;
     let sizes = last_change_sizes(&c, &m, args.changes).await;
     let change = sizes.iter().sum::<usize>() as f64 / sizes.len() as f64;
@@ -321,12 +351,15 @@ async fn main() {
     let per_request = (wire - delivered * change) / requests.max(1) as f64;
     println!(
         "bytes: {wire:.0} on the wire for {delivered} deliveries of {change:.0}-byte changes: \
-         {per_change:.0} per delivery ({:.2}x), {requests} feed requests ({batches} with changes), \
-         framing {per_request:.0} per request",
+         {per_change:.0} per delivery ({:.2}x), {requests} feed pages ({batches} with changes), \
+         framing {per_request:.0} per page",
         per_change / change
     );
     rows.push((
-        format!("bytes between nodes per replicated change at {achieved:.0} writes/s"),
+        format!(
+            "bytes between nodes per replicated change at {} writes/s",
+            args.rate
+        ),
         format!(
             "{lag_wire:.0} B on the wire vs {change:.0} B change ({:.2}x), probe reads excluded",
             lag_wire / change
@@ -335,7 +368,7 @@ async fn main() {
     rows.push((
         "bytes between nodes per replicated single-field change, one write at a time".into(),
         format!(
-            "{per_change:.0} B on the wire vs {change:.0} B change ({:.2}x); = change + {per_request:.0} B HTTP and protocol framing per feed request",
+            "{per_change:.0} B on the wire vs {change:.0} B change ({:.2}x); = change + {per_request:.0} B framing per feed page",
             per_change / change
         ),
     ));
@@ -410,8 +443,5 @@ async fn main() {
             eprintln!("  {l}");
         }
     }
-    println!("\n| measure | result |\n|---|---|");
-    for (k, v) in rows {
-        println!("| {k} | {v} |");
-    }
+    rows
 }
