@@ -541,7 +541,7 @@ impl<T: Transport> Replica<T> {
                 p.wake.notify_one();
             }
         }
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(1);
         let this = self.clone();
         tokio::spawn(async move {
             let store = &this.shared.store;
