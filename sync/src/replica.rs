@@ -732,7 +732,10 @@ impl<T: Transport> Replica<T> {
         loop {
             let chunk = match tokio::time::timeout(silence, chunks.recv()).await {
                 Err(_) => return Err(fail("the subscription went silent".into(), progressed)),
-                Ok(None) => return Ok(Followed::Ended),
+                // the answering node ended it (its lifetime); one that ends before its first
+                // frame (a node shutting down) is a failure, retried with backoff, not at once
+                Ok(None) if progressed => return Ok(Followed::Ended),
+                Ok(None) => return Err(fail("the subscription ended at once".into(), false)),
                 Ok(Some(Err(e))) => return Err(fail(e, progressed)),
                 Ok(Some(Ok(c))) => c,
             };
