@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_crdt::{NodeId, Store, StoreConfig};
-use meridian_sync::{Chunks, FeedMode, Peer, Replica, SyncConfig, Transport};
+use meridian_sync::{Chunks, Peer, Replica, SyncConfig, Transport};
 use parking_lot::{Mutex, RwLock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -168,9 +168,8 @@ pub struct SimCluster {
 
 /// Replication settings scaled down for tests: short heartbeats and long polls, frequent
 /// anti-entropy.
-pub fn test_sync_config(peers: Vec<Peer>, mode: FeedMode) -> SyncConfig {
+pub fn test_sync_config(peers: Vec<Peer>) -> SyncConfig {
     let mut c = SyncConfig::new(peers);
-    c.feed_mode = mode;
     c.feed_wait = Duration::from_millis(300);
     c.anti_entropy_every = Duration::from_millis(400);
     c.call_timeout = Duration::from_millis(500);
@@ -181,11 +180,15 @@ pub fn test_sync_config(peers: Vec<Peer>, mode: FeedMode) -> SyncConfig {
 impl SimCluster {
     /// Starts nodes with the given ids and physical clocks (see [`skewed_clocks`]).
     pub fn start(seed: u64, nodes: &[(&str, PhysicalClock)]) -> SimCluster {
-        Self::start_with(seed, nodes, FeedMode::Stream)
+        Self::start_with(seed, nodes, |_| {})
     }
 
-    /// [`SimCluster::start`] with the nodes following feeds in `mode`.
-    pub fn start_with(seed: u64, nodes: &[(&str, PhysicalClock)], mode: FeedMode) -> SimCluster {
+    /// [`SimCluster::start`] with the test settings changed by `tune` (feed mode, anti-entropy).
+    pub fn start_with(
+        seed: u64,
+        nodes: &[(&str, PhysicalClock)],
+        tune: impl Fn(&mut SyncConfig),
+    ) -> SimCluster {
         let net = Arc::new(Net {
             nodes: RwLock::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
@@ -212,8 +215,9 @@ impl SimCluster {
                 net: net.clone(),
                 me: (*id).to_owned(),
             };
-            let replica = Replica::new(store, transport, test_sync_config(peers.clone(), mode))
-                .expect("replica");
+            let mut config = test_sync_config(peers.clone());
+            tune(&mut config);
+            let replica = Replica::new(store, transport, config).expect("replica");
             net.nodes.write().insert((*id).to_owned(), replica.clone());
             out.push(SimNode {
                 id: (*id).to_owned(),

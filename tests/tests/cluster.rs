@@ -1,7 +1,8 @@
 //! Replication in one process, over the in-memory faulty network of `meridian_tests::cluster`.
 //!
 //! Seeds: `MERIDIAN_SEEDS=n` runs seeds 0..n of the random test (default 16; even seeds follow
-//! feeds by stream, odd ones by long poll); `MERIDIAN_SEED=s` replays one seed.
+//! feeds by stream, odd ones by long poll; seeds 2, 3, 6, 7, ... run without anti-entropy);
+//! `MERIDIAN_SEED=s` replays one seed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -91,16 +92,24 @@ fn random_writes_during_partitions_converge_and_keep_session_guarantees() {
 async fn random_scenario(seed: u64) {
     let clocks = skewed_clocks();
     let ids = ["a", "b", "c"];
-    // both ways of following a feed: streamed (the default) on even seeds, long polls on odd
+    // Both ways of following a feed: streamed (the default) on even seeds, long polls on odd.
+    // On every second pair of seeds anti-entropy is off, so that the feeds alone must bring
+    // every change everywhere (anti-entropy would otherwise hide a feed that loses one).
     let mode = if seed.is_multiple_of(2) {
         FeedMode::Stream
     } else {
         FeedMode::LongPoll
     };
+    let anti_entropy = seed % 4 < 2;
     let c = SimCluster::start_with(
         seed,
         &[("a", clocks[0]), ("b", clocks[1]), ("c", clocks[2])],
-        mode,
+        |cfg| {
+            cfg.feed_mode = mode;
+            if !anti_entropy {
+                cfg.anti_entropy_every = Duration::from_secs(3600);
+            }
+        },
     );
     c.set_faults(Faults {
         drop: 0.1,
