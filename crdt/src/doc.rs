@@ -284,6 +284,17 @@ impl Document {
         Ok(())
     }
 
+    /// Applies changes received from another node, already parsed. Duplicates are ignored;
+    /// changes whose dependencies are missing wait (see [`Document::has_missing_deps`]).
+    pub fn merge_remote<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = &'a RemoteChange>,
+    ) -> Result<()> {
+        self.am
+            .apply_changes(changes.into_iter().map(|c| c.change.clone()))?;
+        Ok(())
+    }
+
     /// Raw bytes of every change after `heads` (all of them for `&[]`), genesis excluded.
     /// Heads this document does not know are ignored, so the answer may repeat changes the
     /// asker has: harmless, merging is idempotent.
@@ -343,30 +354,36 @@ impl Document {
     }
 }
 
-/// Who made a change and its HLC stamp, read from raw change bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangeInfo {
-    pub hash: ChangeHash,
+/// A change received from another node, parsed and checked (checksum included) once: its
+/// author and HLC stamp can be read before it is merged, and merging does not parse it again.
+#[derive(Debug, Clone)]
+pub struct RemoteChange {
+    change: automerge::Change,
     /// The node id of the author (`None` for genesis or a foreign actor).
     pub node: Option<String>,
     /// The stamp in the change's message (`None` for genesis).
     pub stamp: Option<Timestamp>,
 }
 
-/// Parses and checks raw change bytes (checksum included) without applying them.
-pub fn change_info(bytes: &[u8]) -> Result<ChangeInfo> {
-    let change = automerge::Change::from_bytes(bytes.to_vec())
-        .map_err(|e| Error::bad(format!("undecodable change: {e}")))?;
-    let node = std::str::from_utf8(change.actor_id().to_bytes())
-        .ok()
-        .filter(|s| crate::hlc::NodeId::new(s).is_ok())
-        .map(str::to_owned);
-    let stamp = change.message().and_then(|m| parse_stamp(m));
-    Ok(ChangeInfo {
-        hash: change.hash(),
-        node,
-        stamp,
-    })
+impl RemoteChange {
+    pub fn parse(bytes: Vec<u8>) -> Result<Self> {
+        let change = automerge::Change::from_bytes(bytes)
+            .map_err(|e| Error::bad(format!("undecodable change: {e}")))?;
+        let node = std::str::from_utf8(change.actor_id().to_bytes())
+            .ok()
+            .filter(|s| crate::hlc::NodeId::new(s).is_ok())
+            .map(str::to_owned);
+        let stamp = change.message().and_then(|m| parse_stamp(m));
+        Ok(RemoteChange {
+            change,
+            node,
+            stamp,
+        })
+    }
+
+    pub fn hash(&self) -> ChangeHash {
+        self.change.hash()
+    }
 }
 
 /// The version string of a set of heads.

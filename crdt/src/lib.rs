@@ -27,7 +27,7 @@ mod store;
 mod wal;
 
 pub use doc::{
-    change_info, parse_ops, Applied, ChangeInfo, Conflict, ConflictValue, Document, Edit, Op, State,
+    parse_ops, Applied, Conflict, ConflictValue, Document, Edit, Op, RemoteChange, State,
 };
 pub use error::{Error, Result};
 pub use hlc::{display_stamp, parse_stamp, Clock, NodeId, DEFAULT_MAX_DRIFT};

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use uhlc::Timestamp;
 
 use crate::commit::GroupCommit;
-use crate::doc::{Applied, Conflict, Document, Edit, State};
+use crate::doc::{Applied, Conflict, Document, Edit, RemoteChange, State};
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, NodeId, DEFAULT_MAX_DRIFT};
 use crate::key::{stripe, validate_name, DocKey};
@@ -420,26 +420,21 @@ impl Store {
         })
     }
 
-    /// Merges changes made on other nodes (raw automerge changes, each checked first) into
+    /// Merges changes made on other nodes (parsed and checked by [`RemoteChange::parse`]) into
     /// their documents, and stores `meta` (replication bookkeeping, under `M`) after them, all
     /// through group commit. Returns once everything is durable; the bookkeeping is durable only
     /// if every change before it is. Changes already present are ignored; changes whose
     /// dependencies are missing wait in memory (and are reported) until those arrive.
     pub async fn merge_remote(
         &self,
-        docs: Vec<(DocKey, Vec<Vec<u8>>)>,
+        docs: Vec<(DocKey, Vec<RemoteChange>)>,
         meta: Vec<(String, Vec<u8>)>,
     ) -> Result<Merged> {
         let inner = &*self.inner;
         inner.commit.check()?;
-        for (_, changes) in &docs {
-            for c in changes {
-                crate::doc::change_info(c)?;
-            }
-        }
         // one pass per document, in the order documents first appear
         let mut order: Vec<DocKey> = Vec::new();
-        let mut grouped: HashMap<DocKey, Vec<Vec<u8>>> = HashMap::new();
+        let mut grouped: HashMap<DocKey, Vec<RemoteChange>> = HashMap::new();
         for (key, changes) in docs {
             match grouped.get_mut(&key) {
                 Some(all) => all.extend(changes),
@@ -464,7 +459,7 @@ impl Store {
             let prev = slot.rec.lock().clone();
             let mut doc = slot.doc.lock();
             let before = doc.heads();
-            if let Err(e) = doc.merge_changes(changes.iter().map(|c| c.as_slice())) {
+            if let Err(e) = doc.merge_remote(&changes) {
                 drop(doc);
                 inner.forget(&key);
                 return Err(e);
@@ -732,15 +727,6 @@ impl Store {
             .take(cap)
             .count();
         Ok((latest, n))
-    }
-
-    /// The raw bytes of one change of a document, found by its hash.
-    pub async fn change(&self, key: &DocKey, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let Some((slot, _lock)) = self.inner.settled_slot(key).await? else {
-            return Ok(None);
-        };
-        let doc = slot.doc.lock();
-        Ok(doc.change_bytes(&ChangeHash(*hash)))
     }
 
     /// Forgets idempotency keys older than the configured TTL. Returns how many it removed.

@@ -187,9 +187,10 @@ async fn every_change_can_be_found_by_its_stamp() {
     let limited = s.feed(None, 2).unwrap();
     assert!(limited.more);
     assert_eq!(limited.upto, Some(limited.entries[1].0));
-    let bytes = s.change(&key("d2"), &entry.hash).await.unwrap().unwrap();
-    let change = automerge::Change::from_bytes(bytes).unwrap();
+    // the entry carries the change itself, stamped with the entry's key
+    let change = automerge::Change::from_bytes(entry.change.clone()).unwrap();
     assert_eq!(change.message().unwrap(), &stamp.to_string());
+    assert_eq!(change.hash().0, entry.hash);
 }
 
 #[tokio::test]
@@ -513,6 +514,10 @@ async fn pipelined_writes_to_one_document_recover_in_order() {
 
 // --- replication support
 
+fn remote(bytes: &[u8]) -> RemoteChange {
+    RemoteChange::parse(bytes.to_vec()).unwrap()
+}
+
 #[tokio::test]
 async fn the_feed_stops_below_a_write_in_flight() {
     let dir = tempfile::tempdir().unwrap();
@@ -566,13 +571,13 @@ async fn merged_changes_are_durable_and_digests_agree() {
     assert_ne!(a.digests(), b.digests());
     // b merges a's feed, twice (duplicates are harmless), with bookkeeping after it
     let page = a.feed(None, 1000).unwrap();
-    let docs: Vec<(DocKey, Vec<Vec<u8>>)> = page
+    let docs: Vec<(DocKey, Vec<RemoteChange>)> = page
         .entries
         .iter()
         .map(|(_, e)| {
             (
                 DocKey::new(&e.collection, &e.id).unwrap(),
-                vec![e.change.clone()],
+                vec![remote(&e.change)],
             )
         })
         .collect();
@@ -597,9 +602,12 @@ async fn merged_changes_are_durable_and_digests_agree() {
         .await
         .unwrap();
     assert_eq!(back.len(), 1);
-    a.merge_remote(vec![(key("d1"), back)], vec![])
-        .await
-        .unwrap();
+    a.merge_remote(
+        vec![(key("d1"), back.iter().map(|c| remote(c)).collect())],
+        vec![],
+    )
+    .await
+    .unwrap();
     assert_eq!(a.digests(), b.digests());
     for i in 0..7 {
         let k = key(&format!("d{i}"));
@@ -637,17 +645,14 @@ async fn a_change_with_a_missing_dependency_waits_and_garbage_is_refused() {
             .unwrap();
     }
     let feed = a.feed(None, 10).unwrap().entries;
-    let second = vec![(key("d"), vec![feed[1].1.change.clone()])];
+    let second = vec![(key("d"), vec![remote(&feed[1].1.change)])];
     let merged = b.merge_remote(second, vec![]).await.unwrap();
     assert_eq!(merged.changes, 0);
     assert_eq!(merged.missing_deps, vec![key("d")]);
     assert_eq!(b.read_state(&key("d")).unwrap(), None);
-    let first = vec![(key("d"), vec![feed[0].1.change.clone()])];
+    let first = vec![(key("d"), vec![remote(&feed[0].1.change)])];
     assert_eq!(b.merge_remote(first, vec![]).await.unwrap().changes, 2);
     assert_eq!(get_json(&b, "d").await, Some(json!({"i": 1})));
-    let err = b
-        .merge_remote(vec![(key("d"), vec![b"garbage".to_vec()])], vec![])
-        .await
-        .unwrap_err();
+    let err = RemoteChange::parse(b"garbage".to_vec()).unwrap_err();
     assert!(err.to_string().contains("undecodable change"), "{err}");
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_crdt::{change_info, ChangeHash, DocKey, NodeId, Store, DIGEST_BUCKETS};
+use meridian_crdt::{ChangeHash, DocKey, NodeId, RemoteChange, Store, DIGEST_BUCKETS};
 use parking_lot::Mutex;
 use rand::Rng;
 use serde::Serialize;
@@ -874,8 +874,8 @@ impl<T: Transport> Replica<T> {
             let key = DocKey::new(&dc.collection, &dc.id).map_err(|e| e.to_string())?;
             let mut accepted = Vec::with_capacity(dc.changes.len());
             for c in dc.changes {
-                let info = change_info(&c).map_err(|e| e.to_string())?;
-                if let Some(stamp) = info.stamp {
+                let change = RemoteChange::parse(c).map_err(|e| e.to_string())?;
+                if let Some(stamp) = change.stamp {
                     if let Err(e) = clock.observe(&stamp) {
                         self.shared.drift_refusals.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(
@@ -891,13 +891,13 @@ impl<T: Transport> Replica<T> {
                         }
                         continue 'docs;
                     }
-                    if let Some(node) = info.node {
-                        let s = out.seen.entry(node).or_insert(stamp);
+                    if let Some(node) = &change.node {
+                        let s = out.seen.entry(node.clone()).or_insert(stamp);
                         *s = (*s).max(stamp);
                     }
                     out.last_stamp = Some(stamp);
                 }
-                accepted.push(c);
+                accepted.push(change);
                 out.changes += 1;
             }
             if !accepted.is_empty() {
@@ -988,14 +988,6 @@ impl<T: Transport> Replica<T> {
 
     /// One anti-entropy pass with `peer`: compare digests, then fetch, for the documents in
     /// the buckets that differ, the changes this node lacks. Returns the changes merged.
-    pub async fn anti_entropy_with(&self, peer: &str) -> Result<usize, String> {
-        let p = self
-            .peer(peer)
-            .ok_or_else(|| format!("{peer} is not a peer"))?
-            .clone();
-        self.anti_entropy(&p).await
-    }
-
     async fn anti_entropy(&self, peer: &PeerState) -> Result<usize, String> {
         let req = Request::Digest {
             from: self.shared.me.clone(),
@@ -1239,7 +1231,7 @@ struct Pulled {
 
 #[derive(Default)]
 struct Checked {
-    docs: Vec<(DocKey, Vec<Vec<u8>>)>,
+    docs: Vec<(DocKey, Vec<RemoteChange>)>,
     changes: usize,
     seen: HashMap<String, Timestamp>,
     last_stamp: Option<Timestamp>,
