@@ -42,16 +42,30 @@ impl HttpTransport {
     }
 }
 
-impl Transport for HttpTransport {
-    async fn call(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
-        let url = format!("{}/internal/rpc", peer.addr.trim_end_matches('/'));
-        let resp = self
+impl HttpTransport {
+    /// `POST <peer>/internal/<endpoint>` with the secret and a message body.
+    fn post(
+        &self,
+        peer: &Peer,
+        endpoint: &str,
+        body: Vec<u8>,
+    ) -> (String, reqwest::RequestBuilder) {
+        let url = format!("{}/internal/{endpoint}", peer.addr.trim_end_matches('/'));
+        let req = self
             .client
             .post(&url)
             .bearer_auth(&self.secret)
             .header(header::CONTENT_TYPE, RPC_TYPE)
+            .body(body);
+        (url, req)
+    }
+}
+
+impl Transport for HttpTransport {
+    async fn call(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
+        let (url, req) = self.post(peer, "rpc", body);
+        let resp = req
             .timeout(timeout)
-            .body(body)
             .send()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
@@ -67,15 +81,9 @@ impl Transport for HttpTransport {
     }
 
     async fn open(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Chunks, String> {
-        let url = format!("{}/internal/subscribe", peer.addr.trim_end_matches('/'));
+        let (url, req) = self.post(peer, "subscribe", body);
         // no overall timeout: the answer is a stream; the replica notices a silent one
-        let send = self
-            .client
-            .post(&url)
-            .bearer_auth(&self.secret)
-            .header(header::CONTENT_TYPE, RPC_TYPE)
-            .body(body)
-            .send();
+        let send = req.send();
         let mut resp = tokio::time::timeout(timeout, send)
             .await
             .map_err(|_| format!("{url}: timed out"))?

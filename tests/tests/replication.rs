@@ -54,6 +54,11 @@ async fn call(
     }
 }
 
+/// A read that carries a session token.
+async fn read_with(c: &reqwest::Client, p: &Process, path: &str, token: &str) -> Reply {
+    call(c, "GET", p, path, None, &[("meridian-session", token)]).await
+}
+
 /// A document as every node shows it, conflicts included (`None` where it is absent).
 async fn everywhere(c: &reqwest::Client, cl: &Mesh, path: &str) -> Vec<(u16, Value)> {
     let mut out = vec![];
@@ -101,28 +106,12 @@ async fn three_regions_replicate_partition_converge_and_survive_kill_9() {
     assert_eq!(w.status, 201);
     assert!(w.token.contains("a="), "{}", w.token);
     let t0 = Instant::now();
-    let r = call(
-        &c,
-        "GET",
-        cl.node("b"),
-        "/v1/profiles/alice",
-        None,
-        &[("meridian-session", &w.token)],
-    )
-    .await;
+    let r = read_with(&c, cl.node("b"), "/v1/profiles/alice", &w.token).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["value"], json!({"name": "Alice"}));
     assert!(t0.elapsed() < Duration::from_secs(1));
     // the session's token now covers b's state too; c serves it as well
-    let r = call(
-        &c,
-        "GET",
-        cl.node("c"),
-        "/v1/profiles/alice",
-        None,
-        &[("meridian-session", &r.token)],
-    )
-    .await;
+    let r = read_with(&c, cl.node("c"), "/v1/profiles/alice", &r.token).await;
     assert_eq!(r.status, 200, "{}", r.body);
 
     // --- partition a from b and c: both sides keep accepting writes
@@ -213,15 +202,7 @@ async fn three_regions_replicate_partition_converge_and_survive_kill_9() {
     assert!(conflicts.iter().any(|k| k["path"] == "/city"), "{alice}");
     // and the partitioned session is served everywhere now
     for id in IDS {
-        let r = call(
-            &c,
-            "GET",
-            cl.node(id),
-            "/v1/profiles/alice",
-            None,
-            &[("meridian-session", &wa.token)],
-        )
-        .await;
+        let r = read_with(&c, cl.node(id), "/v1/profiles/alice", &wa.token).await;
         assert_eq!(r.status, 200, "{id}: {}", r.body);
     }
 
