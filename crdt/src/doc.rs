@@ -290,8 +290,9 @@ impl Document {
         &mut self,
         changes: impl IntoIterator<Item = &'a RemoteChange>,
     ) -> Result<()> {
-        self.am
-            .apply_changes(changes.into_iter().map(|c| c.change.clone()))?;
+        let changes: Vec<automerge::Change> =
+            changes.into_iter().map(|c| c.change.clone()).collect();
+        self.am.apply_changes(changes)?;
         Ok(())
     }
 

@@ -417,3 +417,13 @@ proptest! {
         prop_assert_eq!(snapshot(&fresh.doc), first);
     }
 }
+
+#[test]
+fn genesis_is_the_documented_change() {
+    // docs/sync.md publishes this hash: clients seed it under a document's id. It must never
+    // change, or documents created on either side of the change would stop sharing their root.
+    assert_eq!(
+        genesis_hash().to_string(),
+        "7ffabf88754c88dba826bb0e63599194694b1fc8ec012f58ca9b56498ba6de77"
+    );
+}
