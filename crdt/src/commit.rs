@@ -147,8 +147,7 @@ pub(crate) fn recover(
     count = apply_group(db, &replay, count)?;
     db.flush()?;
     if let Some(f) = sled_log {
-        f.sync_data()
-            .map_err(|e| Error::Storage(sled::Error::Io(e)))?;
+        f.sync_data().map_err(Error::from)?;
     }
     Ok((seq, count, replay.len()))
 }
@@ -342,7 +341,7 @@ fn checkpoint(
 ) -> Result<()> {
     let old = wal.rotate(flushed + 1)?;
     s.db.flush()?;
-    let io = |e: std::io::Error| Error::Storage(sled::Error::Io(e));
+    let io = |e: std::io::Error| Error::from(e);
     if let Some(f) = &s.sled_log {
         f.sync_data().map_err(io)?;
     }

@@ -16,14 +16,22 @@ pub enum Error {
     /// range, an idempotency key reused for another request). Nothing changed.
     #[error("{0}")]
     Unprocessable(String),
+    /// A client's changes would break the document's layout (see `docs/sync.md`). Nothing of
+    /// them was applied.
+    #[error("{0}")]
+    Refused(String),
     /// The store has failed (a flush or write error) and refuses work until restarted.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Another process has the data dir open.
+    #[error("the data dir is in use by another process")]
+    InUse,
     /// A stored record could not be decoded: corruption or a format from a newer version.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The storage engine failed.
     #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(String),
     #[error("automerge error: {0}")]
     Automerge(#[from] automerge::AutomergeError),
 }
@@ -36,5 +44,26 @@ impl Error {
     }
     pub(crate) fn unprocessable(msg: impl Into<String>) -> Self {
         Error::Unprocessable(msg.into())
+    }
+}
+
+// sled stays behind the store: callers see what went wrong, not which engine said so.
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                Error::InUse
+            }
+            other => Error::Storage(other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Storage(e.to_string())
     }
 }

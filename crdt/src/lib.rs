@@ -4,19 +4,22 @@
 //!
 //! # Layout
 //! - `key`: validated collection names and document ids.
+//! - `docid`: the automerge-repo id of every document.
 //! - `json`: parsing client JSON (depth limit, integer range).
 //! - `pointer`: JSON Pointers for the ops API.
 //! - `hlc`: node ids and the hybrid logical clock that stamps every change.
-//! - `doc`: one document: genesis, edits (PUT, merge patch, ops, delete), rendering with
-//!   HLC-ordered conflict resolution.
+//! - `doc`: one document: its public layout (genesis, `v`, `d`), edits (PUT, merge patch, ops,
+//!   delete), client changes, rendering with HLC-ordered conflict resolution.
 //! - `record`: on-disk record formats and key layout.
 //! - `wal`: the write-ahead log (records, segments, recovery).
 //! - `commit`: group commit (one log sync for many writers) and checkpoints.
-//! - `store`: the durable store: cache, locks, batches, reads that never see undurable writes.
+//! - `store`: the durable store: one commit path for local writes, merges and client changes;
+//!   cache, reads that never see undurable writes, the feed, digests, idempotency keys.
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 mod commit;
 mod doc;
+mod docid;
 mod error;
 mod hlc;
 pub mod json;
@@ -27,15 +30,17 @@ mod store;
 mod wal;
 
 pub use doc::{
-    parse_ops, Applied, Conflict, ConflictValue, Document, Edit, Op, RemoteChange, State,
+    genesis_bytes, genesis_hash, parse_ops, Applied, ClientChanges, Conflict, ConflictValue,
+    Document, Edit, Op, RemoteChange, State, SyncState,
 };
+pub use docid::{BadDocumentId, DocumentId};
 pub use error::{Error, Result};
 pub use hlc::{display_stamp, parse_stamp, Clock, NodeId, DEFAULT_MAX_DRIFT};
 pub use key::{validate_name, DocKey, MAX_NAME_LEN};
 pub use record::{FeedEntry, WriteOutcome};
 pub use store::{
-    DocState, DocView, FeedPage, Idempotency, Merged, Page, Progress, Store, StoreConfig,
-    StoreStats, Written, DIGEST_BUCKETS,
+    ClientSynced, DocEvents, DocState, DocView, FeedPage, Idempotency, Merged, Missed, Page,
+    Progress, Store, StoreConfig, StoreStats, Written, DIGEST_BUCKETS,
 };
 
 pub use automerge::{ActorId, ChangeHash};

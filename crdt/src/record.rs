@@ -8,6 +8,7 @@
 //! | `I` collection NUL id NUL n (u64) | one automerge change saved after it      |
 //! | `F` hlc time (u64 BE) hlc id      | [`FeedEntry`]: the local change with that stamp |
 //! | `K` idempotency key               | [`IdemRecord`]                           |
+//! | `A` document id (16 bytes)        | collection NUL id: automerge-repo ids    |
 //! | `M` name                          | node id, last batch seq, document count; |
 //! |                                   | replication bookkeeping under `M sync/…` |
 
@@ -15,6 +16,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uhlc::Timestamp;
 
 use crate::doc::State;
+use crate::docid::DocumentId;
 use crate::error::{Error, Result};
 use crate::key::DocKey;
 
@@ -27,6 +29,7 @@ pub(crate) const INCREMENT: u8 = b'I';
 pub(crate) const FEED: u8 = b'F';
 pub(crate) const IDEM: u8 = b'K';
 pub(crate) const META: u8 = b'M';
+pub(crate) const DOC_ID: u8 = b'A';
 
 pub(crate) fn doc_key(prefix: u8, key: &DocKey) -> Vec<u8> {
     let mut k = vec![prefix];
@@ -41,10 +44,46 @@ pub(crate) fn increment_key(key: &DocKey, n: u64) -> Vec<u8> {
     k
 }
 
+/// `F`, the stamp's time (big-endian, so keys sort in HLC order), its id.
 pub(crate) fn feed_key(ts: &Timestamp) -> Vec<u8> {
     let mut k = vec![FEED];
     k.extend_from_slice(&ts.get_time().as_u64().to_be_bytes());
     k.extend_from_slice(&ts.get_id().to_le_bytes());
+    k
+}
+
+/// The stamp a feed key was made from.
+pub(crate) fn feed_stamp(k: &[u8]) -> Result<Timestamp> {
+    if k.len() != 1 + 8 + 16 || k[0] != FEED {
+        return Err(Error::Corrupt("feed key of the wrong shape".into()));
+    }
+    let time = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
+    let id = u128::from_le_bytes(k[9..25].try_into().expect("16 bytes"));
+    let id = uhlc::ID::try_from(id)
+        .map_err(|_| Error::Corrupt("feed key with a zero clock id".into()))?;
+    Ok(Timestamp::new(uhlc::NTP64(time), id))
+}
+
+/// The first feed key after `after` (the whole feed for `None`).
+pub(crate) fn feed_start(after: Option<&Timestamp>) -> Vec<u8> {
+    match after {
+        Some(ts) => {
+            let mut k = feed_key(ts);
+            k.push(0);
+            k
+        }
+        None => vec![FEED],
+    }
+}
+
+/// Just past the last feed key.
+pub(crate) fn feed_end() -> Vec<u8> {
+    vec![FEED + 1]
+}
+
+pub(crate) fn doc_id_key(id: &DocumentId) -> Vec<u8> {
+    let mut k = vec![DOC_ID];
+    k.extend_from_slice(id.as_bytes());
     k
 }
 
@@ -152,5 +191,17 @@ mod tests {
         let err = decode::<WriteOutcome>(&bytes).unwrap_err().to_string();
         assert!(err.contains("format 2"), "{err}");
         assert!(decode::<WriteOutcome>(&[]).is_err());
+    }
+
+    #[test]
+    fn feed_keys_sort_by_stamp_and_decode() {
+        let id = uhlc::ID::try_from(b"n1".as_slice()).unwrap();
+        let a = Timestamp::new(uhlc::NTP64(5), id);
+        let b = Timestamp::new(uhlc::NTP64(256), id);
+        assert!(feed_key(&a) < feed_key(&b));
+        assert!(feed_start(Some(&a)) > feed_key(&a) && feed_start(Some(&a)) < feed_key(&b));
+        assert_eq!(feed_stamp(&feed_key(&b)).unwrap(), b);
+        assert!(feed_stamp(&feed_key(&b)[..20]).is_err());
+        assert!(feed_key(&b) < feed_end());
     }
 }

@@ -90,7 +90,7 @@ fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn io(e: std::io::Error) -> Error {
-    Error::Storage(sled::Error::Io(e))
+    Error::from(e)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

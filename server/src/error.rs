@@ -97,8 +97,9 @@ impl From<CrdtError> for ApiError {
             CrdtError::BadRequest(m) => ApiError::BadRequest(m),
             CrdtError::InvalidId(m) => ApiError::InvalidId(m),
             CrdtError::NotFound => ApiError::NotFound("document not found".into()),
-            CrdtError::Unprocessable(m) => ApiError::Unprocessable(m),
+            CrdtError::Unprocessable(m) | CrdtError::Refused(m) => ApiError::Unprocessable(m),
             CrdtError::Unavailable(m) => ApiError::Unavailable(m),
+            CrdtError::InUse => ApiError::Unavailable("the data dir is in use".into()),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -288,15 +288,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn open_error(dir: &std::path::Path, e: meridian_crdt::Error) -> anyhow::Error {
-    let in_use = matches!(&e, meridian_crdt::Error::Storage(sled::Error::Io(io))
-        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"));
-    if in_use {
-        anyhow::anyhow!(
+    match e {
+        meridian_crdt::Error::InUse => anyhow::anyhow!(
             "the data dir {} is in use by another process",
             dir.display()
-        )
-    } else {
-        anyhow::anyhow!("cannot open the data dir {}: {e}", dir.display())
+        ),
+        e => anyhow::anyhow!("cannot open the data dir {}: {e}", dir.display()),
     }
 }
 

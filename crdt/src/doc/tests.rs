@@ -3,6 +3,7 @@
 use super::*;
 use proptest::prelude::*;
 use serde_json::json;
+use serde_json::Map;
 
 fn stamp_clock(node: &str) -> crate::hlc::Clock {
     crate::hlc::Clock::new(

@@ -1,7 +1,10 @@
 //! Store tests: durability across reopen, compaction, idempotency, lists, the feed.
 
 use super::*;
+use crate::{Edit, RemoteChange};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::Path;
 
 fn obj(v: Value) -> serde_json::Map<String, Value> {
     v.as_object().unwrap().clone()
@@ -543,7 +546,7 @@ async fn the_feed_stops_below_a_write_in_flight() {
         "b is stamped after the write in flight"
     );
     assert_eq!(page.upto, Some(page.entries[0].0));
-    assert!(page.upto.unwrap() < guard.stamp);
+    assert!(page.upto.unwrap() < guard.first());
     drop(guard);
     assert_eq!(s.feed(None, 100).unwrap().entries.len(), 2);
 }
@@ -627,7 +630,7 @@ async fn merged_changes_are_durable_and_digests_agree() {
     // only the buckets asked for are listed
     let all: BTreeSet<u32> = (0..DIGEST_BUCKETS as u32).collect();
     assert_eq!(b.bucket_heads(&all).unwrap().len(), 7);
-    let one: BTreeSet<u32> = [bucket_of(&key("d3")) as u32].into();
+    let one: BTreeSet<u32> = [digest::bucket_of(&key("d3")) as u32].into();
     assert!(b
         .bucket_heads(&one)
         .unwrap()
@@ -655,4 +658,183 @@ async fn a_change_with_a_missing_dependency_waits_and_garbage_is_refused() {
     assert_eq!(get_json(&b, "d").await, Some(json!({"i": 1})));
     let err = RemoteChange::parse(b"garbage".to_vec()).unwrap_err();
     assert!(err.to_string().contains("undecodable change"), "{err}");
+}
+
+// --- clients (automerge sync)
+
+/// A client replica and its sync state with one node.
+struct Phone {
+    doc: crate::Document,
+    state: crate::SyncState,
+    node_state: crate::SyncState,
+}
+
+impl Phone {
+    fn new() -> Phone {
+        let mut actor = rand::random::<[u8; 16]>();
+        actor[0] = 0xfe;
+        Phone {
+            doc: crate::Document::new(crate::ActorId::from(actor.as_slice())),
+            state: Default::default(),
+            node_state: Default::default(),
+        }
+    }
+
+    /// Runs the sync protocol with the node until neither side has anything to say; returns
+    /// how many of the phone's changes the node accepted.
+    async fn sync(&mut self, s: &Store, k: &DocKey) -> Result<usize> {
+        let mut accepted = 0;
+        let mut reply = s.client_sync(k, &mut self.node_state, None).await?.reply;
+        for _ in 0..20 {
+            if let Some(r) = reply.take() {
+                let m = automerge::sync::Message::decode(&r).unwrap();
+                self.doc.receive_sync(&mut self.state, m).unwrap();
+            }
+            let Some(out) = self.doc.generate_sync(&mut self.state) else {
+                return Ok(accepted);
+            };
+            let r = s.client_sync(k, &mut self.node_state, Some(&out)).await?;
+            accepted += r.accepted;
+            reply = r.reply;
+        }
+        panic!("the sync did not settle")
+    }
+}
+
+#[tokio::test]
+async fn a_client_edit_is_durable_stamped_and_in_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let k = key("c1");
+    let mut events = s.watch();
+    s.write(&k, Edit::Put(obj(json!({"name": "http"}))), None)
+        .await
+        .unwrap();
+    assert_eq!(events.next().await, Some(Ok(k.clone())));
+
+    // --- the phone fetches the document, edits it, syncs
+    let mut phone = Phone::new();
+    assert_eq!(phone.sync(&s, &k).await.unwrap(), 0);
+    assert_eq!(phone.doc.value(), json!({"name": "http"}));
+    phone
+        .doc
+        .apply_unstamped(&Edit::Patch(obj(json!({"bio": "from the phone"}))))
+        .unwrap();
+    assert_eq!(phone.sync(&s, &k).await.unwrap(), 1);
+    assert_eq!(events.next().await, Some(Ok(k.clone())));
+    let want = json!({"name": "http", "bio": "from the phone"});
+    assert_eq!(get_json(&s, "c1").await, Some(want.clone()));
+    // the phone holds what the node holds: its own change, stamped
+    assert_eq!(phone.doc.heads(), s.read_state(&k).unwrap().unwrap().heads);
+    assert!(!phone.doc.has_unstamped_changes());
+
+    // --- the feed holds the local write, the client's change and the stamp change, in order
+    let feed = s.feed(None, 100).unwrap();
+    assert_eq!(feed.entries.len(), 3);
+    let stamp_change = RemoteChange::parse(feed.entries[2].1.change.clone()).unwrap();
+    assert_eq!(stamp_change.node.as_deref(), Some("n1"));
+    assert_eq!(stamp_change.stamp, Some(feed.entries[2].0));
+    assert_eq!(
+        RemoteChange::parse(feed.entries[1].1.change.clone())
+            .unwrap()
+            .node,
+        None
+    );
+    assert_eq!(s.last_local_stamp(), Some(feed.entries[2].0));
+
+    // --- durable: a reopened store has it, and the id still resolves
+    s.close().unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(get_json(&s, "c1").await, Some(want));
+    assert_eq!(
+        s.resolve(&crate::DocumentId::of(&k)).unwrap(),
+        Some(k.clone())
+    );
+}
+
+#[tokio::test]
+async fn refused_client_changes_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let k = key("c2");
+    s.write(&k, Edit::Put(obj(json!({"a": 1}))), None)
+        .await
+        .unwrap();
+    let mut phone = Phone::new();
+    phone.sync(&s, &k).await.unwrap();
+    let before = s.read_state(&k).unwrap();
+    let feed_before = s.feed(None, 100).unwrap().entries.len();
+
+    // a change that writes another root key
+    {
+        use automerge::transaction::Transactable;
+        let mut tx = phone.doc.am_mut().transaction();
+        tx.put(automerge::ROOT, "evil", 1).unwrap();
+        tx.commit();
+    }
+    let err = phone.sync(&s, &k).await.unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err}");
+    assert_eq!(s.read_state(&k).unwrap(), before);
+    assert_eq!(s.feed(None, 100).unwrap().entries.len(), feed_before);
+    // garbage is refused as such
+    let mut st = crate::SyncState::default();
+    let err = s
+        .client_sync(&k, &mut st, Some(b"\x42garbage"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err}");
+    // a document never written is not found
+    let err = s
+        .client_sync(&key("ghost"), &mut st, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound), "{err}");
+
+    s.close().unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.read_state(&k).unwrap(), before);
+    // and the document takes writes as before
+    s.write(&k, Edit::Patch(obj(json!({"b": 2}))), None)
+        .await
+        .unwrap();
+    assert_eq!(get_json(&s, "c2").await, Some(json!({"a": 1, "b": 2})));
+}
+
+#[tokio::test]
+async fn document_ids_resolve_for_merged_and_for_old_documents() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(da.path());
+    let mut cb = StoreConfig::new(db.path());
+    cb.node_id = Some("b".into());
+    let b = Store::open(cb.clone()).unwrap();
+    a.write(&key("m"), Edit::Put(obj(json!({"x": 1}))), None)
+        .await
+        .unwrap();
+    let changes: Vec<RemoteChange> = a
+        .feed(None, 10)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|(_, e)| remote(&e.change))
+        .collect();
+    b.merge_remote(vec![(key("m"), changes)], vec![])
+        .await
+        .unwrap();
+    let id = crate::DocumentId::of(&key("m"));
+    assert_eq!(b.resolve(&id).unwrap(), Some(key("m")));
+    assert_eq!(
+        b.resolve(&crate::DocumentId::of(&key("nope"))).unwrap(),
+        None
+    );
+
+    // --- a data dir without the index (as 0.1.0 wrote them) is indexed at open
+    b.inner.tree.remove(record::doc_id_key(&id)).unwrap();
+    b.inner.tree.remove(record::meta_key("doc-ids")).unwrap();
+    assert_eq!(b.resolve(&id).unwrap(), None);
+    b.close().unwrap();
+    drop(b);
+    let b = Store::open(cb).unwrap();
+    assert_eq!(b.resolve(&id).unwrap(), Some(key("m")));
 }

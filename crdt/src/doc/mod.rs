@@ -1,0 +1,520 @@
+//! One JSON document as an automerge CRDT.
+//!
+//! # Layout
+//! - `layout`: genesis, the root keys `v` and `d`, and the check that client changes keep them.
+//! - `order`: which concurrent value wins (HLC stamps; client changes take the stamp of the node
+//!   that accepted them).
+//! - `render`: the document as JSON, and its conflicts.
+//! - `edit`: PUT, merge patch and delete as minimal changes.
+//! - `ops`: the ops API.
+//!
+//! # Conflicts
+//! Concurrent writes to one field leave several values. The visible one is the value whose change
+//! has the latest stamp (ties broken by actor, then op counter), not automerge's own op-id order,
+//! so the winner is "last writer by hybrid time" on every node. All values stay readable through
+//! [`Document::conflicts`].
+
+mod edit;
+mod layout;
+mod ops;
+mod order;
+mod render;
+
+use std::collections::HashSet;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::CommitOptions;
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc, ScalarValue, Value as AmValue, ROOT};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uhlc::Timestamp;
+
+use crate::error::{Error, Result};
+use layout::{load_options, user_obj, DELETED};
+use order::{Adopted, Ranker};
+use render::Renderer;
+
+pub use edit::Edit;
+pub use layout::{genesis_bytes, genesis_hash};
+pub use ops::{parse_ops, Op};
+pub use render::{Conflict, ConflictValue};
+
+/// Whether a document exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// Nothing but genesis: never written.
+    Absent,
+    Live,
+    /// Deleted, and not re-created since.
+    Deleted,
+}
+
+/// What a successful edit did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The new change's raw bytes and hash, or `None` when the edit changed nothing.
+    pub change: Option<(ChangeHash, Vec<u8>)>,
+    pub before: State,
+}
+
+/// A client's sync message, applied to a copy of a document and checked (see
+/// [`Document::check_client`]); [`Document::accept_client`] takes it in.
+#[derive(Debug)]
+pub struct ClientChanges {
+    am: Automerge,
+    /// Changes of client actors, new here.
+    client: Vec<ChangeHash>,
+    /// Changes of other nodes the client relays (it synced with them), new here, with their
+    /// stamps: merged like changes from a peer.
+    relayed: Vec<(ChangeHash, Timestamp)>,
+}
+
+impl ClientChanges {
+    /// How many changes of clients are new.
+    pub fn len(&self) -> usize {
+        self.client.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.client.is_empty() && self.relayed.is_empty()
+    }
+
+    /// The stamps of the relayed node changes (for the clock's drift check).
+    pub fn relayed_stamps(&self) -> impl Iterator<Item = &Timestamp> {
+        self.relayed.iter().map(|(_, ts)| ts)
+    }
+}
+
+/// The automerge sync protocol's per-peer state (re-exported for the sync server and clients).
+pub type SyncState = sync::State;
+
+/// A document: an automerge doc, the actor this replica writes as, and the stamps its client
+/// changes took.
+#[derive(Debug, Clone)]
+pub struct Document {
+    am: Automerge,
+    adopted: Adopted,
+}
+
+impl Document {
+    /// A document with nothing but genesis.
+    pub fn new(actor: ActorId) -> Self {
+        let mut am =
+            Automerge::load_with_options(genesis_bytes(), load_options()).expect("genesis loads");
+        am.set_actor(actor);
+        Document {
+            am,
+            adopted: Adopted::default(),
+        }
+    }
+
+    /// Loads a snapshot (or genesis, when `None`) and then incremental chunks in order.
+    pub fn load<'a>(
+        actor: ActorId,
+        snapshot: Option<&[u8]>,
+        increments: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self> {
+        let mut am =
+            Automerge::load_with_options(snapshot.unwrap_or(genesis_bytes()), load_options())?;
+        for chunk in increments {
+            am.load_incremental(chunk)?;
+        }
+        if !am.get_missing_deps(&[]).is_empty() {
+            return Err(Error::Corrupt(
+                "document history has missing changes".into(),
+            ));
+        }
+        am.set_actor(actor);
+        let adopted = Adopted::of(&am);
+        Ok(Document { am, adopted })
+    }
+
+    /// The whole history, compressed.
+    pub fn save(&self) -> Vec<u8> {
+        self.am.save()
+    }
+
+    /// The changes after `heads`, compressed (for appending to a saved copy).
+    pub fn save_after(&self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.am.save_after(heads)
+    }
+
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.am.get_heads()
+    }
+
+    pub fn actor(&self) -> &ActorId {
+        self.am.get_actor()
+    }
+
+    /// The opaque version string: a digest of the heads, so it changes with every change and is
+    /// equal on two nodes exactly when they hold the same history.
+    pub fn version(&self) -> String {
+        version_of(&self.heads())
+    }
+
+    pub fn state(&self) -> State {
+        if self.am.get_heads() == [genesis_hash()] {
+            return State::Absent;
+        }
+        // Delete wins: if any concurrent value of the flag is `true`, the document is deleted.
+        // A write that saw the delete overwrites every value of the flag with `false`.
+        let deleted = self
+            .am
+            .get_all(ROOT, DELETED)
+            .unwrap_or_default()
+            .iter()
+            .any(|(v, _)| matches!(v, AmValue::Scalar(s) if s.as_ref() == &ScalarValue::Boolean(true)));
+        if deleted {
+            State::Deleted
+        } else {
+            State::Live
+        }
+    }
+
+    /// The user's JSON object (what a GET returns).
+    pub fn value(&self) -> Value {
+        let mut r = Renderer::new(&self.am, Ranker::new(&self.adopted), false);
+        r.object(&user_obj(&self.am), automerge::ObjType::Map)
+    }
+
+    /// Every field with concurrent values, winner first, in document order.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        let mut r = Renderer::new(&self.am, Ranker::new(&self.adopted), true);
+        r.object(&user_obj(&self.am), automerge::ObjType::Map);
+        r.conflicts
+    }
+
+    /// Applies `edit` as one change stamped `stamp` (a node's HLC timestamp). On error nothing
+    /// changes.
+    pub fn apply(&mut self, edit: &Edit, stamp: &Timestamp) -> Result<Applied> {
+        self.apply_with(edit, stamped(stamp))
+    }
+
+    /// Applies `edit` as a client's change: no stamp (the node that accepts it stamps it), the
+    /// wall-clock time in seconds as automerge's advisory time. On error nothing changes.
+    pub fn apply_unstamped(&mut self, edit: &Edit) -> Result<Applied> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.apply_with(edit, CommitOptions::default().with_time(secs))
+    }
+
+    fn apply_with(&mut self, edit: &Edit, opts: CommitOptions) -> Result<Applied> {
+        let before = self.state();
+        if matches!(edit, Edit::Delete) && before != State::Live {
+            return Err(Error::NotFound);
+        }
+        let user = user_obj(&self.am);
+        let mut tx = self.am.transaction();
+        let mut w = edit::Writer {
+            tx: &mut tx,
+            adopted: &self.adopted,
+        };
+        if let Err(e) = w.edit(&user, before, edit) {
+            tx.rollback();
+            return Err(e);
+        }
+        let (hash, _) = tx.commit_with(opts);
+        let change = hash.map(|h| {
+            self.adopted.added(&self.am, &[h]);
+            (
+                h,
+                self.change_bytes(&h)
+                    .expect("a change just committed is here"),
+            )
+        });
+        Ok(Applied { change, before })
+    }
+
+    /// Applies changes made elsewhere (raw change bytes), unchecked. Duplicates are ignored.
+    pub fn merge_changes<'a>(&mut self, changes: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        let before = self.heads();
+        for c in changes {
+            self.am.load_incremental(c)?;
+        }
+        self.note_added(&before);
+        Ok(())
+    }
+
+    /// Applies changes received from another node, already parsed. Duplicates are ignored;
+    /// changes whose dependencies are missing wait (see [`Document::has_missing_deps`]).
+    /// Returns the hashes of the changes applied now.
+    pub fn merge_remote<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = &'a RemoteChange>,
+    ) -> Result<Vec<ChangeHash>> {
+        let before = self.heads();
+        let changes: Vec<automerge::Change> =
+            changes.into_iter().map(|c| c.change.clone()).collect();
+        self.am.apply_changes(changes)?;
+        Ok(self.note_added(&before))
+    }
+
+    /// Records the stamps of the changes added since `before`; returns their hashes.
+    fn note_added(&mut self, before: &[ChangeHash]) -> Vec<ChangeHash> {
+        let new: Vec<ChangeHash> = self
+            .am
+            .get_changes_meta(before)
+            .iter()
+            .map(|m| m.hash)
+            .collect();
+        self.adopted.added(&self.am, &new);
+        new
+    }
+
+    /// Applies the changes of a client's sync message to a copy of this document and checks
+    /// them (`layout`): a client writes under its own actor and leaves a document the HTTP API
+    /// renders; changes of other nodes it relays carry their stamps; none is this node's own.
+    /// `Ok(None)`: nothing new. `Err(Refused)`: nothing may be applied.
+    pub fn check_client(&self, message: &sync::Message) -> Result<Option<ClientChanges>> {
+        let refuse = |m: String| Error::Refused(m);
+        let mut received = Vec::new();
+        for chunk in message.changes.iter() {
+            received.extend(layout::decode_chunk(chunk).map_err(refuse)?);
+        }
+        if received.is_empty() {
+            return Ok(None);
+        }
+        let mut am = self.am.clone();
+        am.apply_changes(received)
+            .map_err(|e| refuse(format!("changes that do not apply: {e}")))?;
+        let me = self.am.get_actor();
+        let (mut client, mut relayed, mut actors) = (vec![], vec![], vec![]);
+        for m in am.get_changes_meta(&self.am.get_heads()) {
+            let actor = m.actor.to_bytes();
+            if actor == layout::GENESIS_ACTOR || m.actor.as_ref() == me {
+                return Err(refuse(format!(
+                    "a client change may not use actor {} (genesis and this node are reserved)",
+                    m.actor
+                )));
+            }
+            if layout::is_node_actor(actor) {
+                let stamp = order::node_stamp(actor, m.message.as_deref()).ok_or_else(|| {
+                    refuse(format!("a change of node {} without its stamp", m.actor))
+                })?;
+                relayed.push((m.hash, stamp));
+            } else {
+                client.push(m.hash);
+                actors.push(m.actor.into_owned());
+            }
+        }
+        if client.is_empty() && relayed.is_empty() {
+            return Ok(None);
+        }
+        layout::check_client_changes(&am, &actors).map_err(refuse)?;
+        Ok(Some(ClientChanges {
+            am,
+            client,
+            relayed,
+        }))
+    }
+
+    /// Takes in a client's changes checked by [`Document::check_client`] (of this same state)
+    /// and, if it wrote any of its own, stamps them with an empty change whose message is
+    /// `stamp`. Returns every new change with its bytes and whether it is the client's (or the
+    /// stamp change: this node's own); relayed node changes come first, then the client's, then
+    /// the stamp change.
+    pub fn accept_client(
+        &mut self,
+        checked: ClientChanges,
+        stamp: &Timestamp,
+    ) -> Result<Vec<(ChangeHash, Vec<u8>, bool)>> {
+        let ClientChanges {
+            am,
+            client,
+            relayed,
+        } = checked;
+        let actor = self.am.get_actor().clone();
+        self.am = am;
+        self.am.set_actor(actor);
+        let mut out: Vec<(ChangeHash, Vec<u8>, bool)> = Vec::new();
+        for (h, _) in &relayed {
+            out.push((
+                *h,
+                self.change_bytes(h).expect("a change just applied is here"),
+                false,
+            ));
+        }
+        for h in &client {
+            out.push((
+                *h,
+                self.change_bytes(h).expect("a change just applied is here"),
+                true,
+            ));
+        }
+        if !client.is_empty() {
+            let h = self.am.empty_commit(stamped(stamp));
+            out.push((
+                h,
+                self.change_bytes(&h)
+                    .expect("a change just committed is here"),
+                true,
+            ));
+        }
+        let hashes: Vec<ChangeHash> = out.iter().map(|(h, _, _)| *h).collect();
+        self.adopted.added(&self.am, &hashes);
+        Ok(out)
+    }
+
+    /// Takes note of a sync message's heads, need and have, without its changes (a node applies
+    /// those through [`Document::check_client`]; a client through [`Document::receive_sync`]).
+    pub fn receive_sync_heads(&mut self, state: &mut SyncState, message: sync::Message) {
+        let stripped = sync::Message {
+            changes: sync::ChunkList::empty(),
+            ..message
+        };
+        // without changes, receiving only updates `state`
+        self.am
+            .receive_sync_message(state, stripped)
+            .expect("a sync message without changes applies nothing");
+    }
+
+    /// Receives a whole sync message, changes included, unchecked (a client trusts its node).
+    /// Returns the hashes of the changes applied.
+    pub fn receive_sync(
+        &mut self,
+        state: &mut SyncState,
+        message: sync::Message,
+    ) -> Result<Vec<ChangeHash>> {
+        let before = self.heads();
+        self.am.receive_sync_message(state, message)?;
+        Ok(self.note_added(&before))
+    }
+
+    /// The next sync message for the peer `state` belongs to, encoded; `None` when in sync.
+    pub fn generate_sync(&self, state: &mut SyncState) -> Option<Vec<u8>> {
+        self.am.generate_sync_message(state).map(|m| m.encode())
+    }
+
+    /// Raw bytes of every change after `heads` (all of them for `&[]`), genesis excluded.
+    /// Heads this document does not know are ignored, so the answer may repeat changes the
+    /// asker has: harmless, merging is idempotent.
+    pub fn changes_since(&self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
+        let genesis = genesis_hash();
+        let known: Vec<ChangeHash> = heads
+            .iter()
+            .filter(|h| self.am.get_change_meta_by_hash(h).is_some())
+            .copied()
+            .collect();
+        self.am
+            .get_changes(&known)
+            .into_iter()
+            .filter(|c| c.hash() != genesis)
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
+    }
+
+    /// True while merged changes wait for changes they depend on (they are not applied yet).
+    pub fn has_missing_deps(&self) -> bool {
+        !self.am.get_missing_deps(&[]).is_empty()
+    }
+
+    /// True if every change in `wanted` is in the history of `heads` (the state those heads
+    /// name).
+    pub fn history_includes(&self, heads: &[ChangeHash], wanted: &[ChangeHash]) -> bool {
+        let known = |h: &ChangeHash| self.am.get_change_meta_by_hash(h).is_some();
+        if !heads.iter().all(known) {
+            return false;
+        }
+        let after: HashSet<ChangeHash> = self
+            .am
+            .get_changes_meta(heads)
+            .iter()
+            .map(|m| m.hash)
+            .collect();
+        wanted.iter().all(|w| known(w) && !after.contains(w))
+    }
+
+    /// This replica's own changes that the history of `heads` lacks (for a client: its edits a
+    /// node has not acknowledged).
+    pub fn own_changes_outside(&self, heads: &[ChangeHash]) -> usize {
+        let known: Vec<ChangeHash> = heads
+            .iter()
+            .filter(|h| self.am.get_change_meta_by_hash(h).is_some())
+            .copied()
+            .collect();
+        let me = self.am.get_actor();
+        self.am
+            .get_changes_meta(&known)
+            .iter()
+            .filter(|m| m.actor.as_ref() == me)
+            .count()
+    }
+
+    /// The raw bytes of one change.
+    pub fn change_bytes(&self, hash: &ChangeHash) -> Option<Vec<u8>> {
+        self.am
+            .get_change_by_hash(hash)
+            .map(|c| c.raw_bytes().to_vec())
+    }
+
+    /// The automerge document, for tests that craft changes no edit makes.
+    #[cfg(test)]
+    pub(crate) fn am_mut(&mut self) -> &mut Automerge {
+        &mut self.am
+    }
+
+    /// True if some client change here has not been stamped by a node yet.
+    pub fn has_unstamped_changes(&self) -> bool {
+        self.adopted.any_pending()
+    }
+}
+
+/// A change received from another node, parsed and checked (checksum included) once: its
+/// author and HLC stamp can be read before it is merged, and merging does not parse it again.
+#[derive(Debug, Clone)]
+pub struct RemoteChange {
+    change: automerge::Change,
+    /// The node id of the author (`None` for genesis or a client's change).
+    pub node: Option<String>,
+    /// The stamp in the change's message (`None` for genesis or a client's change).
+    pub stamp: Option<Timestamp>,
+}
+
+impl RemoteChange {
+    pub fn parse(bytes: Vec<u8>) -> Result<Self> {
+        let change = automerge::Change::from_bytes(bytes)
+            .map_err(|e| Error::bad(format!("undecodable change: {e}")))?;
+        let actor = change.actor_id().to_bytes();
+        let stamp = order::node_stamp(actor, change.message());
+        let node = stamp.map(|_| String::from_utf8_lossy(actor).into_owned());
+        Ok(RemoteChange {
+            change,
+            node,
+            stamp,
+        })
+    }
+
+    pub fn hash(&self) -> ChangeHash {
+        self.change.hash()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.change.raw_bytes()
+    }
+}
+
+/// A node's change: its HLC stamp is the message; automerge's advisory time is its seconds.
+fn stamped(stamp: &Timestamp) -> CommitOptions {
+    CommitOptions::default()
+        .with_message(stamp.to_string())
+        .with_time(stamp.get_time().as_secs() as i64)
+}
+
+/// The version string of a set of heads.
+fn version_of(heads: &[ChangeHash]) -> String {
+    let mut sorted: Vec<&ChangeHash> = heads.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for head in sorted {
+        h.update(head.0);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+#[cfg(test)]
+mod client_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,374 @@
+//! The durable document store: sled underneath, a write-ahead log in front of it, a
+//! byte-bounded cache of automerge documents, per-document write locks and group commit.
+//!
+//! Every change reaches a document the same way (`write`): take the document's lock; load it
+//! (cache or disk); change it in memory (on error, nothing changed); queue the new changes, the
+//! new materialized record, their feed entries and any idempotency record as one batch; wait
+//! until its group is synced to the log and applied to sled; then announce the change. Local
+//! writes, changes merged from peers and changes accepted from clients differ only in how they
+//! change the document. sled only ever holds durable writes, so reads take no lock and never
+//! wait.
+//!
+//! # Layout
+//! - `cache`: cached documents, pinned while they have writes queued.
+//! - `write`: the one commit path, and the three kinds of write on it.
+//! - `client`: automerge sync messages from and to clients; document ids.
+//! - `read`: reads of documents and collections.
+//! - `feed`: the stamps of local changes, in flight and durable; the feed peers pull.
+//! - `digest`: the anti-entropy digest.
+//! - `idempotency`: idempotency keys.
+
+mod cache;
+mod client;
+mod digest;
+mod feed;
+mod idempotency;
+mod read;
+mod write;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use automerge::ChangeHash;
+use moka::sync::Cache;
+use parking_lot::Mutex;
+use uhlc::Timestamp;
+
+use crate::commit::GroupCommit;
+use crate::docid::DocumentId;
+use crate::error::{Error, Result};
+use crate::hlc::{Clock, NodeId, DEFAULT_MAX_DRIFT};
+use crate::key::DocKey;
+use crate::record::{self, FeedEntry, WriteOutcome};
+
+use cache::Slot;
+use feed::Stamps;
+
+pub use client::{ClientSynced, DocEvents, Missed};
+pub use digest::DIGEST_BUCKETS;
+pub use feed::Progress;
+pub use idempotency::Idempotency;
+
+/// Store settings. [`StoreConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// The node id to use; `None` keeps the one in the data dir, or makes one.
+    pub node_id: Option<String>,
+    /// Byte budget of the document cache.
+    pub cache_bytes: u64,
+    /// Byte budget of sled's page cache.
+    pub sled_cache_bytes: u64,
+    /// Fold a document's incremental changes into a snapshot after this many.
+    pub compact_every: u64,
+    pub max_drift: Duration,
+    /// How long idempotency keys are remembered.
+    pub idempotency_ttl: Duration,
+    /// The physical clock under the HLC (tests inject skewed ones).
+    pub physical_clock: fn() -> uhlc::NTP64,
+}
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            path: path.into(),
+            node_id: None,
+            cache_bytes: 256 << 20,
+            sled_cache_bytes: 64 << 20,
+            compact_every: 32,
+            max_drift: DEFAULT_MAX_DRIFT,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            physical_clock: uhlc::system_time_clock,
+        }
+    }
+}
+
+/// The answer to a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub outcome: WriteOutcome,
+    /// True when this is the stored answer of an earlier request with the same key.
+    pub replayed: bool,
+    /// The document's heads right after the write (empty for a replayed answer).
+    pub heads: Vec<ChangeHash>,
+}
+
+/// A document's stored state, whatever it is, with the heads that name it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocState {
+    pub state: crate::doc::State,
+    /// The document's JSON, serialized (`null` unless live).
+    pub json: String,
+    pub version: String,
+    pub heads: Vec<ChangeHash>,
+}
+
+/// A page of the local change feed (see [`Store::feed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedPage {
+    pub entries: Vec<(Timestamp, FeedEntry)>,
+    /// Every local change stamped at or before `upto` is in `entries` or was before `after`.
+    pub upto: Option<Timestamp>,
+    /// The page stopped at its limit: more durable entries follow.
+    pub more: bool,
+}
+
+/// What [`Store::merge_remote`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Merged {
+    /// Documents that gained changes.
+    pub documents: usize,
+    /// Changes applied (changes already present are not counted).
+    pub changes: usize,
+    /// Documents holding changes whose dependencies have not arrived (not applied yet).
+    pub missing_deps: Vec<DocKey>,
+}
+
+/// A live document as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocView {
+    pub id: String,
+    /// The document's JSON, serialized.
+    pub json: String,
+    pub version: String,
+}
+
+/// One page of a collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub items: Vec<DocView>,
+    /// The cursor for the next page, if there may be one.
+    pub next: Option<String>,
+}
+
+/// Figures for `/v1/status` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct StoreStats {
+    pub node_id: String,
+    pub hlc: String,
+    pub documents: u64,
+    pub bytes_on_disk: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_bytes: u64,
+    /// Group commits (log syncs) since start-up.
+    pub flushes: u64,
+    /// Batches replayed from the write-ahead log at start-up.
+    pub replayed: u64,
+}
+
+const DOC_STRIPES: usize = 4096;
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("node", &self.inner.node)
+            .finish()
+    }
+}
+
+struct Inner {
+    tree: sled::Db,
+    node: NodeId,
+    clock: Clock,
+    config: StoreConfig,
+    cache: Cache<DocKey, Arc<Slot>>,
+    /// Documents with writes queued but not yet durable, and the last such write's sequence
+    /// number. Pinned here so that eviction cannot make the next writer load a stale state.
+    pending: Mutex<HashMap<DocKey, (Arc<Slot>, u64)>>,
+    doc_locks: Vec<tokio::sync::Mutex<()>>,
+    idem_locks: Vec<tokio::sync::Mutex<()>>,
+    commit: GroupCommit,
+    stamps: Mutex<Stamps>,
+    /// Bumped whenever a local write leaves flight, so feed readers can wait for news.
+    feed_moved: tokio::sync::watch::Sender<u64>,
+    /// Every document whose durable state changed (any kind of write), for sync connections.
+    doc_changed: tokio::sync::broadcast::Sender<DocKey>,
+    /// Per bucket of document keys, the XOR of a digest of each document's key and version.
+    digests: Mutex<Vec<u64>>,
+    replayed: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// How many document-change notices a slow listener may fall behind before it is told it
+/// missed some (see [`DocEvents`]).
+const DOC_EVENTS: usize = 16_384;
+
+impl Store {
+    /// Opens (or creates) the store in `config.path`. Fails if another process has it open.
+    pub fn open(config: StoreConfig) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(db_path(&config.path))
+            .cache_capacity(config.sled_cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // durability comes from the write-ahead log; sled is flushed at checkpoints
+            .flush_every_ms(None)
+            .open()?;
+
+        let node = match (get_meta(&db, "node")?, &config.node_id) {
+            (Some(stored), Some(wanted)) if stored != *wanted => {
+                return Err(Error::bad(format!(
+                    "the data dir belongs to node {stored:?}, not {wanted:?}; use another data dir"
+                )))
+            }
+            (Some(stored), _) => NodeId::new(&stored)?,
+            (None, Some(wanted)) => NodeId::new(wanted)?,
+            (None, None) => NodeId::random(),
+        };
+        db.insert(record::meta_key("node"), node.as_str().as_bytes())?;
+        let sled_log = std::fs::File::open(db_path(&config.path).join("db")).ok();
+        if sled_log.is_none() {
+            tracing::warn!(
+                "cannot open sled's log file to sync it; checkpoints rely on sled's flush alone"
+            );
+        }
+        let wal_dir = config.path.join("wal");
+        let (seq, documents, replayed) = crate::commit::recover(&db, sled_log.as_ref(), &wal_dir)?;
+        if replayed > 0 {
+            tracing::info!(replayed, "recovered writes from the write-ahead log");
+        }
+        index_document_ids(&db)?;
+
+        let clock = Clock::with_physical(&node, config.max_drift, config.physical_clock);
+        let last = feed::last_stamp(&db)?;
+        if let Some(last) = last {
+            clock.observe(&last).map_err(|_| {
+                Error::Unavailable(format!(
+                    "this machine's clock is behind the newest stored change ({}) by more than the \
+                     maximum drift; fix the clock before starting",
+                    crate::hlc::display_stamp(&last)
+                ))
+            })?;
+        }
+
+        let cache = Cache::builder()
+            .max_capacity(config.cache_bytes)
+            .weigher(|_k, slot: &Arc<Slot>| slot.weight.load(Ordering::Relaxed) as u32)
+            .build();
+        let blob_dir = db_path(&config.path).join("blobs");
+        let digests = digest::initial(&db)?;
+        let commit = GroupCommit::start(db.clone(), blob_dir, sled_log, wal_dir, seq, documents)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                tree: db,
+                node,
+                clock,
+                config,
+                cache,
+                pending: Mutex::new(HashMap::new()),
+                doc_locks: (0..DOC_STRIPES).map(|_| Default::default()).collect(),
+                idem_locks: (0..idempotency::STRIPES)
+                    .map(|_| Default::default())
+                    .collect(),
+                commit,
+                stamps: Mutex::new(Stamps::new(last)),
+                feed_moved: tokio::sync::watch::Sender::new(0),
+                doc_changed: tokio::sync::broadcast::Sender::new(DOC_EVENTS),
+                digests: Mutex::new(digests),
+                replayed: replayed as u64,
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.node
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// Ready for traffic: open, and no flush has failed.
+    pub fn is_ready(&self) -> bool {
+        self.inner.commit.check().is_ok()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let inner = &*self.inner;
+        StoreStats {
+            node_id: inner.node.to_string(),
+            hlc: crate::hlc::display_stamp(&inner.clock.now()),
+            documents: inner.commit.documents(),
+            bytes_on_disk: inner.tree.size_on_disk().unwrap_or(0),
+            cache_hits: inner.hits.load(Ordering::Relaxed),
+            cache_misses: inner.misses.load(Ordering::Relaxed),
+            cache_bytes: inner.cache.weighted_size(),
+            flushes: inner.commit.syncs(),
+            replayed: inner.replayed,
+        }
+    }
+
+    /// Replication bookkeeping stored under `M name`, for names starting with `prefix`.
+    pub fn meta_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.inner.tree.scan_prefix(record::meta_key(prefix)) {
+            let (k, v) = kv?;
+            out.push((String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Flushes everything and stops the flusher. Writes after this fail.
+    pub fn close(&self) -> Result<()> {
+        self.inner.commit.stop();
+        self.inner.tree.flush()?;
+        Ok(())
+    }
+}
+
+/// Data dirs written before document ids existed (0.1.0) get the id of every document once,
+/// at start-up. Later, every document's first record brings its id (see `write`).
+fn index_document_ids(db: &sled::Db) -> Result<()> {
+    let done = record::meta_key("doc-ids");
+    if db.get(&done)?.is_some() {
+        return Ok(());
+    }
+    let mut n = 0;
+    for kv in db.scan_prefix([record::DOC]) {
+        let (k, _) = kv?;
+        let key = DocKey::decode(&k[1..])?;
+        db.insert(
+            record::doc_id_key(&DocumentId::of(&key)),
+            record::wrap(&key.encode()),
+        )?;
+        n += 1;
+    }
+    db.insert(done, b"1".as_slice())?;
+    db.flush()?;
+    if n > 0 {
+        tracing::info!(documents = n, "indexed automerge document ids");
+    }
+    Ok(())
+}
+
+fn db_path(dir: &Path) -> PathBuf {
+    dir.join("db")
+}
+
+fn get_meta(db: &sled::Db, name: &str) -> Result<Option<String>> {
+    Ok(db
+        .get(record::meta_key(name))?
+        .map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
