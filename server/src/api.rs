@@ -4,12 +4,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use meridian_crdt::{json, parse_ops, DocKey, DocView, Edit, Idempotency, Written};
+use meridian_crdt::{json, parse_ops, DocKey, DocView, DocumentId, Edit, Idempotency, Written};
 use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::extract::{idempotency, read_body, CollectionPath, DocPath, Query, JSON, MERGE_PATCH};
-use crate::AppState;
+use crate::state::AppState;
 
 /// Largest page of a list.
 pub(crate) const MAX_LIMIT: usize = 1000;
@@ -29,13 +29,19 @@ fn json_response(status: StatusCode, body: String) -> Response {
     resp
 }
 
+/// The automerge URL of a document (its automerge-repo id; see `docs/sync.md`).
+fn url(key: &DocKey) -> String {
+    quote(&DocumentId::of(key).url())
+}
+
 fn doc_body(key: &DocKey, value: &str, version: &str) -> String {
     format!(
-        r#"{{"collection":{},"id":{},"value":{},"version":{}}}"#,
+        r#"{{"collection":{},"id":{},"value":{},"version":{},"automerge_url":{}}}"#,
         quote(key.collection()),
         quote(key.id()),
         value,
-        quote(version)
+        quote(version),
+        url(key)
     )
 }
 
@@ -45,10 +51,11 @@ fn write_response(key: &DocKey, w: Written) -> Response {
         (
             StatusCode::OK,
             format!(
-                r#"{{"collection":{},"id":{},"deleted":true,"version":{}}}"#,
+                r#"{{"collection":{},"id":{},"deleted":true,"version":{},"automerge_url":{}}}"#,
                 quote(key.collection()),
                 quote(key.id()),
-                quote(&o.version)
+                quote(&o.version),
+                url(key)
             ),
         )
     } else {
@@ -103,11 +110,12 @@ pub(crate) async fn get_doc(
             .await?
             .ok_or_else(not_found)?;
         let body = format!(
-            r#"{{"collection":{},"id":{},"value":{},"version":{},"conflicts":{}}}"#,
+            r#"{{"collection":{},"id":{},"value":{},"version":{},"automerge_url":{},"conflicts":{}}}"#,
             quote(key.collection()),
             quote(key.id()),
             view.json,
             quote(&view.version),
+            url(&key),
             serde_json::to_string(&conflicts).expect("conflicts serialize")
         );
         return Ok(json_response(StatusCode::OK, body));
@@ -217,7 +225,11 @@ pub(crate) async fn list_docs(
             meridian_crdt::Error::InvalidId(m) => ApiError::BadRequest(m),
             other => other.into(),
         })?;
-    let items: Vec<String> = page.items.iter().map(item_body).collect();
+    let items: Vec<String> = page
+        .items
+        .iter()
+        .map(|d| item_body(&collection, d))
+        .collect();
     let next = page
         .next
         .as_deref()
@@ -229,12 +241,14 @@ pub(crate) async fn list_docs(
     ))
 }
 
-fn item_body(d: &DocView) -> String {
+fn item_body(collection: &str, d: &DocView) -> String {
+    let key = DocKey::new(collection, &d.id).expect("a stored document has a valid key");
     format!(
-        r#"{{"id":{},"value":{},"version":{}}}"#,
+        r#"{{"id":{},"value":{},"version":{},"automerge_url":{}}}"#,
         quote(&d.id),
         d.json,
-        quote(&d.version)
+        quote(&d.version),
+        url(&key)
     )
 }
 

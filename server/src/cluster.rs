@@ -12,7 +12,7 @@ use meridian_sync::{Chunks, ClusterReport, Peer, Transport};
 use tokio_stream::StreamExt;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 /// Largest node-to-node request (a repair request lists the heads of many documents).
 const INTERNAL_BODY_LIMIT: usize = 64 << 20;

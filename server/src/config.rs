@@ -1,9 +1,21 @@
 //! Configuration: flags, then environment variables, then the config file, then defaults.
+//!
+//! Every setting is one field of [`ServeArgs`], which is both the command line (flag
+//! `--cache-mb`, variable `MERIDIAN_CACHE_MB`) and the config file (key `cache_mb`); and one
+//! field of [`Settings`], whose defaults come from the crates that use them (the store's, the
+//! replica's, the server's), so each default is written once. [`Settings::validate`] checks them
+//! together; the settings of each part are derived from it in one place.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use meridian_crdt::StoreConfig;
+use meridian_sync::repo::SyncLimits;
+use meridian_sync::{FeedMode, Peer, SyncConfig};
 use serde::Deserialize;
+
+use crate::state::Limits;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,10 +34,15 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-/// Every flag is optional here so that the config file can fill what the command line and the
-/// environment leave out.
-#[derive(Debug, Args, Default)]
+/// A node's settings as given. Every field is optional, so that the config file can fill what
+/// the command line and the environment leave out.
+#[derive(Debug, Args, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
+    /// A TOML file with any of these settings (snake_case keys).
+    #[arg(long, env = "MERIDIAN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// This node's id (1-16 of A-Z a-z 0-9 . _ -). Default: generated once, kept in the data dir.
     #[arg(long, env = "MERIDIAN_NODE_ID")]
     pub node_id: Option<String>,
@@ -38,9 +55,6 @@ pub struct ServeArgs {
     /// Where data lives. Default: ./meridian-data.
     #[arg(long, env = "MERIDIAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// A TOML file with any of these settings (snake_case keys).
-    #[arg(long, env = "MERIDIAN_CONFIG")]
-    pub config: Option<PathBuf>,
     /// Byte budget of the document cache, in MiB. Default: 256.
     #[arg(long, env = "MERIDIAN_CACHE_MB")]
     pub cache_mb: Option<u64>,
@@ -55,6 +69,7 @@ pub struct ServeArgs {
     pub request_timeout_ms: Option<u64>,
     /// A peer node, as ID=URL (repeat for each; full mesh, static membership).
     #[arg(long = "peer", env = "MERIDIAN_PEERS", value_delimiter = ',')]
+    #[serde(default)]
     pub peers: Vec<String>,
     /// The secret every node of the cluster shares; required with --peer.
     #[arg(long, env = "MERIDIAN_CLUSTER_SECRET", hide_env_values = true)]
@@ -73,32 +88,20 @@ pub struct ServeArgs {
     /// `long-poll` (a request per batch). Default: stream.
     #[arg(long, env = "MERIDIAN_FEED_MODE")]
     pub feed_mode: Option<String>,
+    /// Sync (WebSocket) connections this node accepts at once. Default: 10000.
+    #[arg(long, env = "MERIDIAN_SYNC_MAX_CONNECTIONS")]
+    pub sync_max_connections: Option<usize>,
+    /// Documents one sync connection may have open. Default: 10000.
+    #[arg(long, env = "MERIDIAN_SYNC_MAX_DOCUMENTS")]
+    pub sync_max_documents: Option<usize>,
+    /// Largest sync message a client may send, in bytes. Default: 16777216.
+    #[arg(long, env = "MERIDIAN_SYNC_MAX_MESSAGE_BYTES")]
+    pub sync_max_message_bytes: Option<usize>,
 }
 
-/// The config file's keys: the same settings as the flags.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    node_id: Option<String>,
-    region: Option<String>,
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    cache_mb: Option<u64>,
-    max_body_bytes: Option<usize>,
-    max_in_flight: Option<usize>,
-    request_timeout_ms: Option<u64>,
-    #[serde(default)]
-    peers: Vec<String>,
-    cluster_secret: Option<String>,
-    session_wait_ms: Option<u64>,
-    anti_entropy_secs: Option<u64>,
-    max_drift_ms: Option<u64>,
-    feed_mode: Option<String>,
-}
-
-/// The resolved configuration.
+/// A node's settings, resolved. [`Settings::default`] holds every default.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct Settings {
     pub node_id: Option<String>,
     pub region: String,
     pub listen: String,
@@ -107,16 +110,48 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
     pub request_timeout_ms: u64,
-    pub peers: Vec<meridian_sync::Peer>,
+    pub peers: Vec<Peer>,
     pub cluster_secret: Option<String>,
     pub session_wait_ms: u64,
     pub anti_entropy_secs: u64,
     pub max_drift_ms: u64,
-    pub feed_mode: meridian_sync::FeedMode,
+    pub feed_mode: FeedMode,
+    pub sync_max_connections: usize,
+    pub sync_max_documents: usize,
+    pub sync_max_message_bytes: usize,
+}
+
+impl Default for Settings {
+    /// The defaults of the parts, as the parts define them.
+    fn default() -> Self {
+        let store = StoreConfig::new("meridian-data");
+        let sync = SyncConfig::new(vec![]);
+        let limits = Limits::default();
+        let clients = SyncLimits::default();
+        Settings {
+            node_id: None,
+            region: "local".into(),
+            listen: "127.0.0.1:7070".into(),
+            data_dir: store.path,
+            cache_mb: store.cache_bytes >> 20,
+            max_body_bytes: limits.max_body,
+            max_in_flight: limits.max_in_flight,
+            request_timeout_ms: limits.request_timeout.as_millis() as u64,
+            peers: vec![],
+            cluster_secret: None,
+            session_wait_ms: limits.session_wait.as_millis() as u64,
+            anti_entropy_secs: sync.anti_entropy_every.as_secs(),
+            max_drift_ms: store.max_drift.as_millis() as u64,
+            feed_mode: sync.feed_mode,
+            sync_max_connections: clients.max_connections,
+            sync_max_documents: clients.max_docs_per_connection,
+            sync_max_message_bytes: clients.max_message_bytes,
+        }
+    }
 }
 
 /// `ID=URL`, with an http URL.
-fn parse_peer(s: &str) -> anyhow::Result<meridian_sync::Peer> {
+fn parse_peer(s: &str) -> anyhow::Result<Peer> {
     let (id, url) = s
         .split_once('=')
         .ok_or_else(|| anyhow::anyhow!("peer {s:?} must be ID=URL"))?;
@@ -125,102 +160,145 @@ fn parse_peer(s: &str) -> anyhow::Result<meridian_sync::Peer> {
         url.starts_with("http://") && url.len() > "http://".len(),
         "peer {s:?}: the URL must start with http://"
     );
-    Ok(meridian_sync::Peer {
+    Ok(Peer {
         id,
         addr: url.trim_end_matches('/').to_owned(),
     })
 }
 
+fn parse_feed_mode(s: &str) -> anyhow::Result<FeedMode> {
+    match s {
+        "stream" => Ok(FeedMode::Stream),
+        "long-poll" => Ok(FeedMode::LongPoll),
+        other => anyhow::bail!("feed_mode {other:?} must be stream or long-poll"),
+    }
+}
+
 impl ServeArgs {
-    pub fn resolve(self) -> anyhow::Result<Config> {
+    /// The flags (and environment) over the config file over the defaults, validated.
+    pub fn resolve(self) -> anyhow::Result<Settings> {
         let file = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     anyhow::anyhow!("cannot read config file {}: {e}", path.display())
                 })?;
-                toml::from_str::<FileConfig>(&text)
+                toml::from_str::<ServeArgs>(&text)
                     .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?
             }
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        let c = Config {
+        let d = Settings::default();
+        // for each setting: the flag, else the file, else the default
+        macro_rules! pick {
+            ($field:ident) => {
+                self.$field.or(file.$field).unwrap_or(d.$field)
+            };
+        }
+        let peers = if self.peers.is_empty() {
+            file.peers
+        } else {
+            self.peers
+        };
+        let s = Settings {
             node_id: self.node_id.or(file.node_id),
-            region: self
-                .region
-                .or(file.region)
-                .unwrap_or_else(|| "local".into()),
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| "127.0.0.1:7070".into()),
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| "meridian-data".into()),
-            cache_mb: self.cache_mb.or(file.cache_mb).unwrap_or(256),
-            max_body_bytes: self
-                .max_body_bytes
-                .or(file.max_body_bytes)
-                .unwrap_or(1 << 20),
-            max_in_flight: self.max_in_flight.or(file.max_in_flight).unwrap_or(1024),
-            request_timeout_ms: self
-                .request_timeout_ms
-                .or(file.request_timeout_ms)
-                .unwrap_or(10_000),
-            peers: if self.peers.is_empty() {
-                file.peers
-            } else {
-                self.peers
-            }
-            .iter()
-            .map(|p| parse_peer(p))
-            .collect::<anyhow::Result<_>>()?,
             cluster_secret: self.cluster_secret.or(file.cluster_secret),
-            session_wait_ms: self
-                .session_wait_ms
-                .or(file.session_wait_ms)
-                .unwrap_or(1000),
-            anti_entropy_secs: self
-                .anti_entropy_secs
-                .or(file.anti_entropy_secs)
-                .unwrap_or(30),
-            max_drift_ms: self.max_drift_ms.or(file.max_drift_ms).unwrap_or(500),
-            feed_mode: match self.feed_mode.or(file.feed_mode).as_deref() {
-                None | Some("stream") => meridian_sync::FeedMode::Stream,
-                Some("long-poll") => meridian_sync::FeedMode::LongPoll,
-                Some(other) => anyhow::bail!("feed_mode {other:?} must be stream or long-poll"),
+            peers: peers
+                .iter()
+                .map(|p| parse_peer(p))
+                .collect::<anyhow::Result<_>>()?,
+            feed_mode: match self.feed_mode.or(file.feed_mode) {
+                Some(m) => parse_feed_mode(&m)?,
+                None => d.feed_mode,
             },
+            region: pick!(region),
+            listen: pick!(listen),
+            data_dir: pick!(data_dir),
+            cache_mb: pick!(cache_mb),
+            max_body_bytes: pick!(max_body_bytes),
+            max_in_flight: pick!(max_in_flight),
+            request_timeout_ms: pick!(request_timeout_ms),
+            session_wait_ms: pick!(session_wait_ms),
+            anti_entropy_secs: pick!(anti_entropy_secs),
+            max_drift_ms: pick!(max_drift_ms),
+            sync_max_connections: pick!(sync_max_connections),
+            sync_max_documents: pick!(sync_max_documents),
+            sync_max_message_bytes: pick!(sync_max_message_bytes),
         };
-        if !c.peers.is_empty() {
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+impl Settings {
+    /// Checks the settings together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.peers.is_empty() {
             anyhow::ensure!(
-                c.cluster_secret.as_deref().is_some_and(|s| s.len() >= 8),
+                self.cluster_secret.as_deref().is_some_and(|s| s.len() >= 8),
                 "--peer needs --cluster-secret (at least 8 characters), shared by every node"
             );
-            let me = c.node_id.as_deref().ok_or_else(|| {
+            let me = self.node_id.as_deref().ok_or_else(|| {
                 anyhow::anyhow!("--peer needs --node-id: peers know this node by its id")
             })?;
-            let mut ids: Vec<&str> = c.peers.iter().map(|p| p.id.as_str()).collect();
+            let mut ids: Vec<&str> = self.peers.iter().map(|p| p.id.as_str()).collect();
             anyhow::ensure!(!ids.contains(&me), "--peer lists this node's own id {me:?}");
             ids.sort();
             ids.dedup();
-            anyhow::ensure!(ids.len() == c.peers.len(), "--peer lists a node id twice");
+            anyhow::ensure!(
+                ids.len() == self.peers.len(),
+                "--peer lists a node id twice"
+            );
         }
-        anyhow::ensure!(
-            c.anti_entropy_secs > 0,
-            "anti_entropy_secs must be at least 1"
-        );
-        if let Some(id) = &c.node_id {
+        if let Some(id) = &self.node_id {
             meridian_crdt::NodeId::new(id)?;
         }
-        meridian_crdt::validate_name("region", &c.region)
+        meridian_crdt::validate_name("region", &self.region)
             .map_err(|e| anyhow::anyhow!("invalid region: {e}"))?;
-        anyhow::ensure!(c.max_in_flight > 0, "max_in_flight must be at least 1");
-        anyhow::ensure!(
-            c.request_timeout_ms > 0,
-            "request_timeout_ms must be at least 1"
-        );
-        anyhow::ensure!(c.max_body_bytes > 0, "max_body_bytes must be at least 1");
-        Ok(c)
+        for (name, value) in [
+            ("anti_entropy_secs", self.anti_entropy_secs as usize),
+            ("max_in_flight", self.max_in_flight),
+            ("request_timeout_ms", self.request_timeout_ms as usize),
+            ("max_body_bytes", self.max_body_bytes),
+            ("sync_max_connections", self.sync_max_connections),
+            ("sync_max_documents", self.sync_max_documents),
+            ("sync_max_message_bytes", self.sync_max_message_bytes),
+        ] {
+            anyhow::ensure!(value > 0, "{name} must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn store(&self) -> StoreConfig {
+        let mut c = StoreConfig::new(&self.data_dir);
+        c.node_id = self.node_id.clone();
+        c.cache_bytes = self.cache_mb << 20;
+        c.max_drift = Duration::from_millis(self.max_drift_ms);
+        c
+    }
+
+    pub fn replication(&self) -> SyncConfig {
+        let mut c = SyncConfig::new(self.peers.clone());
+        c.anti_entropy_every = Duration::from_secs(self.anti_entropy_secs);
+        c.feed_mode = self.feed_mode;
+        c
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body: self.max_body_bytes,
+            max_in_flight: self.max_in_flight,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            session_wait: Duration::from_millis(self.session_wait_ms),
+        }
+    }
+
+    pub fn clients(&self) -> SyncLimits {
+        SyncLimits {
+            max_connections: self.sync_max_connections,
+            max_docs_per_connection: self.sync_max_documents,
+            max_message_bytes: self.sync_max_message_bytes,
+            ..SyncLimits::default()
+        }
     }
 }
 
@@ -234,7 +312,7 @@ mod tests {
         let path = dir.path().join("m.toml");
         std::fs::write(
             &path,
-            "region = \"eu\"\nlisten = \"127.0.0.1:1\"\ncache_mb = 8\n",
+            "region = \"eu\"\nlisten = \"127.0.0.1:1\"\ncache_mb = 8\nsync_max_documents = 5\n",
         )
         .unwrap();
         let c = ServeArgs {
@@ -248,15 +326,25 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9");
         assert_eq!(c.cache_mb, 8);
         assert_eq!(c.max_in_flight, 1024);
+        assert_eq!(c.clients().max_docs_per_connection, 5);
+        assert_eq!(c.store().cache_bytes, 8 << 20);
 
         std::fs::write(&path, "regoin = \"eu\"\n").unwrap();
         let err = ServeArgs {
-            config: Some(path),
+            config: Some(path.clone()),
             ..Default::default()
         }
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("invalid config file"), "{err}");
+        // the file cannot name another config file
+        std::fs::write(&path, "config = \"x.toml\"\n").unwrap();
+        assert!(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
         let err = ServeArgs {
             node_id: Some("a/b".into()),
             ..Default::default()
@@ -264,6 +352,29 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("node id"), "{err}");
+        let err = ServeArgs {
+            sync_max_connections: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("sync_max_connections"), "{err}");
+    }
+
+    #[test]
+    fn the_defaults_are_the_parts_defaults() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.limits().max_body, Limits::default().max_body);
+        assert_eq!(s.store().cache_bytes, StoreConfig::new("x").cache_bytes);
+        assert_eq!(
+            s.replication().anti_entropy_every,
+            SyncConfig::new(vec![]).anti_entropy_every
+        );
+        assert_eq!(
+            s.clients().max_message_bytes,
+            SyncLimits::default().max_message_bytes
+        );
+        assert_eq!(s.listen, "127.0.0.1:7070");
     }
 
     #[test]

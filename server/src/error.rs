@@ -23,6 +23,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// `/v1/sync` without a WebSocket upgrade.
+    #[error("{0}")]
+    UpgradeRequired(String),
     #[error("{0}")]
     Unprocessable(String),
     #[error("too many requests in flight; retry shortly")]
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Overloaded
             | ApiError::Timeout
@@ -74,6 +78,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::UpgradeRequired(_) => "upgrade_required",
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::Overloaded => "overloaded",
             ApiError::Timeout => "timeout",

@@ -49,8 +49,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(q)
+        Query::parse(&parts.uri)
+    }
+}
+
+impl<T: DeserializeOwned> Query<T> {
+    pub(crate) fn parse(uri: &axum::http::Uri) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(uri.query().unwrap_or(""))
             .map(Query)
             .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
     }

@@ -1,11 +1,13 @@
 //! Meridian's HTTP/JSON API and the `meridian` binary's wiring.
 //!
 //! # Layout
-//! - `config`: command line, environment and config file.
+//! - `config`: command line, environment and config file; the one [`Settings`] struct.
+//! - `state`: [`AppState`], what every handler shares, and the request [`Limits`].
 //! - `error`: [`ApiError`], the one mapping from errors to HTTP statuses and codes.
 //! - `extract`: path, body, query and header parsing with the project's error format.
 //! - `api`: the `/v1` document handlers.
 //! - `session`: session tokens in and out of `/v1` requests.
+//! - `clients`: `/v1/sync`, the WebSocket automerge-repo clients sync over.
 //! - `cluster`: the HTTP transport between nodes, `/internal/rpc`, `/v1/cluster`.
 //! - `metrics`: Prometheus metrics and the request-tracking middleware.
 //! - `openapi`: the OpenAPI description served at `/openapi.json`.
@@ -15,6 +17,7 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 mod api;
+mod clients;
 mod cluster;
 pub mod config;
 mod error;
@@ -22,8 +25,8 @@ mod extract;
 mod metrics;
 mod openapi;
 mod session;
+mod state;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
@@ -32,82 +35,14 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{BoxError, Json, Router};
-use meridian_crdt::{Store, StoreConfig};
-use meridian_sync::{Replica, SyncConfig};
+use meridian_crdt::Store;
 use tower::ServiceBuilder;
 
 pub use cluster::HttpTransport;
-pub use config::Config;
+pub use config::{ServeArgs, Settings};
 pub use error::ApiError;
 pub use metrics::Metrics;
-
-/// Request limits.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest accepted request body.
-    pub max_body: usize,
-    /// Requests in flight on `/v1` before the node answers 503 `overloaded`.
-    pub max_in_flight: usize,
-    /// Longest a `/v1` request may take before 503 `timeout`.
-    pub request_timeout: Duration,
-    /// Longest a request with a session token waits for this node to catch up.
-    pub session_wait: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body: 1 << 20,
-            max_in_flight: 1024,
-            request_timeout: Duration::from_secs(10),
-            session_wait: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Everything a handler needs; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub replica: Replica<HttpTransport>,
-    /// Required on `/internal/`; `None` refuses every internal request.
-    pub cluster_secret: Option<Arc<str>>,
-    pub region: Arc<str>,
-    pub limits: Arc<Limits>,
-    pub metrics: Arc<Metrics>,
-}
-
-impl AppState {
-    /// A node without peers.
-    pub fn new(store: Store, region: &str, limits: Limits) -> Self {
-        Self::clustered(store, region, limits, SyncConfig::new(vec![]), None)
-            .expect("a replica without peers has no bookkeeping to fail on")
-    }
-
-    /// A node with peers (replication is started by [`run`], or by the caller).
-    pub fn clustered(
-        store: Store,
-        region: &str,
-        limits: Limits,
-        sync: SyncConfig,
-        secret: Option<&str>,
-    ) -> meridian_crdt::Result<Self> {
-        let transport = HttpTransport::new(secret.unwrap_or(""));
-        Ok(AppState {
-            replica: Replica::new(store.clone(), transport, sync)?,
-            store,
-            cluster_secret: secret.map(Into::into),
-            region: region.into(),
-            limits: Arc::new(limits),
-            metrics: Arc::new(Metrics::default()),
-        })
-    }
-
-    /// The URL of a peer, to tell a client where the data is.
-    pub(crate) fn peer_url(&self, id: &str) -> Option<String> {
-        self.replica.peer_url(id)
-    }
-}
+pub use state::{AppState, Limits};
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
@@ -140,6 +75,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/{collection}/{id}/ops", post(api::post_ops))
         .route("/v1/{collection}", g(api::list_docs))
+        // The upgrade passes the session wait and the limits like any request; the socket then
+        // outlives the request (and its timeout) and is bounded by the sync limits instead.
+        .route("/v1/sync", g(clients::sync_or_list))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::wait,
@@ -201,50 +139,39 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         bytes_sent,
         bytes_received,
     };
-    let body = st.metrics.render(&st.store.stats(), repl);
+    let body = st.metrics.render(&st.store.stats(), repl, st.hub.stats());
     let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
 }
 
 /// Opens the store, binds, and serves until SIGINT or SIGTERM; then finishes in-flight
-/// requests and flushes.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let data_dir = &config.data_dir;
+/// requests, closes sync sockets and flushes.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", data_dir.display()))?;
-    let mut sc = StoreConfig::new(data_dir);
-    sc.node_id = config.node_id.clone();
-    sc.cache_bytes = config.cache_mb << 20;
-    sc.max_drift = Duration::from_millis(config.max_drift_ms);
-    let store = Store::open(sc).map_err(|e| open_error(data_dir, e))?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
+    let store = Store::open(settings.store()).map_err(|e| open_error(data_dir, e))?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let limits = Limits {
-        max_body: config.max_body_bytes,
-        max_in_flight: config.max_in_flight,
-        request_timeout: Duration::from_millis(config.request_timeout_ms),
-        session_wait: Duration::from_millis(config.session_wait_ms),
-    };
-    let mut sync = SyncConfig::new(config.peers.clone());
-    sync.anti_entropy_every = Duration::from_secs(config.anti_entropy_secs);
-    sync.feed_mode = config.feed_mode;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
     let state = AppState::clustered(
         store.clone(),
-        &config.region,
-        limits,
-        sync,
-        config.cluster_secret.as_deref(),
+        &settings.region,
+        settings.limits(),
+        settings.replication(),
+        settings.cluster_secret.as_deref(),
     )
-    .map_err(|e| anyhow::anyhow!("cannot load replication state: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("cannot load replication state: {e}"))?
+    .with_client_limits(settings.clients());
     let replica = state.replica.clone();
+    let hub = state.hub.clone();
     replica.start();
     tracing::info!(
         node = %store.node_id(),
-        region = %config.region,
+        region = %settings.region,
         listen = %listener.local_addr()?,
         data_dir = %data_dir.display(),
-        peers = config.peers.len(),
+        peers = settings.peers.len(),
         "meridian is serving"
     );
 
@@ -264,6 +191,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let stop = replica.clone();
+    let stop_clients = hub.clone();
     // Without TCP_NODELAY a feed frame can sit in the kernel for a delayed-ACK round (tens of
     // milliseconds) behind the previous one: Nagle's algorithm holds small writes back.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -276,9 +204,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             shutdown_signal().await;
             // ends the long polls peers are waiting on, so the shutdown does not wait for them
             stop.stop();
+            stop_clients.shutdown();
         })
         .await?;
     replica.stop();
+    hub.shutdown();
     purge.abort();
     store
         .close()

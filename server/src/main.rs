@@ -22,14 +22,14 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
-    let config = match args.resolve() {
-        Ok(c) => c,
+    let settings = match args.resolve() {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");
             return std::process::ExitCode::from(2);
         }
     };
-    match meridian_server::run(config).await {
+    match meridian_server::run(settings).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -8,6 +8,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use meridian_crdt::StoreStats;
+use meridian_sync::repo::SyncStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,6 +44,13 @@ pub struct Metrics {
     drift_refusals: Counter,
     replication_sent: Counter,
     replication_received: Counter,
+    sync_connections: Gauge,
+    sync_documents: Gauge,
+    sync_received: Counter,
+    sync_sent: Counter,
+    sync_accepted: Counter,
+    sync_refused: Counter,
+    sync_connections_refused: Counter,
 }
 
 /// Replication figures read at scrape time.
@@ -73,6 +81,13 @@ impl Default for Metrics {
             drift_refusals: Counter::default(),
             replication_sent: Counter::default(),
             replication_received: Counter::default(),
+            sync_connections: Gauge::default(),
+            sync_documents: Gauge::default(),
+            sync_received: Counter::default(),
+            sync_sent: Counter::default(),
+            sync_accepted: Counter::default(),
+            sync_refused: Counter::default(),
+            sync_connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,13 +137,53 @@ impl Default for Metrics {
             "Bytes received from peers (requests and answers)",
             m.replication_received.clone(),
         );
+        let sync: [(&str, &str, &Counter); 5] = [
+            (
+                "sync_received_bytes",
+                "Bytes received from sync clients",
+                &m.sync_received,
+            ),
+            (
+                "sync_sent_bytes",
+                "Bytes sent to sync clients",
+                &m.sync_sent,
+            ),
+            (
+                "sync_changes_accepted",
+                "Client changes accepted (durable)",
+                &m.sync_accepted,
+            ),
+            (
+                "sync_changes_refused",
+                "Client sync messages refused (layout)",
+                &m.sync_refused,
+            ),
+            (
+                "sync_connections_refused",
+                "Sync connections refused at the limit",
+                &m.sync_connections_refused,
+            ),
+        ];
+        for (name, help, c) in sync {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            "sync_connections",
+            "Open sync (WebSocket) connections",
+            m.sync_connections.clone(),
+        );
+        registry.register(
+            "sync_documents_open",
+            "Documents open on sync connections",
+            m.sync_documents.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
     /// The text exposition, with the store's figures as of now.
-    pub fn render(&self, s: &StoreStats, r: ReplicationStats) -> String {
+    pub fn render(&self, s: &StoreStats, r: ReplicationStats, y: SyncStats) -> String {
         self.documents.set(s.documents as i64);
         self.bytes_on_disk.set(s.bytes_on_disk as i64);
         self.cache_bytes.set(s.cache_bytes as i64);
@@ -139,6 +194,13 @@ impl Metrics {
         set(&self.drift_refusals, r.drift_refusals);
         set(&self.replication_sent, r.bytes_sent);
         set(&self.replication_received, r.bytes_received);
+        self.sync_connections.set(y.connections as i64);
+        self.sync_documents.set(y.documents_open as i64);
+        set(&self.sync_received, y.bytes_in);
+        set(&self.sync_sent, y.bytes_out);
+        set(&self.sync_accepted, y.changes_accepted);
+        set(&self.sync_refused, y.changes_refused);
+        set(&self.sync_connections_refused, y.connections_refused);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use meridian_sync::SessionToken;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 pub(crate) const SESSION: &str = "meridian-session";
 pub(crate) const MAX_WAIT: &str = "meridian-max-wait-ms";

@@ -628,6 +628,7 @@ async fn openapi_describes_every_route() {
         ("/v1/{collection}", &["get"]),
         ("/v1/status", &["get"]),
         ("/v1/cluster", &["get"]),
+        ("/v1/sync", &["get"]),
         ("/internal/rpc", &["post"]),
         ("/internal/subscribe", &["post"]),
         ("/healthz", &["get"]),
@@ -889,4 +890,102 @@ mod fuzz {
             });
         }
     }
+}
+
+#[tokio::test]
+async fn every_document_answer_carries_its_automerge_url() {
+    let n = node();
+    let want = format!(
+        "automerge:{}",
+        meridian_crdt::DocumentId::of(&meridian_crdt::DocKey::new("users", "alice").unwrap())
+    );
+    // --- writes, reads, conflicts, lists and deletes all name it
+    let r = send(&n.app, "PUT", "/v1/users/alice", Some(r#"{"a":1}"#)).await;
+    assert_eq!(r.body["automerge_url"], want);
+    let r = send(&n.app, "PATCH", "/v1/users/alice", Some(r#"{"b":2}"#)).await;
+    assert_eq!(r.body["automerge_url"], want);
+    let r = send(
+        &n.app,
+        "POST",
+        "/v1/users/alice/ops",
+        Some(r#"{"ops":[{"op":"increment","path":"/n","by":1}]}"#),
+    )
+    .await;
+    assert_eq!(r.body["automerge_url"], want);
+    for uri in ["/v1/users/alice", "/v1/users/alice?conflicts=true"] {
+        assert_eq!(
+            send(&n.app, "GET", uri, None).await.body["automerge_url"],
+            want
+        );
+    }
+    let r = send(&n.app, "GET", "/v1/users", None).await;
+    assert_eq!(r.body["items"][0]["automerge_url"], want);
+    let r = send(&n.app, "DELETE", "/v1/users/alice", None).await;
+    assert_eq!(r.body["automerge_url"], want);
+    // the documented example (docs/sync.md)
+    assert_eq!(want, "automerge:mzrsqTMKuksKfdneu3DtLTrzzWG");
+}
+
+#[tokio::test]
+async fn the_sync_endpoint_upgrades_and_a_plain_get_still_lists_the_collection_sync() {
+    let n = node_with(Limits::default());
+    // --- without an upgrade, GET /v1/sync is the list of the collection "sync", as it was
+    send(&n.app, "PUT", "/v1/sync/one", Some(r#"{"x":1}"#)).await;
+    let r = send(&n.app, "GET", "/v1/sync?limit=5", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["items"][0]["id"], "one");
+    assert_eq!(
+        send(&n.app, "GET", "/v1/sync?bogus=1", None).await.code(),
+        "bad_request"
+    );
+    assert!(send(&n.app, "GET", "/v1/sync/one", None)
+        .await
+        .status
+        .is_success());
+
+    // --- an upgrade that is not a WebSocket handshake: 426 with a reason
+    let r = send_with(
+        &n.app,
+        "GET",
+        "/v1/sync",
+        None,
+        &[("upgrade", "websocket"), ("connection", "upgrade")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED, "{:?}", r.body);
+    assert_eq!(r.code(), "upgrade_required");
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("WebSocket"));
+    // other methods on the path are 405, as for any known path
+    assert_eq!(
+        send(&n.app, "POST", "/v1/sync", Some("{}")).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn sync_connections_beyond_the_limit_get_503_before_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = StoreConfig::new(dir.path());
+    c.node_id = Some("test-node".into());
+    let store = Store::open(c).unwrap();
+    let state = AppState::new(store, "test", Limits::default()).with_client_limits(
+        meridian_sync::repo::SyncLimits {
+            max_connections: 0,
+            ..Default::default()
+        },
+    );
+    let app = app(state);
+    let handshake = [
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let r = send_with(&app, "GET", "/v1/sync", None, &handshake).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.code(), "overloaded");
+    assert!(r.headers.contains_key("retry-after"));
 }

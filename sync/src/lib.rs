@@ -13,14 +13,18 @@
 //! back (HTTP in the server, an in-memory faulty network in the tests), and the store does the
 //! disk work.
 //!
+//! The same crate serves clients that sync documents themselves (automerge-repo): see [`repo`].
+//!
 //! # Layout
 //! - `token`: session tokens (parse, print, merge).
 //! - `wire`: the node-to-node messages.
 //! - `replica`: one node's replication: serving peers, pulling from them, anti-entropy,
 //!   session waits, status.
+//! - `repo`: the automerge-repo sync server for clients: messages, connections, the hub.
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 mod replica;
+pub mod repo;
 mod token;
 mod wire;
 

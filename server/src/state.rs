@@ -1,0 +1,89 @@
+//! What every handler shares: the store, replication, the sync hub, limits and metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_crdt::Store;
+use meridian_sync::repo::{Hub, SyncLimits};
+use meridian_sync::{Replica, SyncConfig};
+
+use crate::cluster::HttpTransport;
+use crate::metrics::Metrics;
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body: usize,
+    /// Requests in flight on `/v1` before the node answers 503 `overloaded`.
+    pub max_in_flight: usize,
+    /// Longest a `/v1` request may take before 503 `timeout`.
+    pub request_timeout: Duration,
+    /// Longest a request with a session token waits for this node to catch up.
+    pub session_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 1 << 20,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(10),
+            session_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub replica: Replica<HttpTransport>,
+    /// automerge-repo clients (`/v1/sync`).
+    pub hub: Arc<Hub>,
+    /// Required on `/internal/`; `None` refuses every internal request.
+    pub cluster_secret: Option<Arc<str>>,
+    pub region: Arc<str>,
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// A node without peers.
+    pub fn new(store: Store, region: &str, limits: Limits) -> Self {
+        Self::clustered(store, region, limits, SyncConfig::new(vec![]), None)
+            .expect("a replica without peers has no bookkeeping to fail on")
+    }
+
+    /// A node with peers (replication is started by [`crate::run`], or by the caller). Needs a
+    /// tokio runtime: the sync hub follows the store's changes on a task.
+    pub fn clustered(
+        store: Store,
+        region: &str,
+        limits: Limits,
+        sync: SyncConfig,
+        secret: Option<&str>,
+    ) -> meridian_crdt::Result<Self> {
+        let transport = HttpTransport::new(secret.unwrap_or(""));
+        Ok(AppState {
+            replica: Replica::new(store.clone(), transport, sync)?,
+            hub: Hub::start(store.clone(), SyncLimits::default()),
+            store,
+            cluster_secret: secret.map(Into::into),
+            region: region.into(),
+            limits: Arc::new(limits),
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    /// The same node with other limits for sync clients.
+    pub fn with_client_limits(mut self, limits: SyncLimits) -> Self {
+        self.hub = Hub::start(self.store.clone(), limits);
+        self
+    }
+
+    /// The URL of a peer, to tell a client where the data is.
+    pub(crate) fn peer_url(&self, id: &str) -> Option<String> {
+        self.replica.peer_url(id)
+    }
+}
