@@ -48,6 +48,7 @@ impl Error {
 }
 
 // sled stays behind the store: callers see what went wrong, not which engine said so.
+#[cfg(feature = "store")]
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         match e {

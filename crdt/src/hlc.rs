@@ -38,6 +38,7 @@ impl NodeId {
         &self.0
     }
 
+    #[cfg(feature = "store")]
     pub(crate) fn actor(&self) -> automerge::ActorId {
         automerge::ActorId::from(self.0.as_bytes())
     }

@@ -52,6 +52,7 @@ impl DocKey {
     }
 
     /// `collection NUL id`: the suffix of every per-document storage key.
+    #[cfg(feature = "store")]
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.collection.len() + 1 + self.id.len());
         k.extend_from_slice(self.collection.as_bytes());
@@ -60,6 +61,7 @@ impl DocKey {
         k
     }
 
+    #[cfg(feature = "store")]
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
         let nul = bytes
             .iter()
@@ -77,12 +79,14 @@ impl DocKey {
     }
 
     /// A stable stripe index for lock striping.
+    #[cfg(feature = "store")]
     pub(crate) fn stripe(&self, n: usize) -> usize {
         stripe(self, n)
     }
 }
 
 /// Which of `n` lock stripes `value` falls in (stable within a process).
+#[cfg(feature = "store")]
 pub(crate) fn stripe<T: std::hash::Hash + ?Sized>(value: &T, n: usize) -> usize {
     use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();

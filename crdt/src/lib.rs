@@ -15,8 +15,11 @@
 //! - `commit`: group commit (one log sync for many writers) and checkpoints.
 //! - `store`: the durable store: one commit path for local writes, merges and client changes;
 //!   cache, reads that never see undurable writes, the feed, digests, idempotency keys.
+//!
+//! The last four are the `store` feature (on by default); clients use the document model only.
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+#[cfg(feature = "store")]
 mod commit;
 mod doc;
 mod docid;
@@ -25,8 +28,11 @@ mod hlc;
 pub mod json;
 mod key;
 pub mod pointer;
+#[cfg(feature = "store")]
 mod record;
+#[cfg(feature = "store")]
 mod store;
+#[cfg(feature = "store")]
 mod wal;
 
 pub use doc::{
@@ -37,7 +43,9 @@ pub use docid::{BadDocumentId, DocumentId};
 pub use error::{Error, Result};
 pub use hlc::{display_stamp, parse_stamp, Clock, NodeId, DEFAULT_MAX_DRIFT};
 pub use key::{validate_name, DocKey, MAX_NAME_LEN};
+#[cfg(feature = "store")]
 pub use record::{FeedEntry, WriteOutcome};
+#[cfg(feature = "store")]
 pub use store::{
     ClientSynced, DocEvents, DocState, DocView, FeedPage, Idempotency, Merged, Missed, Page,
     Progress, Store, StoreConfig, StoreStats, Written, DIGEST_BUCKETS,

@@ -21,17 +21,24 @@
 //! - `replica`: one node's replication: serving peers, pulling from them, anti-entropy,
 //!   session waits, status.
 //! - `repo`: the automerge-repo sync server for clients: messages, connections, the hub.
+//!
+//! Without the `node` feature (on by default) only `token` and `repo`'s messages remain, for
+//! clients.
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+#[cfg(feature = "node")]
 mod replica;
 pub mod repo;
 mod token;
+#[cfg(feature = "node")]
 mod wire;
 
+#[cfg(feature = "node")]
 pub use replica::{
     Behind, Chunks, ClusterReport, FeedMode, Lag, Peer, PeerReport, Replica, SyncConfig, Transport,
 };
 pub use token::{BadToken, SessionToken, MAX_TOKEN_NODES};
+#[cfg(feature = "node")]
 pub use wire::{
     decode, encode, frame, DocChanges, DocHeads, FrameReader, Request, Response, MAX_FRAME,
     WIRE_VERSION,

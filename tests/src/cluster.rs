@@ -147,6 +147,8 @@ impl Transport for SimTransport {
 pub struct SimNode {
     pub id: String,
     pub replica: Replica<SimTransport>,
+    /// Its sync server, for clients (see [`crate::sim_client`]).
+    pub hub: Arc<meridian_sync::repo::Hub>,
     _dir: tempfile::TempDir,
 }
 
@@ -217,11 +219,13 @@ impl SimCluster {
             };
             let mut config = test_sync_config(peers.clone());
             tune(&mut config);
+            let hub = meridian_sync::repo::Hub::start(store.clone(), Default::default());
             let replica = Replica::new(store, transport, config).expect("replica");
             net.nodes.write().insert((*id).to_owned(), replica.clone());
             out.push(SimNode {
                 id: (*id).to_owned(),
                 replica,
+                hub,
                 _dir: dir,
             });
         }
@@ -262,6 +266,7 @@ impl SimCluster {
     pub fn stop(&self) {
         for n in &self.nodes {
             n.replica.stop();
+            n.hub.shutdown();
         }
         self.net.nodes.write().clear();
     }

@@ -6,6 +6,7 @@
 //! - [`proxy`]: a TCP proxy a test can cut, to partition real processes.
 //! - [`mesh`]: three real processes in a full mesh through such proxies.
 //! - [`repo_client`]: samod (automerge-repo) as a client of a real node.
+//! - [`sim_client`]: the client library's syncer as a client of the in-memory cluster.
 //! - [`binary`]: where the binary is (`MERIDIAN_BIN`, or next to the test executable).
 //! - `tests/`: end-to-end tests; `src/bin/bench.rs`: the benchmark; `src/bin/ceiling.rs`: a
 //!   constant axum handler, the HTTP ceiling the benchmark compares against.
@@ -15,6 +16,7 @@ pub mod cluster;
 pub mod mesh;
 pub mod proxy;
 pub mod repo_client;
+pub mod sim_client;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

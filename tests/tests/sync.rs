@@ -151,6 +151,10 @@ async fn offline_edits_and_http_writes_merge_to_the_same_heads_with_the_conflict
     .await;
     set(&h, "plan", json!("team"));
     set(&h, "lang", json!("nb"));
+    // many changes: samod sends them together (a v2 sync message concatenates them)
+    for i in 0..20 {
+        set(&h, "edits", json!(i));
+    }
 
     // --- reconnect: both sides end with the same heads and every field
     let d = dial(&r, &node.addr).await;
@@ -175,7 +179,7 @@ async fn offline_edits_and_http_writes_merge_to_the_same_heads_with_the_conflict
     let http = last.lock().clone();
     assert_eq!(
         http["value"],
-        json!({"name": "Bob", "plan": "team", "city": "Oslo", "lang": "nb"}),
+        json!({"name": "Bob", "plan": "team", "city": "Oslo", "lang": "nb", "edits": 19}),
         "the offline edit, accepted after the HTTP write, is the later write"
     );
     let conflict = &http["conflicts"][0];
@@ -188,6 +192,22 @@ async fn offline_edits_and_http_writes_merge_to_the_same_heads_with_the_conflict
     // the replica lists the same conflict, ordered the same way
     let local = h.with_document(|am| conflicts(am));
     assert_eq!(serde_json::to_value(&local).unwrap(), http["conflicts"]);
+
+    // --- online, five changes at once: one v2 sync message carries them one after the other
+    // (fewer than a third of the history, or automerge would send a whole save instead)
+    h.with_document(|am| {
+        let v = user(am);
+        for i in 0..5 {
+            let mut tx = am.transaction();
+            tx.put(&v, "burst", i as i64).unwrap();
+            tx.commit();
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), h.they_have_our_changes(conn))
+        .await
+        .expect("the burst is acknowledged");
+    let (_, v) = get(&c, &node, "/v1/users/bob").await;
+    assert_eq!(v["value"]["burst"], 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

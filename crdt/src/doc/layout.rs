@@ -81,16 +81,80 @@ pub(crate) fn check_client_changes(am: &Automerge, actors: &[ActorId]) -> Result
     check(am)
 }
 
-/// The changes in one chunk of a sync message: one change (sync message v1), or a whole saved
-/// document (v2). Strict: trailing bytes or a torn chunk are an error, never ignored.
-pub(crate) fn decode_chunk(chunk: &[u8]) -> Result<Vec<automerge::Change>, String> {
-    if let Ok(c) = automerge::Change::from_bytes(chunk.to_vec()) {
-        return Ok(vec![c]);
+/// The changes in one entry of a sync message's change list: one change (sync messages v1),
+/// several changes one after the other or a bundle of changes (v2; their dependencies are in
+/// the receiver's document), or a whole saved document (v2, when most of it is new). Strict: an
+/// entry that does not split into whole chunks, each of these kinds, is an error, never partly
+/// applied.
+pub(crate) fn decode_chunk(entry: &[u8]) -> Result<Vec<automerge::Change>, String> {
+    let mut out = Vec::new();
+    for chunk in split_chunks(entry)? {
+        if let Ok(c) = change_from_bytes(chunk.to_vec()) {
+            out.push(c);
+            continue;
+        }
+        if let Ok(b) = automerge::Bundle::try_from(chunk) {
+            out.extend(
+                b.to_changes()
+                    .map_err(|e| format!("undecodable bundle of changes: {e}"))?,
+            );
+            continue;
+        }
+        let opts = load_options().on_partial_load(automerge::OnPartialLoad::Error);
+        let doc = Automerge::load_with_options(chunk, opts)
+            .map_err(|e| format!("undecodable changes: {e}"))?;
+        out.extend(doc.get_changes(&[]));
     }
-    let opts = load_options().on_partial_load(automerge::OnPartialLoad::Error);
-    let doc = Automerge::load_with_options(chunk, opts)
-        .map_err(|e| format!("undecodable changes: {e}"))?;
-    Ok(doc.get_changes(&[]))
+    Ok(out)
+}
+
+/// Parses one change and checks its checksum. automerge 0.12's `Change::from_bytes` does not:
+/// a flipped byte in a change's dependencies or actor parses as another change. The checksum
+/// in the chunk header is the first four bytes of the change's hash.
+pub(crate) fn change_from_bytes(bytes: Vec<u8>) -> Result<automerge::Change, String> {
+    let checksum: [u8; 4] = bytes
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("undecodable change: too short for its header")?;
+    let change =
+        automerge::Change::from_bytes(bytes).map_err(|e| format!("undecodable change: {e}"))?;
+    if change.hash().0[..4] != checksum {
+        return Err("a change whose checksum does not match its contents".into());
+    }
+    Ok(change)
+}
+
+/// Splits bytes into automerge chunks: each is the magic bytes, a checksum, a type byte, a
+/// LEB128 length and that many bytes.
+fn split_chunks(mut bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 10 || bytes[..4] != MAGIC {
+            return Err("not an automerge chunk".into());
+        }
+        let (mut len, mut shift, mut at) = (0u64, 0u32, 9usize);
+        loop {
+            let b = *bytes.get(at).ok_or("a chunk length runs past the end")?;
+            if shift >= 63 {
+                return Err("a chunk length is too long".into());
+            }
+            len |= u64::from(b & 0x7f) << shift;
+            at += 1;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|e| *e <= bytes.len())
+            .ok_or("a chunk runs past the end")?;
+        out.push(&bytes[..end]);
+        bytes = &bytes[end..];
+    }
+    Ok(out)
 }
 
 /// The layout check: root keys `v` (the genesis map, one value) and `d` (booleans) only, and
@@ -185,4 +249,60 @@ fn check_scalar(s: &ScalarValue, path: &str) -> Result<(), String> {
         ScalarValue::Unknown { .. } => "a value of an unknown type",
     };
     Err(format!("{path}: {bad} is not part of the layout"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    fn doc_with_changes(n: usize) -> (Automerge, Vec<automerge::Change>) {
+        let mut am = Automerge::load(genesis_bytes()).unwrap();
+        am.set_actor(ActorId::from([0xf0u8; 16].as_slice()));
+        let v = user_obj(&am);
+        for i in 0..n {
+            let mut tx = am.transaction();
+            tx.put(&v, "k", i as i64).unwrap();
+            tx.commit();
+        }
+        let changes = am.get_changes(&[genesis_hash()]);
+        (am, changes)
+    }
+
+    #[test]
+    fn every_kind_of_entry_decodes_and_garbage_does_not() {
+        let (am, changes) = doc_with_changes(3);
+        let hashes: Vec<_> = changes.iter().map(|c| c.hash()).collect();
+        let decoded = |e: &[u8]| -> Vec<ChangeHash> {
+            let mut h: Vec<_> = decode_chunk(e).unwrap().iter().map(|c| c.hash()).collect();
+            h.retain(|x| *x != genesis_hash());
+            h
+        };
+        // v1: one change
+        assert_eq!(decoded(changes[0].raw_bytes()), hashes[..1]);
+        // v2: changes one after the other in one entry (what 0.12 sends)
+        let concat: Vec<u8> = changes
+            .iter()
+            .flat_map(|c| c.raw_bytes().to_vec())
+            .collect();
+        assert_eq!(decoded(&concat), hashes);
+        // v2: a whole document
+        assert_eq!(decoded(&am.save()), hashes);
+        // a bundle
+        let bundle = am.bundle(hashes.clone()).unwrap();
+        assert_eq!(decoded(bundle.bytes()), hashes);
+        // garbage, a torn entry, trailing bytes
+        assert!(decode_chunk(b"garbage").is_err());
+        assert!(decode_chunk(&concat[..concat.len() - 1]).is_err());
+        let mut trailing = concat.clone();
+        trailing.push(0);
+        assert!(decode_chunk(&trailing).is_err());
+        // a flipped byte anywhere in a change is caught (by the checksum, or the parse)
+        let raw = changes[0].raw_bytes();
+        for i in 0..raw.len() {
+            let mut bad = raw.to_vec();
+            bad[i] ^= 0xff;
+            assert!(decode_chunk(&bad).is_err(), "byte {i} of {}", raw.len());
+        }
+    }
 }

@@ -475,8 +475,7 @@ pub struct RemoteChange {
 
 impl RemoteChange {
     pub fn parse(bytes: Vec<u8>) -> Result<Self> {
-        let change = automerge::Change::from_bytes(bytes)
-            .map_err(|e| Error::bad(format!("undecodable change: {e}")))?;
+        let change = layout::change_from_bytes(bytes).map_err(Error::bad)?;
         let actor = change.actor_id().to_bytes();
         let stamp = order::node_stamp(actor, change.message());
         let node = stamp.map(|_| String::from_utf8_lossy(actor).into_owned());

@@ -7,13 +7,17 @@
 //! - `connection`: one client connection: frames in, frames out.
 //! - `hub`: the node's connections, which documents each has open, change notices, limits.
 
+#[cfg(feature = "node")]
 mod connection;
+#[cfg(feature = "node")]
 mod hub;
 mod message;
 
+#[cfg(feature = "node")]
 pub use connection::{Close, Connection, Notices, Output};
+#[cfg(feature = "node")]
 pub use hub::{Full, Hub, SyncLimits, SyncStats};
 pub use message::{BadMessage, Message, PeerMetadata, PROTOCOL};
 
-#[cfg(test)]
+#[cfg(all(test, feature = "node"))]
 mod tests;

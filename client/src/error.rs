@@ -1,0 +1,54 @@
+//! The client's one error type.
+
+use std::time::Duration;
+
+/// What went wrong, as an application needs to tell it apart.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node answered with an error (`{"error":{"code","message"}}`); not retried, or
+    /// retried until the attempts ran out.
+    #[error("{status} {code}: {message}")]
+    Http {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// No region could be reached (after every retry and every region).
+    #[error("no region answered: {0}")]
+    Unreachable(String),
+    /// The input cannot be sent as it is (a bad id, JSON that is not an object, a bad op).
+    #[error("{0}")]
+    Invalid(String),
+    /// A local replica: its file, or an edit that does not fit the document.
+    #[error("{0}")]
+    Local(String),
+    /// The sync protocol went wrong.
+    #[error("sync: {0}")]
+    Sync(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The error code of an HTTP error (`not_found`, `unprocessable`, …).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Http { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+impl From<meridian_crdt::Error> for Error {
+    fn from(e: meridian_crdt::Error) -> Self {
+        match e {
+            meridian_crdt::Error::BadRequest(m) | meridian_crdt::Error::InvalidId(m) => {
+                Error::Invalid(m)
+            }
+            other => Error::Local(other.to_string()),
+        }
+    }
+}
