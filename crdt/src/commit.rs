@@ -360,7 +360,12 @@ fn sync_new_blobs(dir: &Path, synced: &mut BTreeSet<OsString>) -> std::io::Resul
         let e = e?;
         let name = e.file_name();
         if !synced.contains(&name) {
-            std::fs::File::open(e.path())?.sync_all()?;
+            match std::fs::File::open(e.path()) {
+                Ok(f) => f.sync_all()?,
+                // sled removed it after the listing (its value was overwritten): nothing to keep
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            }
             any_new = true;
         }
         present.insert(name);
@@ -370,4 +375,21 @@ fn sync_new_blobs(dir: &Path, synced: &mut BTreeSet<OsString>) -> std::io::Resul
     }
     *synced = present;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_removed_between_listing_and_sync_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("1"), b"blob").unwrap();
+        // listed by read_dir, gone when opened: what sled's blob removal looks like
+        std::os::unix::fs::symlink(dir.path().join("removed"), dir.path().join("2")).unwrap();
+        let mut synced = BTreeSet::new();
+        sync_new_blobs(dir.path(), &mut synced).unwrap();
+        assert!(synced.contains(std::ffi::OsStr::new("1")));
+        assert!(!synced.contains(std::ffi::OsStr::new("2")));
+    }
 }
