@@ -310,6 +310,9 @@ impl LocalDoc {
     pub async fn acknowledged(&self) {
         loop {
             let wait = self.inner.acked.notified();
+            tokio::pin!(wait);
+            // registered before the check: `notify_waiters` wakes only futures already waiting
+            wait.as_mut().enable();
             if self.status().unacknowledged == 0 {
                 return;
             }

@@ -46,6 +46,10 @@ pub(crate) async fn sync_or_list(
     })?;
     let limits = st.hub.limits().clone();
     Ok(ws
+        // tungstenite's defaults (128 KiB to read into, 128 KiB gathered before a write) cost
+        // a quarter MiB per socket; sync messages are mostly small and a socket mostly idle
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(0)
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .on_upgrade(move |socket| serve(socket, conn, limits)))

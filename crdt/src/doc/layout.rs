@@ -51,6 +51,16 @@ pub(crate) fn load_options() -> LoadOptions<'static> {
     LoadOptions::new().text_encoding(TEXT_ENCODING)
 }
 
+/// A document holding genesis alone, to clone: loading the bytes costs five times as much in
+/// automerge 0.12 (it rebuilds its columns), and every new document starts here.
+pub(crate) fn genesis_doc() -> Automerge {
+    static DOC: OnceLock<Automerge> = OnceLock::new();
+    DOC.get_or_init(|| {
+        Automerge::load_with_options(genesis_bytes(), load_options()).expect("genesis loads")
+    })
+    .clone()
+}
+
 /// The user's object: the one genesis made. A document whose layout holds never has another.
 pub(crate) fn user_obj<D: ReadDoc>(doc: &D) -> ObjId {
     match doc.get(ROOT, USER) {

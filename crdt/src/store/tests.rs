@@ -838,3 +838,34 @@ async fn document_ids_resolve_for_merged_and_for_old_documents() {
     let b = Store::open(cb).unwrap();
     assert_eq!(b.resolve(&id).unwrap(), Some(key("m")));
 }
+
+#[tokio::test]
+async fn a_damaged_increment_is_reported_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..3 {
+        s.write(&key("x"), Edit::Patch(obj(json!({ "n": i }))), None)
+            .await
+            .unwrap();
+    }
+    // --- damage the last increment on disk, then read it cold
+    let last = s
+        .inner
+        .tree
+        .scan_prefix(record::doc_key(record::INCREMENT, &key("x")))
+        .last()
+        .unwrap()
+        .unwrap();
+    let mut bad = last.1.to_vec();
+    let n = bad.len();
+    bad[n - 3] ^= 0xff;
+    s.inner.tree.insert(last.0, bad).unwrap();
+    s.inner.cache.invalidate(&key("x"));
+    let err = s
+        .write(&key("x"), Edit::Patch(obj(json!({ "n": 9 }))), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+    // reads of the materialized record still answer
+    assert_eq!(get_json(&s, "x").await, Some(json!({"n": 2})));
+}

@@ -31,6 +31,9 @@ struct Args {
     /// How many documents `--million` stores.
     #[arg(long, default_value_t = 1_000_000)]
     million_docs: usize,
+    /// Which node phases to run (patch, hot, get, list), e.g. to profile one.
+    #[arg(long, value_delimiter = ',', default_value = "patch,hot,get,list")]
+    phases: Vec<String>,
 }
 
 struct Phase {
@@ -235,17 +238,23 @@ async fn fill(node: &Process, n: usize, clients: usize, collection: &str) -> f64
 }
 
 /// The node's `meridian_flushes_total`.
-async fn flushes(node: &Process) -> f64 {
+/// One counter of the node's `/metrics`.
+async fn metric(node: &Process, name: &str) -> f64 {
     let text = reqwest::get(node.url("/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
+    let prefix = format!("{name} ");
     text.lines()
-        .find_map(|l| l.strip_prefix("meridian_flushes_total "))
+        .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+async fn flushes(node: &Process) -> f64 {
+    metric(node, "meridian_flushes_total").await
 }
 
 #[tokio::main]
@@ -283,36 +292,54 @@ async fn main() {
 
     let addr = node.addr.clone();
     let doc = move |i: u64| format!("/v1/bench/u{:07}", (i * 7919) % docs);
+    let run = |name: &str| args.phases.iter().any(|p| p == name);
     let flushes_before = flushes(&node).await;
-    let patch = drive(
-        "PATCH one field (durable)",
-        &addr,
-        args.clients,
-        dur,
-        move |i| Req::patch(doc(i), format!(r#"{{"n":{i}}}"#)),
-    )
-    .await;
-    let per_flush =
-        patch.rps * (args.seconds as f64 + 1.0) / (flushes(&node).await - flushes_before).max(1.0);
-    let hot = drive(
-        "PATCH one hot document (durable)",
-        &addr,
-        args.clients,
-        dur,
-        |i| Req::patch("/v1/bench/u0000000".into(), format!(r#"{{"hot":{i}}}"#)),
-    )
-    .await;
-    let get = drive("GET a document", &addr, args.clients, dur, move |i| {
-        Req::get(doc(i))
-    })
-    .await;
-    let list = drive("list 100 documents", &addr, args.clients, dur, move |i| {
-        Req::get(format!(
-            "/v1/bench?limit=100&after=u{:07}",
-            (i * 7919) % docs
-        ))
-    })
-    .await;
+    let mut measured = vec![];
+    let mut per_flush = f64::NAN;
+    if run("patch") {
+        let patch = drive(
+            "PATCH one field (durable)",
+            &addr,
+            args.clients,
+            dur,
+            move |i| Req::patch(doc(i), format!(r#"{{"n":{i}}}"#)),
+        )
+        .await;
+        per_flush = patch.rps * (args.seconds as f64 + 1.0)
+            / (flushes(&node).await - flushes_before).max(1.0);
+        measured.push(patch);
+    }
+    if run("hot") {
+        measured.push(
+            drive(
+                "PATCH one hot document (durable)",
+                &addr,
+                args.clients,
+                dur,
+                |i| Req::patch("/v1/bench/u0000000".into(), format!(r#"{{"hot":{i}}}"#)),
+            )
+            .await,
+        );
+    }
+    if run("get") {
+        measured.push(
+            drive("GET a document", &addr, args.clients, dur, move |i| {
+                Req::get(doc(i))
+            })
+            .await,
+        );
+    }
+    if run("list") {
+        measured.push(
+            drive("list 100 documents", &addr, args.clients, dur, move |i| {
+                Req::get(format!(
+                    "/v1/bench?limit=100&after=u{:07}",
+                    (i * 7919) % docs
+                ))
+            })
+            .await,
+        );
+    }
     let rss = peak_rss_mib(node.pid());
     let ceil_after = ceiling_phase().await;
     let ceil = Phase {
@@ -330,7 +357,7 @@ async fn main() {
     println!();
     println!("| operation | requests/s | p50 ms | p99 ms | errors | throughput vs ceiling |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for p in [&ceil, &patch, &hot, &get, &list] {
+    for p in std::iter::once(&ceil).chain(&measured) {
         println!(
             "| {} | {:.0} | {:.2} | {:.2} | {} | {:.2}x |",
             p.name,
@@ -343,6 +370,11 @@ async fn main() {
     }
     println!();
     println!("node peak RSS: {rss:.0} MiB; about {per_flush:.1} PATCHes per flush (group commit)");
+    println!(
+        "document cache: {:.0} hits, {:.0} misses",
+        metric(&node, "meridian_cache_hits_total").await,
+        metric(&node, "meridian_cache_misses_total").await
+    );
     node.kill9();
 
     if args.million {
