@@ -8,7 +8,6 @@
 //! | `I` collection NUL id NUL n (u64) | one automerge change saved after it      |
 //! | `F` hlc time (u64 BE) hlc id      | [`FeedEntry`]: the local change with that stamp |
 //! | `K` idempotency key               | [`IdemRecord`]                           |
-//! | `A` document id (16 bytes)        | collection NUL id: automerge-repo ids    |
 //! | `M` name                          | node id, last batch seq, document count; |
 //! |                                   | replication bookkeeping under `M sync/…` |
 
@@ -16,7 +15,6 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uhlc::Timestamp;
 
 use crate::doc::State;
-use crate::docid::DocumentId;
 use crate::error::{Error, Result};
 use crate::key::DocKey;
 
@@ -29,7 +27,6 @@ pub(crate) const INCREMENT: u8 = b'I';
 pub(crate) const FEED: u8 = b'F';
 pub(crate) const IDEM: u8 = b'K';
 pub(crate) const META: u8 = b'M';
-pub(crate) const DOC_ID: u8 = b'A';
 
 pub(crate) fn doc_key(prefix: u8, key: &DocKey) -> Vec<u8> {
     let mut k = vec![prefix];
@@ -79,12 +76,6 @@ pub(crate) fn feed_start(after: Option<&Timestamp>) -> Vec<u8> {
 /// Just past the last feed key.
 pub(crate) fn feed_end() -> Vec<u8> {
     vec![FEED + 1]
-}
-
-pub(crate) fn doc_id_key(id: &DocumentId) -> Vec<u8> {
-    let mut k = vec![DOC_ID];
-    k.extend_from_slice(id.as_bytes());
-    k
 }
 
 pub(crate) fn meta_key(name: &str) -> Vec<u8> {

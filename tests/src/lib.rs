@@ -165,6 +165,27 @@ where
     }
 }
 
+/// An HTTP client for tests: a 10 s timeout on every request.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// The seeds a seeded random test runs: `MERIDIAN_SEED=s` replays one, `MERIDIAN_SEEDS=n` runs
+/// 0..n, else 0..`default`.
+pub fn seeds(default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("MERIDIAN_SEED") {
+        return vec![s.parse().expect("MERIDIAN_SEED is a number")];
+    }
+    let n = std::env::var("MERIDIAN_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (0..n).collect()
+}
+
 /// Runs the binary to completion with `args` and returns (exit code, stderr).
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(binary())

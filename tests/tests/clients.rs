@@ -23,20 +23,9 @@ fn key(id: &str) -> DocKey {
     DocKey::new("profiles", id).unwrap()
 }
 
-fn seeds() -> Vec<u64> {
-    if let Ok(s) = std::env::var("MERIDIAN_SEED") {
-        return vec![s.parse().expect("MERIDIAN_SEED is a number")];
-    }
-    let n = std::env::var("MERIDIAN_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
-    (0..n).collect()
-}
-
 #[test]
 fn clients_nodes_and_partitions_converge_and_keep_every_acknowledged_edit() {
-    for seed in seeds() {
+    for seed in meridian_tests::seeds(8) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -67,20 +67,9 @@ struct Session {
     seen: HashMap<DocKey, Vec<ChangeHash>>,
 }
 
-fn seeds() -> Vec<u64> {
-    if let Ok(s) = std::env::var("MERIDIAN_SEED") {
-        return vec![s.parse().expect("MERIDIAN_SEED is a number")];
-    }
-    let n = std::env::var("MERIDIAN_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(16);
-    (0..n).collect()
-}
-
 #[test]
 fn random_writes_during_partitions_converge_and_keep_session_guarantees() {
-    for seed in seeds() {
+    for seed in meridian_tests::seeds(16) {
         let outcome = std::panic::catch_unwind(|| rt().block_on(random_scenario(seed)));
         if let Err(panic) = outcome {
             eprintln!("failing seed {seed}; replay with MERIDIAN_SEED={seed}");

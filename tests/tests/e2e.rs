@@ -8,13 +8,6 @@ use std::time::Duration;
 use meridian_tests::{run_to_exit, Process};
 use serde_json::{json, Value};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 async fn get(c: &reqwest::Client, p: &Process, path: &str) -> (u16, Value) {
     let r = c.get(p.url(path)).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
@@ -75,7 +68,7 @@ async fn write_until_killed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_clients_write_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let c = client();
+    let c = meridian_tests::http_client();
     let mut acked = HashMap::new();
 
     // --- an idempotent increment whose answer we keep
@@ -137,7 +130,7 @@ async fn kill_9_while_clients_write_loses_nothing_acknowledged() {
 async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let node = Process::start(dir.path(), &[]);
-    let c = client();
+    let c = meridian_tests::http_client();
     let url = node.url("/v1/t/doc");
     let mut tasks = vec![];
     for i in 0..50 {
@@ -177,7 +170,7 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
 async fn bad_input_over_a_real_socket_leaves_the_node_alive() {
     let dir = tempfile::tempdir().unwrap();
     let node = Process::start(dir.path(), &[]);
-    let c = client();
+    let c = meridian_tests::http_client();
     let put = |body: Vec<u8>| {
         c.put(node.url("/v1/x/y"))
             .header("content-type", "application/json")
@@ -196,7 +189,7 @@ async fn bad_input_over_a_real_socket_leaves_the_node_alive() {
         assert!(err["error"]["code"].is_string());
     }
     // the node closes a connection whose oversized body it did not read: use fresh ones
-    let c = client();
+    let c = meridian_tests::http_client();
     let r = c.get(node.url("/v1/x/%00")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let r = c

@@ -7,13 +7,6 @@ use meridian_tests::mesh::{Mesh, IDS, SECRET};
 use meridian_tests::{eventually, Process};
 use serde_json::{json, Value};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 struct Reply {
     status: u16,
     token: String,
@@ -90,7 +83,7 @@ async fn all_agree(c: &reqwest::Client, cl: &Mesh, path: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_regions_replicate_partition_converge_and_survive_kill_9() {
-    let c = client();
+    let c = meridian_tests::http_client();
     let mut cl = Mesh::start(&["--anti-entropy-secs", "2"]).await;
 
     // --- a write in one region, read with its token in another
@@ -311,7 +304,7 @@ async fn peers_without_the_secret_are_refused() {
             "x=http://127.0.0.1:9",
         ],
     );
-    let c = client();
+    let c = meridian_tests::http_client();
     for auth in [None, Some("Bearer not-the-secret")] {
         let mut req = c.post(p.url("/internal/rpc")).body(vec![1u8, 1, 0]);
         if let Some(a) = auth {

@@ -11,13 +11,6 @@ use meridian_tests::{eventually, Process};
 use samod::storage::InMemoryStorage;
 use serde_json::{json, Value};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 async fn get(c: &reqwest::Client, p: &Process, path: &str) -> (u16, Value) {
     let r = c.get(p.url(path)).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
@@ -63,7 +56,7 @@ fn set(h: &samod::DocHandle, field: &str, value: Value) {
 async fn samod_opens_an_http_document_sees_writes_pushed_and_unknown_ids_resolve() {
     let dir = tempfile::tempdir().unwrap();
     let node = Process::start(dir.path(), &[]);
-    let c = client();
+    let c = meridian_tests::http_client();
     let w = send(
         &c,
         &node,
@@ -118,7 +111,7 @@ async fn samod_opens_an_http_document_sees_writes_pushed_and_unknown_ids_resolve
 async fn offline_edits_and_http_writes_merge_to_the_same_heads_with_the_conflict_listed() {
     let dir = tempfile::tempdir().unwrap();
     let node = Process::start(dir.path(), &[]);
-    let c = client();
+    let c = meridian_tests::http_client();
     send(
         &c,
         &node,
@@ -214,7 +207,7 @@ async fn offline_edits_and_http_writes_merge_to_the_same_heads_with_the_conflict
 async fn a_document_created_offline_is_registered_over_http_then_synced() {
     let dir = tempfile::tempdir().unwrap();
     let node = Process::start(dir.path(), &[]);
-    let c = client();
+    let c = meridian_tests::http_client();
     let k = key("carol");
 
     // --- offline: genesis seeded under the computed id; the app edits
@@ -247,7 +240,7 @@ async fn a_document_created_offline_is_registered_over_http_then_synced() {
 async fn a_layout_breaking_change_is_refused_and_the_node_serves_on() {
     let dir = tempfile::tempdir().unwrap();
     let node = Process::start(dir.path(), &[]);
-    let c = client();
+    let c = meridian_tests::http_client();
     send(&c, &node, "PUT", "/v1/users/dave", json!({"n": 1})).await;
     let (good, bad) = (
         repo(InMemoryStorage::new()).await,
@@ -313,7 +306,7 @@ async fn a_layout_breaking_change_is_refused_and_the_node_serves_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_right_after_the_acknowledgement_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let c = client();
+    let c = meridian_tests::http_client();
     let mut node = Process::start(dir.path(), &[]);
     send(&c, &node, "PUT", "/v1/users/erin", json!({"round": 0})).await;
     for round in 1..=3 {
@@ -343,7 +336,7 @@ async fn kill_9_right_after_the_acknowledgement_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn across_regions_a_client_on_a_is_read_on_b_and_concurrent_writes_pick_one_winner() {
     let mesh = Mesh::start(&["--anti-entropy-secs", "1"]).await;
-    let c = client();
+    let c = meridian_tests::http_client();
     let (a, b) = (mesh.node("a"), mesh.node("b"));
     send(&c, a, "PUT", "/v1/users/fay", json!({"name": "Fay"})).await;
     eventually("b has the document", Duration::from_secs(10), || {

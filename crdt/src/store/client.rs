@@ -15,7 +15,6 @@ use crate::doc::SyncState;
 use crate::docid::DocumentId;
 use crate::error::{Error, Result};
 use crate::key::DocKey;
-use crate::record;
 
 /// What one sync message from a client did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -56,10 +55,7 @@ impl Store {
     /// The document an automerge-repo id names, if this node has it (written here, or received
     /// from a peer).
     pub fn resolve(&self, id: &DocumentId) -> Result<Option<DocKey>> {
-        let Some(v) = self.inner.tree.get(record::doc_id_key(id))? else {
-            return Ok(None);
-        };
-        Ok(Some(DocKey::decode(record::strip_format(&v)?)?))
+        Ok(self.inner.doc_ids.get(id))
     }
 
     /// One round of the sync protocol with a client for one document: takes in the changes of

@@ -30,14 +30,16 @@ fn doc_digest(key: &DocKey, version: &str) -> u64 {
     u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
-/// The digests of everything stored (at start-up).
-pub(super) fn initial(db: &sled::Db) -> Result<Vec<u64>> {
+/// The digests of everything stored (at start-up), calling `each` with every document's key
+/// on the way (one scan serves every map built at open).
+pub(super) fn initial(db: &sled::Db, mut each: impl FnMut(&DocKey)) -> Result<Vec<u64>> {
     let mut digests = vec![0u64; DIGEST_BUCKETS];
     for kv in db.scan_prefix([record::DOC]) {
         let (k, v) = kv?;
         let key = DocKey::decode(&k[1..])?;
         let rec: DocRecord = record::decode(&v)?;
         digests[bucket_of(&key)] ^= doc_digest(&key, &rec.version);
+        each(&key);
     }
     Ok(digests)
 }

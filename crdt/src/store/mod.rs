@@ -12,7 +12,8 @@
 //! # Layout
 //! - `cache`: cached documents, pinned while they have writes queued.
 //! - `write`: the one commit path, and the three kinds of write on it.
-//! - `client`: automerge sync messages from and to clients; document ids.
+//! - `client`: automerge sync messages from and to clients.
+//! - `docids`: which document an automerge-repo id names.
 //! - `read`: reads of documents and collections.
 //! - `feed`: the stamps of local changes, in flight and durable; the feed peers pull.
 //! - `digest`: the anti-entropy digest.
@@ -21,6 +22,7 @@
 mod cache;
 mod client;
 mod digest;
+mod docids;
 mod feed;
 mod idempotency;
 mod read;
@@ -38,7 +40,6 @@ use parking_lot::Mutex;
 use uhlc::Timestamp;
 
 use crate::commit::GroupCommit;
-use crate::docid::DocumentId;
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, NodeId, DEFAULT_MAX_DRIFT};
 use crate::key::DocKey;
@@ -195,6 +196,7 @@ struct Inner {
     doc_changed: tokio::sync::broadcast::Sender<DocKey>,
     /// Per bucket of document keys, the XOR of a digest of each document's key and version.
     digests: Mutex<Vec<u64>>,
+    doc_ids: docids::DocIds,
     replayed: u64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -237,7 +239,6 @@ impl Store {
         if replayed > 0 {
             tracing::info!(replayed, "recovered writes from the write-ahead log");
         }
-        index_document_ids(&db)?;
 
         let clock = Clock::with_physical(&node, config.max_drift, config.physical_clock);
         let last = feed::last_stamp(&db)?;
@@ -256,7 +257,8 @@ impl Store {
             .weigher(|_k, slot: &Arc<Slot>| slot.weight.load(Ordering::Relaxed) as u32)
             .build();
         let blob_dir = db_path(&config.path).join("blobs");
-        let digests = digest::initial(&db)?;
+        let doc_ids = docids::DocIds::default();
+        let digests = digest::initial(&db, |key| doc_ids.insert(key))?;
         let commit = GroupCommit::start(db.clone(), blob_dir, sled_log, wal_dir, seq, documents)?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -275,6 +277,7 @@ impl Store {
                 feed_moved: tokio::sync::watch::Sender::new(0),
                 doc_changed: tokio::sync::broadcast::Sender::new(DOC_EVENTS),
                 digests: Mutex::new(digests),
+                doc_ids,
                 replayed: replayed as u64,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
@@ -326,31 +329,6 @@ impl Store {
         self.inner.tree.flush()?;
         Ok(())
     }
-}
-
-/// Data dirs written before document ids existed (0.1.0) get the id of every document once,
-/// at start-up. Later, every document's first record brings its id (see `write`).
-fn index_document_ids(db: &sled::Db) -> Result<()> {
-    let done = record::meta_key("doc-ids");
-    if db.get(&done)?.is_some() {
-        return Ok(());
-    }
-    let mut n = 0;
-    for kv in db.scan_prefix([record::DOC]) {
-        let (k, _) = kv?;
-        let key = DocKey::decode(&k[1..])?;
-        db.insert(
-            record::doc_id_key(&DocumentId::of(&key)),
-            record::wrap(&key.encode()),
-        )?;
-        n += 1;
-    }
-    db.insert(done, b"1".as_slice())?;
-    db.flush()?;
-    if n > 0 {
-        tracing::info!(documents = n, "indexed automerge document ids");
-    }
-    Ok(())
 }
 
 fn db_path(dir: &Path) -> PathBuf {

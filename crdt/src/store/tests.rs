@@ -803,7 +803,7 @@ async fn refused_client_changes_leave_nothing_behind() {
 }
 
 #[tokio::test]
-async fn document_ids_resolve_for_merged_and_for_old_documents() {
+async fn document_ids_resolve_for_merged_documents_and_after_a_restart() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = open(da.path());
     let mut cb = StoreConfig::new(db.path());
@@ -829,14 +829,12 @@ async fn document_ids_resolve_for_merged_and_for_old_documents() {
         None
     );
 
-    // --- a data dir without the index (as 0.1.0 wrote them) is indexed at open
-    b.inner.tree.remove(record::doc_id_key(&id)).unwrap();
-    b.inner.tree.remove(record::meta_key("doc-ids")).unwrap();
-    assert_eq!(b.resolve(&id).unwrap(), None);
+    // --- after a restart the map is rebuilt from the stored documents
     b.close().unwrap();
     drop(b);
     let b = Store::open(cb).unwrap();
     assert_eq!(b.resolve(&id).unwrap(), Some(key("m")));
+    assert_eq!(b.inner.doc_ids.len(), 1);
 }
 
 #[tokio::test]

@@ -15,7 +15,6 @@ use super::cache::{weight, Slot};
 use super::{digest, idempotency, Inner, Merged, Store, Written};
 use crate::commit::InProgress;
 use crate::doc::{Applied, Document, Edit, RemoteChange, State};
-use crate::docid::DocumentId;
 use crate::error::{Error, Result};
 use crate::key::DocKey;
 use crate::record::{self, DocRecord, FeedEntry, WriteOutcome};
@@ -207,9 +206,9 @@ impl DocRecord {
 
 impl Inner {
     /// The storage operations for new changes of a document (increments, or a snapshot every
-    /// `compact_every`; feed entries of this node's own changes; the document id of a new
-    /// document; the new record), the new record, and the change in the live-document count.
-    /// Updates the anti-entropy digest.
+    /// `compact_every`; feed entries of this node's own changes; the new record), the new record,
+    /// and the change in the live-document count. Updates the anti-entropy digest, and notes a
+    /// new document's id.
     fn record_changes(
         &self,
         key: &DocKey,
@@ -262,10 +261,7 @@ impl Inner {
             }
         }
         if prev.is_none() {
-            ops.push((
-                record::doc_id_key(&DocumentId::of(key)),
-                Some(record::wrap(&key.encode())),
-            ));
+            self.doc_ids.insert(key);
         }
         let state = doc.state();
         rec.state = state;
