@@ -46,9 +46,10 @@ fn read_u64(db: &sled::Db, key: Vec<u8>) -> Result<u64> {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Watermark {
-    seq: u64,
-    failed: Option<String>,
+pub(crate) struct Watermark {
+    /// Every batch up to this one is on disk and in sled.
+    pub(crate) seq: u64,
+    pub(crate) failed: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -228,6 +229,15 @@ impl GroupCommit {
             Some(e) if w.seq < seq => Err(Error::Unavailable(e.clone())),
             _ => Ok(()),
         }
+    }
+
+    /// The last batch on disk and in sled.
+    pub(crate) fn durable_seq(&self) -> u64 {
+        self.shared.durable.borrow().seq
+    }
+
+    pub(crate) fn watch_durable(&self) -> watch::Receiver<Watermark> {
+        self.shared.durable.subscribe()
     }
 
     /// Fails once a sync has failed: after that nothing can be acknowledged.

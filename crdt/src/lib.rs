@@ -44,11 +44,11 @@ pub use error::{Error, Result};
 pub use hlc::{display_stamp, parse_stamp, Clock, NodeId, DEFAULT_MAX_DRIFT};
 pub use key::{validate_name, DocKey, MAX_NAME_LEN};
 #[cfg(feature = "store")]
-pub use record::{FeedEntry, WriteOutcome};
+pub use record::{ChangeEvent, FeedEntry, WriteOutcome};
 #[cfg(feature = "store")]
 pub use store::{
-    ClientSynced, DocEvents, DocState, DocView, FeedPage, Idempotency, Merged, Missed, Page,
-    Progress, Store, StoreConfig, StoreStats, Written, DIGEST_BUCKETS,
+    ClientSynced, DocEvents, DocState, DocView, EventBounds, EventWatch, FeedPage, Idempotency,
+    Merged, Missed, Page, Progress, Store, StoreConfig, StoreStats, Written, DIGEST_BUCKETS,
 };
 
 pub use automerge::{ActorId, ChangeHash};

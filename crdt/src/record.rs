@@ -8,6 +8,7 @@
 //! | `I` collection NUL id NUL n (u64) | one automerge change saved after it      |
 //! | `F` hlc time (u64 BE) hlc id      | [`FeedEntry`]: the local change with that stamp |
 //! | `K` idempotency key               | [`IdemRecord`]                           |
+//! | `E` batch seq (u64 BE)            | [`ChangeEvent`]: a document's change as it became visible here |
 //! | `M` name                          | node id, last batch seq, document count; |
 //! |                                   | replication bookkeeping under `M sync/…` |
 
@@ -27,6 +28,7 @@ pub(crate) const INCREMENT: u8 = b'I';
 pub(crate) const FEED: u8 = b'F';
 pub(crate) const IDEM: u8 = b'K';
 pub(crate) const META: u8 = b'M';
+pub(crate) const EVENT: u8 = b'E';
 
 pub(crate) fn doc_key(prefix: u8, key: &DocKey) -> Vec<u8> {
     let mut k = vec![prefix];
@@ -76,6 +78,24 @@ pub(crate) fn feed_start(after: Option<&Timestamp>) -> Vec<u8> {
 /// Just past the last feed key.
 pub(crate) fn feed_end() -> Vec<u8> {
     vec![FEED + 1]
+}
+
+/// `E`, then the sequence number of the batch that made the change visible (big-endian, so
+/// keys sort in the order changes became visible).
+pub(crate) fn event_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![EVENT];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number an event key was made from.
+pub(crate) fn event_seq(k: &[u8]) -> Result<u64> {
+    match k.split_first() {
+        Some((&EVENT, rest)) if rest.len() == 8 => {
+            Ok(u64::from_be_bytes(rest.try_into().expect("8 bytes")))
+        }
+        _ => Err(Error::Corrupt("event key of the wrong shape".into())),
+    }
 }
 
 pub(crate) fn meta_key(name: &str) -> Vec<u8> {
@@ -146,6 +166,22 @@ pub struct FeedEntry {
     pub change: Vec<u8>,
 }
 
+/// A document's change as it became visible on this node (a local write, a client's change, or
+/// changes merged from a peer: one event per document per batch), with the document as it was
+/// right after, for the live change feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub collection: String,
+    pub id: String,
+    pub state: State,
+    /// The document's JSON after the change, serialized (`null` unless live).
+    pub json: String,
+    pub version: String,
+    /// The node and HLC stamp (as shown to clients) of each node change in the batch, in the
+    /// order applied; a client's changes count through the stamp change that accepted them.
+    pub stamps: Vec<(String, String)>,
+}
+
 /// What a write answered, kept so that a retry with the same idempotency key gets it again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WriteOutcome {
@@ -182,6 +218,18 @@ mod tests {
         let err = decode::<WriteOutcome>(&bytes).unwrap_err().to_string();
         assert!(err.contains("format 2"), "{err}");
         assert!(decode::<WriteOutcome>(&[]).is_err());
+    }
+
+    #[test]
+    fn event_keys_sort_by_seq_and_decode() {
+        assert!(event_key(255) < event_key(256));
+        assert_eq!(event_seq(&event_key(1 << 40)).unwrap(), 1 << 40);
+        assert!(event_seq(&event_key(7)[..8]).is_err());
+        assert!(event_seq(&feed_key(&Timestamp::new(
+            uhlc::NTP64(1),
+            uhlc::ID::try_from(b"n1".as_slice()).unwrap()
+        )))
+        .is_err());
     }
 
     #[test]

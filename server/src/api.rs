@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use meridian_crdt::{json, parse_ops, DocKey, DocView, DocumentId, Edit, Idempotency, Written};
 use serde::Deserialize;
 
+use crate::changes::{self, Filter};
 use crate::error::ApiError;
 use crate::extract::{idempotency, read_body, CollectionPath, DocPath, Query, JSON, MERGE_PATCH};
 use crate::state::AppState;
@@ -101,7 +102,17 @@ pub(crate) async fn get_doc(
     State(st): State<AppState>,
     DocPath(key): DocPath,
     Query(p): Query<GetParams>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if changes::requested(&headers) {
+        if p.conflicts {
+            return Err(ApiError::BadRequest(
+                "conflicts=true does not apply to a change stream".into(),
+            ));
+        }
+        let resume = changes::resume_of(&headers, st.store.event_epoch())?;
+        return st.changes.open(Filter::Doc(key), resume);
+    }
     let not_found = || ApiError::NotFound(format!("no document {key}"));
     if p.conflicts {
         let (view, conflicts) = st
@@ -205,7 +216,18 @@ pub(crate) async fn list_docs(
     State(st): State<AppState>,
     CollectionPath(collection): CollectionPath,
     Query(p): Query<ListParams>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if changes::requested(&headers) {
+        if p.limit.is_some() || p.after.is_some() {
+            return Err(ApiError::BadRequest(
+                "limit and after do not apply to a change stream (resume with Last-Event-ID)"
+                    .into(),
+            ));
+        }
+        let resume = changes::resume_of(&headers, st.store.event_epoch())?;
+        return st.changes.open(Filter::Collection(collection), resume);
+    }
     let limit = match p.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(s) => match s.parse::<usize>() {

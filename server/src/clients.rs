@@ -33,11 +33,17 @@ pub(crate) async fn sync_or_list(
             State(st),
             CollectionPath("sync".into()),
             Query::parse(&uri)?,
+            headers,
         );
         return list.await;
     }
     // a full node says so before it looks at the handshake
-    let conn = st.hub.connect().map_err(|_| ApiError::Overloaded)?;
+    let conn = st.hub.connect().map_err(|_| {
+        ApiError::LimitReached(format!(
+            "this node serves at most {} sync connections at once; retry shortly",
+            st.hub.limits().max_connections
+        ))
+    })?;
     let ws = ws.map_err(|e| {
         ApiError::UpgradeRequired(format!(
             "/v1/sync speaks automerge-repo's protocol over a WebSocket ({})",

@@ -15,6 +15,7 @@ use meridian_sync::repo::SyncLimits;
 use meridian_sync::{FeedMode, Peer, SyncConfig};
 use serde::Deserialize;
 
+use crate::changes::FeedLimits;
 use crate::state::Limits;
 
 #[derive(Debug, Parser)]
@@ -97,6 +98,19 @@ pub struct ServeArgs {
     /// Largest sync message a client may send, in bytes. Default: 16777216.
     #[arg(long, env = "MERIDIAN_SYNC_MAX_MESSAGE_BYTES")]
     pub sync_max_message_bytes: Option<usize>,
+    /// Change-feed (Server-Sent Events) streams this node serves at once. Default: 10000.
+    #[arg(long, env = "MERIDIAN_CHANGES_MAX_STREAMS")]
+    pub changes_max_streams: Option<usize>,
+    /// Events a change stream may fall behind before it is closed (the client resumes).
+    /// Default: 1000.
+    #[arg(long, env = "MERIDIAN_CHANGES_BUFFER")]
+    pub changes_buffer: Option<usize>,
+    /// Write batches whose change events are kept for resuming streams. Default: 100000.
+    #[arg(long, env = "MERIDIAN_CHANGES_RETENTION")]
+    pub changes_retention: Option<u64>,
+    /// Milliseconds between keep-alive comments on an idle change stream. Default: 15000.
+    #[arg(long, env = "MERIDIAN_CHANGES_KEEP_ALIVE_MS")]
+    pub changes_keep_alive_ms: Option<u64>,
 }
 
 /// A node's settings, resolved. [`Settings::default`] holds every default.
@@ -119,6 +133,10 @@ pub struct Settings {
     pub sync_max_connections: usize,
     pub sync_max_documents: usize,
     pub sync_max_message_bytes: usize,
+    pub changes_max_streams: usize,
+    pub changes_buffer: usize,
+    pub changes_retention: u64,
+    pub changes_keep_alive_ms: u64,
 }
 
 impl Default for Settings {
@@ -128,6 +146,7 @@ impl Default for Settings {
         let sync = SyncConfig::new(vec![]);
         let limits = Limits::default();
         let clients = SyncLimits::default();
+        let feed = FeedLimits::default();
         Settings {
             node_id: None,
             region: "local".into(),
@@ -146,6 +165,10 @@ impl Default for Settings {
             sync_max_connections: clients.max_connections,
             sync_max_documents: clients.max_docs_per_connection,
             sync_max_message_bytes: clients.max_message_bytes,
+            changes_max_streams: feed.max_streams,
+            changes_buffer: feed.buffer,
+            changes_retention: feed.retention,
+            changes_keep_alive_ms: feed.keep_alive.as_millis() as u64,
         }
     }
 }
@@ -223,6 +246,10 @@ impl ServeArgs {
             sync_max_connections: pick!(sync_max_connections),
             sync_max_documents: pick!(sync_max_documents),
             sync_max_message_bytes: pick!(sync_max_message_bytes),
+            changes_max_streams: pick!(changes_max_streams),
+            changes_buffer: pick!(changes_buffer),
+            changes_retention: pick!(changes_retention),
+            changes_keep_alive_ms: pick!(changes_keep_alive_ms),
         };
         s.validate()?;
         Ok(s)
@@ -262,6 +289,10 @@ impl Settings {
             ("sync_max_connections", self.sync_max_connections),
             ("sync_max_documents", self.sync_max_documents),
             ("sync_max_message_bytes", self.sync_max_message_bytes),
+            ("changes_max_streams", self.changes_max_streams),
+            ("changes_buffer", self.changes_buffer),
+            ("changes_retention", self.changes_retention as usize),
+            ("changes_keep_alive_ms", self.changes_keep_alive_ms as usize),
         ] {
             anyhow::ensure!(value > 0, "{name} must be at least 1");
         }
@@ -298,6 +329,15 @@ impl Settings {
             max_docs_per_connection: self.sync_max_documents,
             max_message_bytes: self.sync_max_message_bytes,
             ..SyncLimits::default()
+        }
+    }
+
+    pub fn feed(&self) -> FeedLimits {
+        FeedLimits {
+            max_streams: self.changes_max_streams,
+            buffer: self.changes_buffer,
+            retention: self.changes_retention,
+            keep_alive: Duration::from_millis(self.changes_keep_alive_ms),
         }
     }
 }

@@ -30,6 +30,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
+    /// A bound on open sockets or streams is reached.
+    #[error("{0}")]
+    LimitReached(String),
     #[error("the request took longer than the server's timeout")]
     Timeout,
     /// This node cannot cover the session token in time: `node` has the data.
@@ -60,6 +63,7 @@ impl ApiError {
             ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Overloaded
+            | ApiError::LimitReached(_)
             | ApiError::Timeout
             | ApiError::Unavailable(_)
             | ApiError::SessionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -80,7 +84,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::UpgradeRequired(_) => "upgrade_required",
             ApiError::Unprocessable(_) => "unprocessable",
-            ApiError::Overloaded => "overloaded",
+            ApiError::Overloaded | ApiError::LimitReached(_) => "overloaded",
             ApiError::Timeout => "timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",

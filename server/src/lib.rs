@@ -7,6 +7,7 @@
 //! - `extract`: path, body, query and header parsing with the project's error format.
 //! - `api`: the `/v1` document handlers.
 //! - `session`: session tokens in and out of `/v1` requests.
+//! - `changes`: the live change feed (Server-Sent Events on the document routes).
 //! - `clients`: `/v1/sync`, the WebSocket automerge-repo clients sync over.
 //! - `cluster`: the HTTP transport between nodes, `/internal/rpc`, `/v1/cluster`.
 //! - `metrics`: Prometheus metrics and the request-tracking middleware.
@@ -17,6 +18,7 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 mod api;
+mod changes;
 mod clients;
 mod cluster;
 pub mod config;
@@ -38,6 +40,7 @@ use axum::{BoxError, Json, Router};
 use meridian_crdt::Store;
 use tower::ServiceBuilder;
 
+pub use changes::{ChangeFeed, FeedLimits, FeedStats};
 pub use cluster::HttpTransport;
 pub use config::{ServeArgs, Settings};
 pub use error::ApiError;
@@ -139,7 +142,9 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         bytes_sent,
         bytes_received,
     };
-    let body = st.metrics.render(&st.store.stats(), repl, st.hub.stats());
+    let body = st
+        .metrics
+        .render(&st.store.stats(), repl, st.hub.stats(), st.changes.stats());
     let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
 }
@@ -162,9 +167,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.cluster_secret.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!("cannot load replication state: {e}"))?
-    .with_client_limits(settings.clients());
+    .with_client_limits(settings.clients())
+    .with_feed_limits(settings.feed());
     let replica = state.replica.clone();
     let hub = state.hub.clone();
+    let changes = state.changes.clone();
     replica.start();
     tracing::info!(
         node = %store.node_id(),
@@ -190,8 +197,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     });
 
+    // Keep the change events of the last `retention` batches, for streams that resume.
+    let trim_store = store.clone();
+    let retention = settings.feed().retention;
+    // once before serving, so that a stream never resumes from what is due to go
+    if let Err(e) = store.trim_events(retention) {
+        tracing::warn!(error = %e, "trimming change events failed");
+    }
+    let trim = tokio::spawn(async move {
+        let period = Duration::from_secs(10);
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            every.tick().await;
+            let s = trim_store.clone();
+            match tokio::task::spawn_blocking(move || s.trim_events(retention)).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "trimming change events failed"),
+                Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "trimmed change events"),
+                _ => {}
+            }
+        }
+    });
+
     let stop = replica.clone();
     let stop_clients = hub.clone();
+    let stop_changes = changes.clone();
     // Without TCP_NODELAY a feed frame can sit in the kernel for a delayed-ACK round (tens of
     // milliseconds) behind the previous one: Nagle's algorithm holds small writes back.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -205,11 +234,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             // ends the long polls peers are waiting on, so the shutdown does not wait for them
             stop.stop();
             stop_clients.shutdown();
+            stop_changes.shutdown();
         })
         .await?;
     replica.stop();
     hub.shutdown();
     purge.abort();
+    trim.abort();
     store
         .close()
         .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;

@@ -51,6 +51,9 @@ pub struct Metrics {
     sync_accepted: Counter,
     sync_refused: Counter,
     sync_connections_refused: Counter,
+    change_streams: Gauge,
+    change_events_sent: Counter,
+    change_streams_behind: Counter,
 }
 
 /// Replication figures read at scrape time.
@@ -88,6 +91,9 @@ impl Default for Metrics {
             sync_accepted: Counter::default(),
             sync_refused: Counter::default(),
             sync_connections_refused: Counter::default(),
+            change_streams: Gauge::default(),
+            change_events_sent: Counter::default(),
+            change_streams_behind: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -177,13 +183,34 @@ impl Default for Metrics {
             "Documents open on sync connections",
             m.sync_documents.clone(),
         );
+        registry.register(
+            "change_streams",
+            "Open change-feed streams",
+            m.change_streams.clone(),
+        );
+        registry.register(
+            "change_events_sent",
+            "Events sent on change-feed streams",
+            m.change_events_sent.clone(),
+        );
+        registry.register(
+            "change_streams_behind",
+            "Change-feed streams closed for falling behind",
+            m.change_streams_behind.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
     /// The text exposition, with the store's figures as of now.
-    pub fn render(&self, s: &StoreStats, r: ReplicationStats, y: SyncStats) -> String {
+    pub fn render(
+        &self,
+        s: &StoreStats,
+        r: ReplicationStats,
+        y: SyncStats,
+        f: crate::FeedStats,
+    ) -> String {
         self.documents.set(s.documents as i64);
         self.bytes_on_disk.set(s.bytes_on_disk as i64);
         self.cache_bytes.set(s.cache_bytes as i64);
@@ -201,6 +228,9 @@ impl Metrics {
         set(&self.sync_accepted, y.changes_accepted);
         set(&self.sync_refused, y.changes_refused);
         set(&self.sync_connections_refused, y.connections_refused);
+        self.change_streams.set(f.streams as i64);
+        set(&self.change_events_sent, f.events_sent);
+        set(&self.change_streams_behind, f.streams_behind);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

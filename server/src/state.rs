@@ -7,6 +7,7 @@ use meridian_crdt::Store;
 use meridian_sync::repo::{Hub, SyncLimits};
 use meridian_sync::{Replica, SyncConfig};
 
+use crate::changes::{ChangeFeed, FeedLimits};
 use crate::cluster::HttpTransport;
 use crate::metrics::Metrics;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub replica: Replica<HttpTransport>,
     /// automerge-repo clients (`/v1/sync`).
     pub hub: Arc<Hub>,
+    /// The live change feed (`Accept: text/event-stream`).
+    pub changes: Arc<ChangeFeed>,
     /// Required on `/internal/`; `None` refuses every internal request.
     pub cluster_secret: Option<Arc<str>>,
     pub region: Arc<str>,
@@ -68,6 +71,7 @@ impl AppState {
         Ok(AppState {
             replica: Replica::new(store.clone(), transport, sync)?,
             hub: Hub::start(store.clone(), SyncLimits::default()),
+            changes: ChangeFeed::start(store.clone(), FeedLimits::default()),
             store,
             cluster_secret: secret.map(Into::into),
             region: region.into(),
@@ -79,6 +83,12 @@ impl AppState {
     /// The same node with other limits for sync clients.
     pub fn with_client_limits(mut self, limits: SyncLimits) -> Self {
         self.hub = Hub::start(self.store.clone(), limits);
+        self
+    }
+
+    /// The same node with other limits for change streams.
+    pub fn with_feed_limits(mut self, limits: FeedLimits) -> Self {
+        self.changes = ChangeFeed::start(self.store.clone(), limits);
         self
     }
 

@@ -7,6 +7,7 @@
 //! - [`mesh`]: three real processes in a full mesh through such proxies.
 //! - [`repo_client`]: samod (automerge-repo) as a client of a real node.
 //! - [`sim_client`]: the client library's syncer as a client of the in-memory cluster.
+//! - [`sse`]: a Server-Sent Events reader, for the change feed.
 //! - [`binary`]: where the binary is (`MERIDIAN_BIN`, or next to the test executable).
 //! - `tests/`: end-to-end tests; `src/bin/bench.rs`: the benchmark; `src/bin/ceiling.rs`: a
 //!   constant axum handler, the HTTP ceiling the benchmark compares against.
@@ -17,6 +18,7 @@ pub mod mesh;
 pub mod proxy;
 pub mod repo_client;
 pub mod sim_client;
+pub mod sse;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -198,4 +200,12 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The `p` quantile (0..=1) of sorted samples, by nearest rank; NaN when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }

@@ -38,6 +38,8 @@ use render::Renderer;
 pub use edit::Edit;
 pub use layout::{genesis_bytes, genesis_hash};
 pub use ops::{parse_ops, Op};
+#[cfg(feature = "store")]
+pub(crate) use order::stamp_node;
 pub use render::{Conflict, ConflictValue};
 
 /// Whether a document exists.
@@ -451,6 +453,14 @@ impl Document {
         self.am
             .get_change_by_hash(hash)
             .map(|c| c.raw_bytes().to_vec())
+    }
+
+    /// The stamps of the node changes among `hashes`, in that order (client changes have none).
+    pub fn node_stamps(&self, hashes: &[ChangeHash]) -> Vec<Timestamp> {
+        order::metas(&self.am, hashes)
+            .into_iter()
+            .filter_map(|m| m.stamp)
+            .collect()
     }
 
     /// The automerge document, for tests that craft changes no edit makes.

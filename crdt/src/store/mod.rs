@@ -16,6 +16,7 @@
 //! - `docids`: which document an automerge-repo id names.
 //! - `read`: reads of documents and collections.
 //! - `feed`: the stamps of local changes, in flight and durable; the feed peers pull.
+//! - `events`: change events, as they became visible here, for the live change feed.
 //! - `digest`: the anti-entropy digest.
 //! - `idempotency`: idempotency keys.
 
@@ -23,6 +24,7 @@ mod cache;
 mod client;
 mod digest;
 mod docids;
+mod events;
 mod feed;
 mod idempotency;
 mod read;
@@ -50,6 +52,7 @@ use feed::Stamps;
 
 pub use client::{ClientSynced, DocEvents, Missed};
 pub use digest::DIGEST_BUCKETS;
+pub use events::{EventBounds, EventWatch};
 pub use feed::Progress;
 pub use idempotency::Idempotency;
 
@@ -197,6 +200,10 @@ struct Inner {
     /// Per bucket of document keys, the XOR of a digest of each document's key and version.
     digests: Mutex<Vec<u64>>,
     doc_ids: docids::DocIds,
+    /// This data dir's epoch, in every change-event cursor.
+    epoch: String,
+    /// Every change event at or below this sequence number was trimmed.
+    events_trimmed: AtomicU64,
     replayed: u64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -259,6 +266,8 @@ impl Store {
         let blob_dir = db_path(&config.path).join("blobs");
         let doc_ids = docids::DocIds::default();
         let digests = digest::initial(&db, |key| doc_ids.insert(key))?;
+        let epoch = events::epoch(&config.path)?;
+        let events_trimmed = AtomicU64::new(events::trimmed(&db)?);
         let commit = GroupCommit::start(db.clone(), blob_dir, sled_log, wal_dir, seq, documents)?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -278,6 +287,8 @@ impl Store {
                 doc_changed: tokio::sync::broadcast::Sender::new(DOC_EVENTS),
                 digests: Mutex::new(digests),
                 doc_ids,
+                epoch,
+                events_trimmed,
                 replayed: replayed as u64,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),

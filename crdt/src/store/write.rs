@@ -105,16 +105,26 @@ impl<'a> DocWrite<'a> {
         extra: impl FnOnce(&DocRecord) -> Vec<Op>,
     ) -> Result<Queued<'a>> {
         self.dirty = true; // from here on a failure leaves the document ahead of the queue
-        let (mut ops, rec, docs_delta) = {
+        let (mut ops, rec, docs_delta, event) = {
             let doc = self.slot.doc.lock();
-            self.inner
-                .record_changes(&self.key, &doc, self.prev.take(), &changes)
+            let (ops, rec, delta) =
+                self.inner
+                    .record_changes(&self.key, &doc, self.prev.take(), &changes);
+            let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash).collect();
+            let event =
+                (!changes.is_empty()).then(|| Inner::change_event(&self.key, &doc, &rec, &hashes));
+            (ops, rec, delta, event)
         };
         ops.extend(extra(&rec));
         if ops.is_empty() {
             return Ok(self.finish(None, rec, false));
         }
-        let seq = self.inner.commit.submit(docs_delta, |_| ops)?;
+        let seq = self.inner.commit.submit(docs_delta, |seq| {
+            if let Some(event) = event {
+                ops.push((record::event_key(seq), Some(event)));
+            }
+            ops
+        })?;
         self.slot
             .weight
             .store(weight(rec.stored_bytes), Ordering::Relaxed);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use meridian_tests::mesh::{Mesh, IDS, SECRET};
+use meridian_tests::percentile;
 use serde_json::{json, Value};
 
 #[derive(Parser, Debug)]
@@ -54,13 +55,6 @@ fn cpu_secs(pid: i32) -> f64 {
         + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 async fn json_get(c: &reqwest::Client, url: &str) -> Value {

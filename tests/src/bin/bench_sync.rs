@@ -22,6 +22,7 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use meridian_crdt::{ActorId, DocKey, Document, DocumentId, Edit, SyncState};
 use meridian_sync::repo::Message;
+use meridian_tests::percentile;
 use meridian_tests::proxy::Proxy;
 use meridian_tests::Process;
 use serde_json::json;
@@ -155,13 +156,6 @@ impl Peer {
     }
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -209,7 +203,7 @@ async fn patch_rtt(addr: &str) -> f64 {
         lat.push(ms(t.elapsed()));
     }
     lat.sort_by(f64::total_cmp);
-    pct(&lat, 0.5)
+    percentile(&lat, 0.5)
 }
 
 async fn push(args: &Args, node: &Process) {
@@ -317,18 +311,18 @@ async fn push(args: &Args, node: &Process) {
     );
     println!(
         "| edit to the other client, p50 ms | {:.1} |",
-        pct(&lat, 0.5)
+        percentile(&lat, 0.5)
     );
     println!(
         "| edit to the other client, p99 ms | {:.1} |",
-        pct(&lat, 0.99)
+        percentile(&lat, 0.99)
     );
     println!(
         "| edit to the other client, max ms | {:.1} |",
         lat.last().copied().unwrap_or(f64::NAN)
     );
     println!("| baseline: one HTTP PATCH round trip, p50 ms | {rtt:.2} |");
-    println!("| p99 / baseline | {:.1}x |", pct(&lat, 0.99) / rtt);
+    println!("| p99 / baseline | {:.1}x |", percentile(&lat, 0.99) / rtt);
     println!(
         "| connecting and syncing all clients, s | {:.1} |",
         connected.as_secs_f64()

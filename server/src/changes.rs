@@ -1,0 +1,532 @@
+//! The live change feed: `GET /v1/{collection}/{id}` and `GET /v1/{collection}` with
+//! `Accept: text/event-stream` answer a Server-Sent Events stream of every change that becomes
+//! visible on this node, local or replicated (see `docs/changes.md`).
+//!
+//! One task (the pump) reads the store's change events in order as they become durable, renders
+//! each once, and hands it to the streams that want it, each through a bounded channel: a
+//! stream whose channel is full has fallen behind, is told so and closed, and never slows the
+//! pump or the writers. A stream that resumes (`Last-Event-ID`) first reads what it missed from
+//! the store, then continues with what the pump hands it: it registers before it reads, and the
+//! pump only hands it events after the point it registered at, so nothing falls between.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use meridian_crdt::{ChangeEvent, DocKey, DocState, DocumentId, Store};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+
+/// Bounds of the change feed.
+#[derive(Debug, Clone)]
+pub struct FeedLimits {
+    /// Streams open at once before the node answers 503 `overloaded`.
+    pub max_streams: usize,
+    /// Events a stream may fall behind before it is closed (its client resumes).
+    pub buffer: usize,
+    /// Batches whose events are kept for resuming streams.
+    pub retention: u64,
+    /// A comment this often keeps proxies from closing an idle stream.
+    pub keep_alive: Duration,
+}
+
+impl Default for FeedLimits {
+    fn default() -> Self {
+        FeedLimits {
+            max_streams: 10_000,
+            buffer: 1_000,
+            retention: 100_000,
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What one stream follows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Filter {
+    Doc(DocKey),
+    Collection(String),
+}
+
+impl Filter {
+    fn wants(&self, e: &ChangeEvent) -> bool {
+        match self {
+            Filter::Doc(k) => k.collection() == e.collection && k.id() == e.id,
+            Filter::Collection(c) => *c == e.collection,
+        }
+    }
+}
+
+/// Where a stream starts, from its `Last-Event-ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// No cursor: from now on (a document stream first gets the document as it is).
+    Now,
+    /// After this event of this node's data dir.
+    After(u64),
+    /// A cursor of another node or of an earlier data dir: start over.
+    Foreign,
+}
+
+/// True if the request asks for an event stream (`Accept: text/event-stream`).
+pub(crate) fn requested(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with("text/event-stream"))
+        })
+}
+
+/// Where the request's stream starts.
+pub(crate) fn resume_of(headers: &HeaderMap, epoch: &str) -> Result<Resume, ApiError> {
+    match headers.get("last-event-id") {
+        None => Ok(Resume::Now),
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Last-Event-ID is not visible ASCII".into()))?;
+            parse_cursor(v, epoch)
+        }
+    }
+}
+
+/// Parses a `Last-Event-ID`: `<epoch>-<sequence>`, as this node hands them out.
+pub(crate) fn parse_cursor(value: &str, epoch: &str) -> Result<Resume, ApiError> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "Last-Event-ID {value:?} is not a cursor of this feed (16 hex digits, '-', a number)"
+        ))
+    };
+    let (e, seq) = value.trim().split_once('-').ok_or_else(bad)?;
+    if e.len() != 16 || !e.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    Ok(if e.eq_ignore_ascii_case(epoch) {
+        Resume::After(seq)
+    } else {
+        Resume::Foreign
+    })
+}
+
+/// An event rendered once for every stream that wants it.
+#[derive(Debug)]
+struct Rendered {
+    seq: u64,
+    filter_doc: Filter,
+    data: String,
+}
+
+#[derive(Debug)]
+struct Sub {
+    tx: mpsc::Sender<Arc<Rendered>>,
+    behind: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default)]
+struct Subs {
+    /// Every event up to here has been handed to the streams registered then.
+    position: u64,
+    next_id: u64,
+    streams: usize,
+    by_filter: HashMap<Filter, HashMap<u64, Sub>>,
+    closed: bool,
+}
+
+/// The change feed of one node. Cheap to share.
+#[derive(Debug)]
+pub struct ChangeFeed {
+    store: Store,
+    limits: FeedLimits,
+    subs: Mutex<Subs>,
+    sent: AtomicU64,
+    cut_behind: AtomicU64,
+}
+
+/// Figures for `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedStats {
+    pub streams: usize,
+    pub events_sent: u64,
+    pub streams_behind: u64,
+}
+
+impl ChangeFeed {
+    /// Starts the pump (needs a tokio runtime). It stops when the feed is dropped or the store
+    /// closes.
+    pub fn start(store: Store, limits: FeedLimits) -> Arc<ChangeFeed> {
+        let position = store.event_bounds().visible;
+        let feed = Arc::new(ChangeFeed {
+            store,
+            limits,
+            subs: Mutex::new(Subs {
+                position,
+                ..Default::default()
+            }),
+            sent: AtomicU64::new(0),
+            cut_behind: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&feed);
+        let watch = feed.store.watch_events();
+        tokio::spawn(pump(weak, watch, position));
+        feed
+    }
+
+    pub fn stats(&self) -> FeedStats {
+        FeedStats {
+            streams: self.subs.lock().streams,
+            events_sent: self.sent.load(Ordering::Relaxed),
+            streams_behind: self.cut_behind.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends every stream (at shutdown) and refuses new ones.
+    pub fn shutdown(&self) {
+        let mut s = self.subs.lock();
+        s.closed = true;
+        s.by_filter.clear();
+        s.streams = 0;
+    }
+
+    /// Hands the events the pump read to the streams that want them.
+    fn route(&self, events: Vec<(u64, ChangeEvent)>, upto: u64) {
+        let mut guard = self.subs.lock();
+        let s = &mut *guard;
+        for (seq, e) in events {
+            let doc =
+                Filter::Doc(DocKey::new(&e.collection, &e.id).expect("stored keys are valid"));
+            let coll = Filter::Collection(e.collection.clone());
+            if !s.by_filter.contains_key(&doc) && !s.by_filter.contains_key(&coll) {
+                continue;
+            }
+            let r = Arc::new(Rendered {
+                seq,
+                data: render(&e),
+                filter_doc: doc.clone(),
+            });
+            for f in [&doc, &coll] {
+                let Some(subs) = s.by_filter.get_mut(f) else {
+                    continue;
+                };
+                let before = subs.len();
+                subs.retain(|_, sub| match sub.tx.try_send(r.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        sub.behind.store(true, Ordering::Release);
+                        self.cut_behind.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+                let (left, empty) = (subs.len(), subs.is_empty());
+                if empty {
+                    s.by_filter.remove(f);
+                }
+                s.streams -= before - left;
+            }
+        }
+        s.position = s.position.max(upto);
+    }
+
+    fn unsubscribe(&self, filter: &Filter, id: u64) {
+        let mut guard = self.subs.lock();
+        let s = &mut *guard;
+        if let Some(subs) = s.by_filter.get_mut(filter) {
+            if subs.remove(&id).is_some() {
+                s.streams -= 1;
+            }
+            if subs.is_empty() {
+                s.by_filter.remove(filter);
+            }
+        }
+    }
+
+    /// Opens a stream of `filter`'s changes.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        filter: Filter,
+        resume: Resume,
+    ) -> Result<Response, ApiError> {
+        let (tx, rx) = mpsc::channel(self.limits.buffer.max(1));
+        let behind = Arc::new(AtomicBool::new(false));
+        let (id, from) = {
+            let mut s = self.subs.lock();
+            if s.closed {
+                return Err(ApiError::Unavailable("the node is shutting down".into()));
+            }
+            if s.streams >= self.limits.max_streams {
+                return Err(ApiError::LimitReached(format!(
+                    "this node serves at most {} change streams at once; retry shortly",
+                    self.limits.max_streams
+                )));
+            }
+            s.next_id += 1;
+            s.streams += 1;
+            let id = s.next_id;
+            s.by_filter.entry(filter.clone()).or_default().insert(
+                id,
+                Sub {
+                    tx,
+                    behind: behind.clone(),
+                },
+            );
+            (id, s.position)
+        };
+        let mut st = StreamState {
+            feed: self.clone(),
+            filter,
+            id,
+            rx,
+            behind,
+            queue: VecDeque::new(),
+            backfill: None,
+            done: false,
+        };
+        let epoch = self.store.event_epoch();
+        match resume {
+            Resume::Now => {
+                if let Filter::Doc(key) = &st.filter {
+                    // read after registering: a change after this read arrives as an event
+                    let state = self.store.read_state(key)?;
+                    st.queue.push_back(
+                        Event::default()
+                            .event("document")
+                            .id(cursor(epoch, from))
+                            .data(render_state(key, state.as_ref())),
+                    );
+                }
+            }
+            Resume::After(seq) if seq <= from => st.backfill = Some((seq, from)),
+            // ahead of this node: the data dir lost its tail (restored from a backup)
+            Resume::After(_) | Resume::Foreign => st.queue.push_back(reset(epoch, from)),
+        }
+        let stream = futures_util::stream::unfold(st, |mut st| async move {
+            let ev = st.next().await?;
+            Some((Ok::<_, Infallible>(ev), st))
+        });
+        Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::new().interval(self.limits.keep_alive))
+            .into_response())
+    }
+}
+
+/// Reads events as they become durable and routes them, until the feed or the store is gone.
+async fn pump(feed: Weak<ChangeFeed>, mut watch: meridian_crdt::EventWatch, mut position: u64) {
+    const PAGE: usize = 1024;
+    loop {
+        if !watch.after(position).await {
+            return;
+        }
+        let Some(feed) = feed.upgrade() else { return };
+        let visible = feed.store.event_bounds().visible;
+        while position < visible {
+            match feed.store.events(position, visible, PAGE) {
+                Ok(Some(page)) => {
+                    let upto = if page.len() < PAGE {
+                        visible
+                    } else {
+                        page.last().map_or(visible, |(seq, _)| *seq)
+                    };
+                    feed.route(page, upto);
+                    position = upto;
+                }
+                Ok(None) => {
+                    // trimmed under the pump (it fell a whole retention behind): every stream
+                    // is cut and resumes, which tells it to start over
+                    tracing::warn!("change events were trimmed before the feed read them");
+                    let mut s = feed.subs.lock();
+                    for sub in s.by_filter.values().flat_map(HashMap::values) {
+                        sub.behind.store(true, Ordering::Release);
+                    }
+                    s.by_filter.clear();
+                    s.streams = 0;
+                    s.position = visible;
+                    position = visible;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read change events; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+struct StreamState {
+    feed: Arc<ChangeFeed>,
+    filter: Filter,
+    id: u64,
+    rx: mpsc::Receiver<Arc<Rendered>>,
+    behind: Arc<AtomicBool>,
+    queue: VecDeque<Event>,
+    /// Events still to read from the store: after the first, up to the second.
+    backfill: Option<(u64, u64)>,
+    done: bool,
+}
+
+impl StreamState {
+    async fn next(&mut self) -> Option<Event> {
+        const PAGE: usize = 512;
+        let epoch = self.feed.store.event_epoch();
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                self.feed.sent.fetch_add(1, Ordering::Relaxed);
+                return Some(ev);
+            }
+            if self.done {
+                return None;
+            }
+            if let Some((after, upto)) = self.backfill {
+                match self.feed.store.events(after, upto, PAGE) {
+                    Ok(Some(page)) => {
+                        let last = page.last().map(|(seq, _)| *seq);
+                        for (seq, e) in page.iter().filter(|(_, e)| self.filter.wants(e)) {
+                            self.queue.push_back(change(epoch, *seq, render(e)));
+                        }
+                        self.backfill = match last {
+                            Some(seq) if page.len() == PAGE && seq < upto => Some((seq, upto)),
+                            _ => None,
+                        };
+                    }
+                    Ok(None) => {
+                        self.backfill = None;
+                        self.queue.push_back(reset(epoch, upto));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read change events for a stream");
+                        self.done = true;
+                    }
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Some(r) => {
+                    debug_assert!(
+                        matches!(&self.filter, Filter::Collection(_))
+                            || self.filter == r.filter_doc
+                    );
+                    self.queue.push_back(change(epoch, r.seq, r.data.clone()));
+                }
+                None => {
+                    self.done = true;
+                    if self.behind.load(Ordering::Acquire) {
+                        self.queue.push_back(Event::default().event("behind").data(
+                            r#"{"message":"this stream fell too far behind and is closed; reconnect with Last-Event-ID to resume"}"#,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.feed.unsubscribe(&self.filter, self.id);
+    }
+}
+
+fn cursor(epoch: &str, seq: u64) -> String {
+    format!("{epoch}-{seq}")
+}
+
+fn change(epoch: &str, seq: u64, data: String) -> Event {
+    Event::default()
+        .event("change")
+        .id(cursor(epoch, seq))
+        .data(data)
+}
+
+fn reset(epoch: &str, from: u64) -> Event {
+    Event::default().event("reset").id(cursor(epoch, from)).data(
+        r#"{"message":"the stream cannot continue from Last-Event-ID (too old, or from another node); read the current state again"}"#,
+    )
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+/// The data of a `change` event: the document answer after the change, and who made it.
+fn render(e: &ChangeEvent) -> String {
+    let key = DocKey::new(&e.collection, &e.id).expect("stored keys are valid");
+    let deleted = e.state == meridian_crdt::State::Deleted;
+    let (node, hlc) = match e.stamps.last() {
+        Some((n, h)) => (quote(n), quote(h)),
+        None => ("null".into(), "null".into()),
+    };
+    let stamps: Vec<String> = e
+        .stamps
+        .iter()
+        .map(|(n, h)| format!(r#"{{"node":{},"hlc":{}}}"#, quote(n), quote(h)))
+        .collect();
+    format!(
+        r#"{{"collection":{},"id":{},"value":{},"version":{},"deleted":{deleted},"automerge_url":{},"node":{node},"hlc":{hlc},"changes":[{}]}}"#,
+        quote(&e.collection),
+        quote(&e.id),
+        if deleted { "null" } else { &e.json },
+        quote(&e.version),
+        quote(&DocumentId::of(&key).url()),
+        stamps.join(",")
+    )
+}
+
+/// The data of a `document` event: the document as it is.
+fn render_state(key: &DocKey, state: Option<&DocState>) -> String {
+    let (value, version, deleted) = match state {
+        Some(s) if s.state == meridian_crdt::State::Live => {
+            (s.json.as_str(), quote(&s.version), false)
+        }
+        Some(s) if s.state == meridian_crdt::State::Deleted => ("null", quote(&s.version), true),
+        _ => ("null", "null".into(), false),
+    };
+    format!(
+        r#"{{"collection":{},"id":{},"value":{value},"version":{version},"deleted":{deleted},"automerge_url":{}}}"#,
+        quote(key.collection()),
+        quote(key.id()),
+        quote(&DocumentId::of(key).url()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_parse_or_are_refused() {
+        let epoch = "00112233aabbccdd";
+        assert_eq!(
+            parse_cursor("00112233aabbccdd-42", epoch).unwrap(),
+            Resume::After(42)
+        );
+        assert_eq!(
+            parse_cursor("00112233AABBCCDD-0", epoch).unwrap(),
+            Resume::After(0)
+        );
+        assert_eq!(
+            parse_cursor("ffffffffffffffff-42", epoch).unwrap(),
+            Resume::Foreign
+        );
+        for bad in [
+            "",
+            "42",
+            "00112233aabbccdd-",
+            "00112233aabbccdd--1",
+            "0011-42",
+            "zz112233aabbccdd-1",
+            "00112233aabbccdd-1x",
+        ] {
+            assert!(parse_cursor(bad, epoch).is_err(), "{bad:?}");
+        }
+    }
+}
