@@ -203,8 +203,11 @@ impl ChangeFeed {
         let mut guard = self.subs.lock();
         let s = &mut *guard;
         for (seq, e) in events {
-            let doc =
-                Filter::Doc(DocKey::new(&e.collection, &e.id).expect("stored keys are valid"));
+            let Ok(key) = DocKey::new(&e.collection, &e.id) else {
+                tracing::error!(seq, "a change event names an invalid document; skipped");
+                continue;
+            };
+            let doc = Filter::Doc(key);
             let coll = Filter::Collection(e.collection.clone());
             if !s.by_filter.contains_key(&doc) && !s.by_filter.contains_key(&coll) {
                 continue;
@@ -459,7 +462,10 @@ fn quote(s: &str) -> String {
 
 /// The data of a `change` event: the document answer after the change, and who made it.
 fn render(e: &ChangeEvent) -> String {
-    let key = DocKey::new(&e.collection, &e.id).expect("stored keys are valid");
+    // stored keys were valid when written; a damaged one still renders, without its url
+    let url = DocKey::new(&e.collection, &e.id)
+        .map(|k| quote(&DocumentId::of(&k).url()))
+        .unwrap_or_else(|_| "null".into());
     let deleted = e.state == meridian_crdt::State::Deleted;
     let (node, hlc) = match e.stamps.last() {
         Some((n, h)) => (quote(n), quote(h)),
@@ -476,7 +482,7 @@ fn render(e: &ChangeEvent) -> String {
         quote(&e.id),
         if deleted { "null" } else { &e.json },
         quote(&e.version),
-        quote(&DocumentId::of(&key).url()),
+        url,
         stamps.join(",")
     )
 }
