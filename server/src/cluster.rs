@@ -1,6 +1,7 @@
 //! The node-to-node side: the HTTP transport replication uses to reach peers, the
 //! authenticated `POST /internal/rpc` endpoint that answers them, and `GET /v1/cluster`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -12,6 +13,7 @@ use meridian_sync::{Chunks, ClusterReport, Peer, Transport};
 use tokio_stream::StreamExt;
 
 use crate::error::ApiError;
+use crate::faults::{cut_error, Faults, FROM_HEADER};
 use crate::state::AppState;
 
 /// Largest node-to-node request (a repair request lists the heads of many documents).
@@ -20,15 +22,18 @@ const INTERNAL_BODY_LIMIT: usize = 64 << 20;
 /// Content type of node-to-node messages (see `meridian_sync::wire`).
 const RPC_TYPE: &str = "application/x-meridian-rpc";
 
-/// Replication over HTTP/1.1 with keep-alive, one pooled client for all peers.
+/// Replication over HTTP/1.1 with keep-alive, one pooled client for all peers. Requests name
+/// this node (`Meridian-Node`) and go nowhere over a link the fault controls cut.
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
     client: reqwest::Client,
     secret: String,
+    me: HeaderValue,
+    faults: Arc<Faults>,
 }
 
 impl HttpTransport {
-    pub fn new(secret: &str) -> Self {
+    pub fn new(secret: &str, me: &str, faults: Arc<Faults>) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -38,6 +43,9 @@ impl HttpTransport {
         HttpTransport {
             client,
             secret: secret.to_owned(),
+            // node ids are a header-safe alphabet (checked when the store opens)
+            me: HeaderValue::from_str(me).unwrap_or(HeaderValue::from_static("")),
+            faults,
         }
     }
 }
@@ -49,21 +57,25 @@ impl HttpTransport {
         peer: &Peer,
         endpoint: &str,
         body: Vec<u8>,
-    ) -> (String, reqwest::RequestBuilder) {
+    ) -> Result<(String, reqwest::RequestBuilder), String> {
+        if self.faults.blocks(peer.id.as_str()) {
+            return Err(cut_error(peer.id.as_str()));
+        }
         let url = format!("{}/internal/{endpoint}", peer.addr.trim_end_matches('/'));
         let req = self
             .client
             .post(&url)
             .bearer_auth(&self.secret)
             .header(header::CONTENT_TYPE, RPC_TYPE)
+            .header(FROM_HEADER, self.me.clone())
             .body(body);
-        (url, req)
+        Ok((url, req))
     }
 }
 
 impl Transport for HttpTransport {
     async fn call(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
-        let (url, req) = self.post(peer, "rpc", body);
+        let (url, req) = self.post(peer, "rpc", body)?;
         let resp = req
             .timeout(timeout)
             .send()
@@ -81,7 +93,7 @@ impl Transport for HttpTransport {
     }
 
     async fn open(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Chunks, String> {
-        let (url, req) = self.post(peer, "subscribe", body);
+        let (url, req) = self.post(peer, "subscribe", body)?;
         // no overall timeout: the answer is a stream; the replica notices a silent one
         let send = req.send();
         let mut resp = tokio::time::timeout(timeout, send)
@@ -94,12 +106,16 @@ impl Transport for HttpTransport {
             return Err(format!("{url}: {status}: {}", &text[..text.len().min(200)]));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (faults, peer) = (self.faults.clone(), peer.id.to_string());
         tokio::spawn(async move {
             loop {
-                let item = match resp.chunk().await {
-                    Ok(Some(c)) => Ok(c.to_vec()),
-                    Ok(None) => return,
-                    Err(e) => Err(format!("{url}: {e}")),
+                let item = tokio::select! {
+                    chunk = resp.chunk() => match chunk {
+                        Ok(Some(c)) => Ok(c.to_vec()),
+                        Ok(None) => return,
+                        Err(e) => Err(format!("{url}: {e}")),
+                    },
+                    _ = faults.until_blocked(&peer) => Err(cut_error(&peer)),
                 };
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
@@ -116,13 +132,8 @@ fn same_secret(given: &[u8], wanted: &[u8]) -> bool {
     given.len() == wanted.len() && given.iter().zip(wanted).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
-/// Checks the cluster secret, then reads the body. 401 without the secret (and always, on a
-/// node without one); the body is read only once authenticated.
-async fn authenticated_body(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Bytes, ApiError> {
+/// 401 without the cluster secret (and always, on a node without one).
+pub(crate) fn check_secret(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -134,6 +145,18 @@ async fn authenticated_body(
     if !ok {
         return Err(ApiError::Unauthorized);
     }
+    Ok(())
+}
+
+/// Checks the cluster secret and the fault controls, then reads the body (only once
+/// authenticated).
+async fn authenticated_body(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    check_secret(st, headers)?;
+    crate::faults::check_incoming(st, headers)?;
     axum::body::to_bytes(body, INTERNAL_BODY_LIMIT)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(INTERNAL_BODY_LIMIT))
@@ -166,10 +189,21 @@ pub(crate) async fn subscribe(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = authenticated_body(&st, &headers, body).await?;
+    let from = headers
+        .get(FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     Ok(match st.replica.subscribe(&body) {
         Ok(frames) => {
-            let stream = tokio_stream::wrappers::ReceiverStream::new(frames)
-                .map(Ok::<_, std::convert::Infallible>);
+            // a cut ends the stream, as the partition would
+            let faults = st.faults.clone();
+            let cut = async move { faults.until_blocked(&from).await };
+            let stream = futures_util::StreamExt::take_until(
+                tokio_stream::wrappers::ReceiverStream::new(frames),
+                Box::pin(cut),
+            )
+            .map(Ok::<_, std::convert::Infallible>);
             rpc_response(Body::from_stream(stream))
         }
         Err(answer) => rpc_response(Body::from(answer)),

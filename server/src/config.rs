@@ -32,7 +32,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Run three regions (us, eu, ap) on this machine and a web page that shows them.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// A node's settings as given. Every field is optional, so that the config file can fill what
@@ -111,6 +113,11 @@ pub struct ServeArgs {
     /// Milliseconds between keep-alive comments on an idle change stream. Default: 15000.
     #[arg(long, env = "MERIDIAN_CHANGES_KEEP_ALIVE_MS")]
     pub changes_keep_alive_ms: Option<u64>,
+    /// Serve `/internal/faults`, behind the cluster secret: cut this node's links to named
+    /// peers, heal them, pause the node. For demos and tests (`meridian demo` sets it).
+    /// Default: false.
+    #[arg(long, env = "MERIDIAN_FAULT_CONTROLS", num_args = 0..=1, default_missing_value = "true")]
+    pub fault_controls: Option<bool>,
 }
 
 /// A node's settings, resolved. [`Settings::default`] holds every default.
@@ -137,6 +144,7 @@ pub struct Settings {
     pub changes_buffer: usize,
     pub changes_retention: u64,
     pub changes_keep_alive_ms: u64,
+    pub fault_controls: bool,
 }
 
 impl Default for Settings {
@@ -169,6 +177,7 @@ impl Default for Settings {
             changes_buffer: feed.buffer,
             changes_retention: feed.retention,
             changes_keep_alive_ms: feed.keep_alive.as_millis() as u64,
+            fault_controls: false,
         }
     }
 }
@@ -250,6 +259,7 @@ impl ServeArgs {
             changes_buffer: pick!(changes_buffer),
             changes_retention: pick!(changes_retention),
             changes_keep_alive_ms: pick!(changes_keep_alive_ms),
+            fault_controls: pick!(fault_controls),
         };
         s.validate()?;
         Ok(s)
@@ -276,6 +286,10 @@ impl Settings {
                 "--peer lists a node id twice"
             );
         }
+        anyhow::ensure!(
+            !self.fault_controls || self.cluster_secret.is_some(),
+            "--fault-controls needs --cluster-secret: the controls sit behind it"
+        );
         if let Some(id) = &self.node_id {
             meridian_crdt::NodeId::new(id)?;
         }

@@ -45,6 +45,12 @@ pub enum ApiError {
     /// Storage has failed; internal details are logged, not sent.
     #[error("storage unavailable")]
     Unavailable(String),
+    /// The demo page could not reach a region (`meridian demo`'s proxy).
+    #[error("{0}")]
+    BadGateway(String),
+    /// A fault control holds the request back (a cut link, a paused node); said as it is.
+    #[error("{0}")]
+    Faulted(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -66,8 +72,10 @@ impl ApiError {
             | ApiError::LimitReached(_)
             | ApiError::Timeout
             | ApiError::Unavailable(_)
+            | ApiError::Faulted(_)
             | ApiError::SessionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -86,8 +94,9 @@ impl ApiError {
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::Overloaded | ApiError::LimitReached(_) => "overloaded",
             ApiError::Timeout => "timeout",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Faulted(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::BadGateway(_) => "unreachable",
         }
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - `config`: command line, environment and config file; the one [`Settings`] struct.
+//! - `node`: a running node: open, bind, serve until told to stop.
+//! - `demo`: `meridian demo`: three regions and the web page's server.
 //! - `state`: [`AppState`], what every handler shares, and the request [`Limits`].
 //! - `error`: [`ApiError`], the one mapping from errors to HTTP statuses and codes.
 //! - `extract`: path, body, query and header parsing with the project's error format.
@@ -10,6 +12,7 @@
 //! - `changes`: the live change feed (Server-Sent Events on the document routes).
 //! - `clients`: `/v1/sync`, the WebSocket automerge-repo clients sync over.
 //! - `cluster`: the HTTP transport between nodes, `/internal/rpc`, `/v1/cluster`.
+//! - `faults`: cut links and pause the node, for demos and tests (`--fault-controls` only).
 //! - `metrics`: Prometheus metrics and the request-tracking middleware.
 //! - `openapi`: the OpenAPI description served at `/openapi.json`.
 //!
@@ -22,14 +25,15 @@ mod changes;
 mod clients;
 mod cluster;
 pub mod config;
+pub mod demo;
 mod error;
 mod extract;
+mod faults;
 mod metrics;
+mod node;
 mod openapi;
 mod session;
 mod state;
-
-use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
@@ -37,14 +41,15 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{BoxError, Json, Router};
-use meridian_crdt::Store;
 use tower::ServiceBuilder;
 
 pub use changes::{ChangeFeed, FeedLimits, FeedStats};
 pub use cluster::HttpTransport;
 pub use config::{ServeArgs, Settings};
 pub use error::ApiError;
+pub use faults::{FaultState, Faults};
 pub use metrics::Metrics;
+pub use node::{run, Node};
 pub use state::{AppState, Limits};
 
 /// The whole HTTP API.
@@ -93,8 +98,16 @@ pub fn app(state: AppState) -> Router {
             session::stamp,
         ));
 
-    Router::new()
-        .merge(v1)
+    let mut router = Router::new().merge(v1);
+    if state.fault_controls {
+        router = router
+            .route("/internal/faults", get(faults::show).post(faults::change))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                faults::gate,
+            ));
+    }
+    router
         .route("/internal/rpc", post(cluster::rpc))
         .route("/internal/subscribe", post(cluster::subscribe))
         .route(
@@ -149,116 +162,8 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
 }
 
-/// Opens the store, binds, and serves until SIGINT or SIGTERM; then finishes in-flight
-/// requests, closes sync sockets and flushes.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let data_dir = &settings.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", data_dir.display()))?;
-    let store = Store::open(settings.store()).map_err(|e| open_error(data_dir, e))?;
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
-    let state = AppState::clustered(
-        store.clone(),
-        &settings.region,
-        settings.limits(),
-        settings.replication(),
-        settings.cluster_secret.as_deref(),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot load replication state: {e}"))?
-    .with_client_limits(settings.clients())
-    .with_feed_limits(settings.feed());
-    let replica = state.replica.clone();
-    let hub = state.hub.clone();
-    let changes = state.changes.clone();
-    replica.start();
-    tracing::info!(
-        node = %store.node_id(),
-        region = %settings.region,
-        listen = %listener.local_addr()?,
-        data_dir = %data_dir.display(),
-        peers = settings.peers.len(),
-        "meridian is serving"
-    );
-
-    // Forget idempotency keys past their TTL, off the request path.
-    let purge_store = store.clone();
-    let purge = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(600));
-        loop {
-            every.tick().await;
-            let s = purge_store.clone();
-            match tokio::task::spawn_blocking(move || s.purge_idempotency_keys()).await {
-                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired idempotency keys"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "idempotency key purge failed"),
-                _ => {}
-            }
-        }
-    });
-
-    // Keep the change events of the last `retention` batches, for streams that resume.
-    let trim_store = store.clone();
-    let retention = settings.feed().retention;
-    // once before serving, so that a stream never resumes from what is due to go
-    if let Err(e) = store.trim_events(retention) {
-        tracing::warn!(error = %e, "trimming change events failed");
-    }
-    let trim = tokio::spawn(async move {
-        let period = Duration::from_secs(10);
-        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            every.tick().await;
-            let s = trim_store.clone();
-            match tokio::task::spawn_blocking(move || s.trim_events(retention)).await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "trimming change events failed"),
-                Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "trimmed change events"),
-                _ => {}
-            }
-        }
-    });
-
-    let stop = replica.clone();
-    let stop_clients = hub.clone();
-    let stop_changes = changes.clone();
-    // Without TCP_NODELAY a feed frame can sit in the kernel for a delayed-ACK round (tens of
-    // milliseconds) behind the previous one: Nagle's algorithm holds small writes back.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // ends the long polls peers are waiting on, so the shutdown does not wait for them
-            stop.stop();
-            stop_clients.shutdown();
-            stop_changes.shutdown();
-        })
-        .await?;
-    replica.stop();
-    hub.shutdown();
-    purge.abort();
-    trim.abort();
-    store
-        .close()
-        .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;
-    tracing::info!("stopped cleanly");
-    Ok(())
-}
-
-fn open_error(dir: &std::path::Path, e: meridian_crdt::Error) -> anyhow::Error {
-    match e {
-        meridian_crdt::Error::InUse => anyhow::anyhow!(
-            "the data dir {} is in use by another process",
-            dir.display()
-        ),
-        e => anyhow::anyhow!("cannot open the data dir {}: {e}", dir.display()),
-    }
-}
-
-async fn shutdown_signal() {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -20,16 +20,17 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
-    let settings = match args.resolve() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return std::process::ExitCode::from(2);
-        }
+    let result = match Cli::parse().command {
+        Command::Serve(args) => match args.resolve() {
+            Ok(settings) => meridian_server::run(settings).await,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        Command::Demo(args) => meridian_server::demo::run(args).await,
     };
-    match meridian_server::run(settings).await {
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

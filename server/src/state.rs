@@ -9,6 +9,7 @@ use meridian_sync::{Replica, SyncConfig};
 
 use crate::changes::{ChangeFeed, FeedLimits};
 use crate::cluster::HttpTransport;
+use crate::faults::Faults;
 use crate::metrics::Metrics;
 
 /// Request limits.
@@ -47,6 +48,10 @@ pub struct AppState {
     /// Required on `/internal/`; `None` refuses every internal request.
     pub cluster_secret: Option<Arc<str>>,
     pub region: Arc<str>,
+    /// Cut links and a pause, set only through `/internal/faults` (see [`crate::faults`]).
+    pub faults: Arc<Faults>,
+    /// `/internal/faults` exists (`--fault-controls`).
+    pub fault_controls: bool,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
 }
@@ -67,8 +72,15 @@ impl AppState {
         sync: SyncConfig,
         secret: Option<&str>,
     ) -> meridian_crdt::Result<Self> {
-        let transport = HttpTransport::new(secret.unwrap_or(""));
+        let faults = Arc::new(Faults::default());
+        let transport = HttpTransport::new(
+            secret.unwrap_or(""),
+            store.node_id().as_str(),
+            faults.clone(),
+        );
         Ok(AppState {
+            faults,
+            fault_controls: false,
             replica: Replica::new(store.clone(), transport, sync)?,
             hub: Hub::start(store.clone(), SyncLimits::default()),
             changes: ChangeFeed::start(store.clone(), FeedLimits::default()),
@@ -89,6 +101,12 @@ impl AppState {
     /// The same node with other limits for change streams.
     pub fn with_feed_limits(mut self, limits: FeedLimits) -> Self {
         self.changes = ChangeFeed::start(self.store.clone(), limits);
+        self
+    }
+
+    /// The same node with `/internal/faults` (demos and tests only).
+    pub fn with_fault_controls(mut self) -> Self {
+        self.fault_controls = true;
         self
     }
 

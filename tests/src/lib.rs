@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`Process`]: one `meridian serve` child process, its address and its log.
 //! - [`cluster`]: nodes in one process over an in-memory faulty network.
+//! - [`demo`]: `meridian demo` as a child process on free ports.
 //! - [`proxy`]: a TCP proxy a test can cut, to partition real processes.
 //! - [`mesh`]: three real processes in a full mesh through such proxies.
 //! - [`repo_client`]: samod (automerge-repo) as a client of a real node.
@@ -14,6 +15,7 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 pub mod cluster;
+pub mod demo;
 pub mod mesh;
 pub mod proxy;
 pub mod repo_client;

@@ -81,6 +81,15 @@ impl Mesh {
         }
     }
 
+    /// Like [`Mesh::partition`], but silent: packets are dropped, no connection is closed.
+    pub fn stall(&self, side: &str) {
+        for ((from, to), proxy) in &self.links {
+            if (*from == side) != (*to == side) {
+                proxy.stall();
+            }
+        }
+    }
+
     pub fn heal(&self) {
         for proxy in self.links.values() {
             proxy.heal();

@@ -2,7 +2,9 @@
 //!
 //! Each directed link between two nodes gets its own proxy (node X reaches peer Y through the
 //! proxy X→Y), so a link can be cut one way. A cut closes the link's open connections and
-//! refuses new ones, as a partition that the sender notices at once would.
+//! refuses new ones, as a partition that the sender notices at once would. A stall is the
+//! other kind: connections stay open and new ones are taken, but nothing crosses (as when a
+//! network drops packets), and what was held back is delivered after the heal.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +18,8 @@ use tokio::task::AbortHandle;
 struct State {
     target: Mutex<Option<SocketAddr>>,
     cut: AtomicBool,
+    stalled: AtomicBool,
+    resumed: tokio::sync::Notify,
     conns: Mutex<Vec<AbortHandle>>,
     /// Bytes carried, both directions (HTTP framing included).
     bytes: AtomicU64,
@@ -44,6 +48,7 @@ impl Proxy {
                 };
                 let counted = s.clone();
                 let conn = tokio::spawn(async move {
+                    counted.pass().await;
                     if let Ok(up) = TcpStream::connect(target).await {
                         let _ = up.set_nodelay(true);
                         let _ = down.set_nodelay(true);
@@ -86,8 +91,28 @@ impl Proxy {
         }
     }
 
+    /// Holds every byte back, on open connections and new ones, until [`Proxy::heal`].
+    pub fn stall(&self) {
+        self.state.stalled.store(true, Ordering::SeqCst);
+    }
+
     pub fn heal(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
+        self.state.stalled.store(false, Ordering::SeqCst);
+        self.state.resumed.notify_waiters();
+    }
+}
+
+impl State {
+    /// Waits while the link is stalled.
+    async fn pass(&self) {
+        while self.stalled.load(Ordering::SeqCst) {
+            let resumed = self.resumed.notified();
+            if !self.stalled.load(Ordering::SeqCst) {
+                break;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), resumed).await;
+        }
     }
 }
 
@@ -103,6 +128,7 @@ async fn pump(
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                state.pass().await;
                 state.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 if to.write_all(&buf[..n]).await.is_err() {
                     break;

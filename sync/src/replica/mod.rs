@@ -17,12 +17,16 @@ use std::time::{Duration, Instant};
 use meridian_crdt::{ChangeHash, DocKey, NodeId, RemoteChange, Store, DIGEST_BUCKETS};
 use parking_lot::Mutex;
 use rand::Rng;
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use uhlc::Timestamp;
 
 use crate::token::SessionToken;
 use crate::wire::{self, DocChanges, DocHeads, Request, Response};
+
+mod status;
+
+use status::PeerStatus;
+pub use status::{ClusterReport, Lag, PeerReport};
 
 /// A peer: its node id and where to reach it (a base URL for HTTP).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +66,10 @@ pub struct SyncConfig {
     pub peers: Vec<Peer>,
     /// How long a feed request waits on the peer for news (long poll).
     pub feed_wait: Duration,
+    /// How often a peer streaming its feed to this node sends a frame when it has no news. A
+    /// peer silent for four heartbeats is reported unreachable; for twelve, its stream is
+    /// dropped and reopened.
+    pub heartbeat: Duration,
     /// Most changes per feed page.
     pub feed_batch: u32,
     /// Time between anti-entropy passes with each peer (jittered).
@@ -89,11 +97,21 @@ impl SyncConfig {
         SyncConfig {
             peers,
             feed_wait: Duration::from_secs(10),
+            heartbeat: Duration::from_millis(250),
             feed_batch: 1000,
             anti_entropy_every: Duration::from_secs(30),
             call_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_millis(500),
             feed_mode: FeedMode::Stream,
+        }
+    }
+
+    /// How long a peer may be silent and still count as reachable. A stream brings a heartbeat
+    /// at least every [`SyncConfig::heartbeat`]; a long poll may rightly wait `feed_wait`.
+    pub fn silence_limit(&self) -> Duration {
+        match self.feed_mode {
+            FeedMode::Stream => self.heartbeat * 4,
+            FeedMode::LongPoll => self.feed_wait + self.call_timeout,
         }
     }
 }
@@ -117,65 +135,6 @@ pub struct Behind {
     pub node: String,
     /// The node is not in this cluster at all.
     pub unknown: bool,
-}
-
-/// `GET /v1/cluster`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClusterReport {
-    pub node: String,
-    pub hlc: String,
-    /// Changes refused because their stamp was too far ahead of this node's clock.
-    pub clock_drift_refusals: u64,
-    pub peers: Vec<PeerReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PeerReport {
-    pub id: String,
-    pub url: String,
-    /// The last request to the peer succeeded.
-    pub reachable: bool,
-    /// Milliseconds since the last successful exchange either way (`None`: never).
-    pub last_contact_ms_ago: Option<u64>,
-    pub last_error: Option<String>,
-    /// How far this node is behind the peer's changes.
-    pub behind_peer: Lag,
-    /// How far the peer is behind this node's changes (as of its last feed request).
-    pub peer_behind: Lag,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    /// Changes taken from the peer's feed since start-up.
-    pub changes_received: u64,
-    /// Changes anti-entropy took from the peer since start-up (ones the feeds missed).
-    pub changes_repaired: u64,
-    /// Feed pages received from the peer (subscription frames and catch-up answers), and how
-    /// many brought changes.
-    pub feed_pages: u64,
-    pub feed_batches: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Lag {
-    pub seconds: f64,
-    pub changes: u64,
-}
-
-#[derive(Debug, Default)]
-struct PeerStatus {
-    reachable: bool,
-    last_contact: Option<Instant>,
-    last_error: Option<String>,
-    bytes_sent: u64,
-    bytes_received: u64,
-    changes_received: u64,
-    changes_repaired: u64,
-    feed_pages: u64,
-    feed_batches: u64,
-    /// From the peer's last feed answer: its newest change and how many were still to come.
-    their_latest: Option<Timestamp>,
-    their_backlog: u64,
-    /// From the peer's last feed request: its cursor into this node's feed.
-    their_cursor: Option<Option<Timestamp>>,
 }
 
 #[derive(Debug)]
@@ -321,6 +280,11 @@ impl<T: Transport> Replica<T> {
         *self.shared.shutdown.borrow()
     }
 
+    fn reachable(&self, p: &PeerState) -> bool {
+        let limit = self.shared.config.silence_limit();
+        p.status.lock().reachable(Instant::now(), limit)
+    }
+
     fn peer(&self, id: &str) -> Option<&Arc<PeerState>> {
         self.shared.peers.iter().find(|p| p.peer.id.as_str() == id)
     }
@@ -357,7 +321,7 @@ impl<T: Transport> Replica<T> {
                     | Request::Repair { from, .. } => from.clone(),
                 };
                 if let Some(p) = self.peer(&from) {
-                    if !p.status.lock().reachable {
+                    if !self.reachable(p) {
                         // a partition healed: retry our side now, not after the backoff
                         p.wake.notify_one();
                     }
@@ -375,7 +339,7 @@ impl<T: Transport> Replica<T> {
             let mut st = p.status.lock();
             st.bytes_received += body.len() as u64;
             st.bytes_sent += out.len() as u64;
-            st.last_contact = Some(Instant::now());
+            st.heard(Instant::now());
         }
         out
     }
@@ -535,11 +499,12 @@ impl<T: Transport> Replica<T> {
         };
         let peer = self.peer(&from).cloned();
         if let Some(p) = &peer {
-            let mut st = p.status.lock();
-            st.bytes_received += body.len() as u64;
-            if !st.reachable {
+            if !self.reachable(p) {
                 p.wake.notify_one();
             }
+            let mut st = p.status.lock();
+            st.bytes_received += body.len() as u64;
+            st.heard(Instant::now());
         }
         let (tx, rx) = mpsc::channel(1);
         let this = self.clone();
@@ -578,7 +543,7 @@ impl<T: Transport> Replica<T> {
                     if let Some(p) = &peer {
                         let mut st = p.status.lock();
                         st.bytes_sent += n;
-                        st.last_contact = Some(Instant::now());
+                        st.delivered(Instant::now());
                     }
                     after = upto.or(after);
                     last_sent = Some(Instant::now());
@@ -627,15 +592,8 @@ impl<T: Transport> Replica<T> {
         let mut st = peer.status.lock();
         st.bytes_sent += sent;
         match &result {
-            Ok(_) => {
-                st.reachable = true;
-                st.last_contact = Some(Instant::now());
-                st.last_error = None;
-            }
-            Err(e) => {
-                st.reachable = false;
-                st.last_error = Some(e.clone());
-            }
+            Ok(_) => st.succeeded(Instant::now()),
+            Err(e) => st.failed(e.clone()),
         }
         result
     }
@@ -656,7 +614,7 @@ impl<T: Transport> Replica<T> {
                 Err((e, progressed)) => {
                     tracing::debug!(peer = %peer.peer.id, error = %e, "feed subscription failed");
                     failures = if progressed { 1 } else { failures + 1 };
-                    peer.status.lock().reachable = false;
+                    peer.status.lock().failed(e);
                     Some(backoff(failures, cfg.max_backoff))
                 }
             };
@@ -707,7 +665,7 @@ impl<T: Transport> Replica<T> {
             from: self.shared.me.clone(),
             after: *peer.cursor.lock(),
             limit: cfg.feed_batch,
-            heartbeat_ms: cfg.feed_wait.as_millis() as u32,
+            heartbeat_ms: cfg.heartbeat.as_millis() as u32,
         };
         let body = wire::encode(&req);
         let sent = body.len() as u64;
@@ -727,8 +685,9 @@ impl<T: Transport> Replica<T> {
             peer.status.lock().last_error = Some(e.clone());
             (e, progressed)
         };
-        // a live stream sends at least a heartbeat per feed_wait
-        let silence = cfg.feed_wait + cfg.call_timeout;
+        // a live stream sends at least a heartbeat per `heartbeat`; a dropped connection that
+        // never errors (packets lost in a partition) is given up on after twelve
+        let silence = cfg.heartbeat * 12;
         loop {
             let chunk = match tokio::time::timeout(silence, chunks.recv()).await {
                 Err(_) => return Err(fail("the subscription went silent".into(), progressed)),
@@ -780,12 +739,7 @@ impl<T: Transport> Replica<T> {
             if pages == 0 {
                 continue;
             }
-            {
-                let mut st = peer.status.lock();
-                st.reachable = true;
-                st.last_contact = Some(Instant::now());
-                st.last_error = None;
-            }
+            peer.status.lock().succeeded(Instant::now());
             if self
                 .apply_feed(peer, batch, upto)
                 .await
@@ -1143,6 +1097,7 @@ impl<T: Transport> Replica<T> {
 
     pub fn report(&self) -> ClusterReport {
         let store = &self.shared.store;
+        let (now, silence) = (Instant::now(), self.shared.config.silence_limit());
         let peers = self
             .shared
             .peers
@@ -1169,21 +1124,14 @@ impl<T: Transport> Replica<T> {
                     },
                     None => Lag::default(),
                 };
-                PeerReport {
-                    id: p.peer.id.to_string(),
-                    url: p.peer.addr.clone(),
-                    reachable: st.reachable,
-                    last_contact_ms_ago: st.last_contact.map(|t| t.elapsed().as_millis() as u64),
-                    last_error: st.last_error.clone(),
+                st.report(
+                    p.peer.id.to_string(),
+                    p.peer.addr.clone(),
+                    now,
+                    silence,
                     behind_peer,
                     peer_behind,
-                    bytes_sent: st.bytes_sent,
-                    bytes_received: st.bytes_received,
-                    changes_received: st.changes_received,
-                    changes_repaired: st.changes_repaired,
-                    feed_pages: st.feed_pages,
-                    feed_batches: st.feed_batches,
-                }
+                )
             })
             .collect();
         ClusterReport {

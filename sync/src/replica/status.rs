@@ -1,0 +1,189 @@
+//! What a node knows about each peer's link, and the `/v1/cluster` report made of it.
+//!
+//! Reachability is a rule over this bookkeeping, not a flag some code path remembers to clear:
+//! a peer is reachable while the last exchange with it succeeded *and* something was heard from
+//! it within the silence limit. A partition that drops packets (no reset, no error) shows as
+//! unreachable once the peer's heartbeats stop arriving, not when a timeout finally fires.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use uhlc::Timestamp;
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterReport {
+    pub node: String,
+    pub hlc: String,
+    /// Changes refused because their stamp was too far ahead of this node's clock.
+    pub clock_drift_refusals: u64,
+    pub peers: Vec<PeerReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerReport {
+    pub id: String,
+    pub url: String,
+    /// The last request to the peer succeeded and the peer was heard from within the silence
+    /// limit (1 s by default: four missed heartbeats).
+    pub reachable: bool,
+    /// Milliseconds since the last successful exchange either way (`None`: never).
+    pub last_contact_ms_ago: Option<u64>,
+    /// Milliseconds since something arrived from the peer (`None`: never).
+    pub last_heard_ms_ago: Option<u64>,
+    pub last_error: Option<String>,
+    /// How far this node is behind the peer's changes.
+    pub behind_peer: Lag,
+    /// How far the peer is behind this node's changes (as of its last feed request).
+    pub peer_behind: Lag,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Changes taken from the peer's feed since start-up.
+    pub changes_received: u64,
+    /// Changes anti-entropy took from the peer since start-up (ones the feeds missed).
+    pub changes_repaired: u64,
+    /// Feed pages received from the peer (subscription frames and catch-up answers), and how
+    /// many brought changes.
+    pub feed_pages: u64,
+    pub feed_batches: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lag {
+    pub seconds: f64,
+    pub changes: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct PeerStatus {
+    /// The last exchange this node started with the peer succeeded.
+    ok: bool,
+    /// Something arrived from the peer: an answer, a feed frame, a request of its own.
+    last_heard: Option<Instant>,
+    /// Any successful exchange either way (also a frame this node sent).
+    last_contact: Option<Instant>,
+    pub(super) last_error: Option<String>,
+    pub(super) bytes_sent: u64,
+    pub(super) bytes_received: u64,
+    pub(super) changes_received: u64,
+    pub(super) changes_repaired: u64,
+    pub(super) feed_pages: u64,
+    pub(super) feed_batches: u64,
+    /// From the peer's last feed answer: its newest change and how many were still to come.
+    pub(super) their_latest: Option<Timestamp>,
+    pub(super) their_backlog: u64,
+    /// From the peer's last feed request: its cursor into this node's feed.
+    pub(super) their_cursor: Option<Option<Timestamp>>,
+}
+
+impl PeerStatus {
+    /// An exchange this node started worked: the peer answered.
+    pub(super) fn succeeded(&mut self, now: Instant) {
+        self.ok = true;
+        self.last_error = None;
+        self.heard(now);
+    }
+
+    /// An exchange this node started failed.
+    pub(super) fn failed(&mut self, error: String) {
+        self.ok = false;
+        self.last_error = Some(error);
+    }
+
+    /// Something arrived from the peer (its own request, a frame of a stream).
+    pub(super) fn heard(&mut self, now: Instant) {
+        self.last_heard = Some(now);
+        self.last_contact = Some(now);
+    }
+
+    /// This node delivered something to the peer (which does not show the peer is alive: the
+    /// bytes may sit in a buffer).
+    pub(super) fn delivered(&mut self, now: Instant) {
+        self.last_contact = Some(now);
+    }
+
+    /// The rule of [`PeerReport::reachable`].
+    pub(super) fn reachable(&self, now: Instant, silence_limit: Duration) -> bool {
+        self.ok
+            && self
+                .last_heard
+                .is_some_and(|t| now.saturating_duration_since(t) <= silence_limit)
+    }
+
+    /// The report of this peer; the lags come from the caller, which reads the store.
+    pub(super) fn report(
+        &self,
+        id: String,
+        url: String,
+        now: Instant,
+        silence_limit: Duration,
+        behind_peer: Lag,
+        peer_behind: Lag,
+    ) -> PeerReport {
+        let ago =
+            |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_millis() as u64);
+        PeerReport {
+            id,
+            url,
+            reachable: self.reachable(now, silence_limit),
+            last_contact_ms_ago: ago(self.last_contact),
+            last_heard_ms_ago: ago(self.last_heard),
+            last_error: self.last_error.clone(),
+            behind_peer,
+            peer_behind,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            changes_received: self.changes_received,
+            changes_repaired: self.changes_repaired,
+            feed_pages: self.feed_pages,
+            feed_batches: self.feed_batches,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_peer_is_reachable_only_while_it_is_heard_from() {
+        let t0 = Instant::now();
+        let mut st = PeerStatus::default();
+        assert!(!st.reachable(t0, LIMIT), "never heard from");
+        st.succeeded(t0);
+        assert!(st.reachable(t0 + Duration::from_millis(999), LIMIT));
+        // packets dropped: no error arrives, only silence
+        assert!(!st.reachable(t0 + Duration::from_millis(1001), LIMIT));
+        // what this node sends into the void does not count
+        st.delivered(t0 + Duration::from_millis(1500));
+        assert!(!st.reachable(t0 + Duration::from_millis(1600), LIMIT));
+        // a heartbeat arrives
+        st.heard(t0 + Duration::from_millis(1700));
+        assert!(st.reachable(t0 + Duration::from_millis(1800), LIMIT));
+    }
+
+    #[test]
+    fn a_failed_exchange_is_unreachable_at_once_until_one_succeeds() {
+        let t0 = Instant::now();
+        let mut st = PeerStatus::default();
+        st.succeeded(t0);
+        st.failed("connection refused".into());
+        assert!(!st.reachable(t0, LIMIT));
+        // the peer's own requests still arrive (a one-way cut): not enough
+        st.heard(t0);
+        assert!(!st.reachable(t0, LIMIT));
+        st.succeeded(t0);
+        assert!(st.reachable(t0, LIMIT));
+        let r = st.report(
+            "eu".into(),
+            "u".into(),
+            t0,
+            LIMIT,
+            Lag::default(),
+            Lag::default(),
+        );
+        assert!(r.reachable && r.last_error.is_none());
+    }
+}

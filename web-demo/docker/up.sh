@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds the image from the release binary and starts us, eu, ap and the page.
+# Host ports: page 7000, regions 7001-7003 (MERIDIAN_DEMO_{PAGE,US,EU,AP}_PORT change them).
+# MERIDIAN_BIN=path uses that binary instead of building one.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+bin="${MERIDIAN_BIN:-}"
+if [ -z "$bin" ]; then
+    (cd "$ROOT" && cargo build --release --locked -p meridian-server)
+    bin="$ROOT/target/release/meridian"
+fi
+
+# The image: FROM scratch, the binary, and exactly the shared libraries ldd lists (no registry
+# here to pull a base image from). Built with the classic builder: no BuildKit.
+ctx="$(mktemp -d)"
+trap 'rm -rf "$ctx"' EXIT
+mkdir -p "$ctx/root/data"
+cp "$bin" "$ctx/root/meridian"
+for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+    mkdir -p "$ctx/root$(dirname "$lib")"
+    cp -L "$lib" "$ctx/root$lib"
+done
+cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY root/ /
+ENTRYPOINT ["/meridian"]
+DOCKERFILE
+docker build -q -t meridian-demo:latest "$ctx" >/dev/null
+
+# one secret per demo, kept beside the compose file so that later scripts find it
+secret_file="$HERE/.secret"
+if [ ! -s "$secret_file" ]; then
+    head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret_file"
+fi
+export MERIDIAN_CLUSTER_SECRET="$(cat "$secret_file")"
+compose up -d
+echo "regions: us http://127.0.0.1:${MERIDIAN_DEMO_US_PORT:-7001}  eu http://127.0.0.1:${MERIDIAN_DEMO_EU_PORT:-7002}  ap http://127.0.0.1:${MERIDIAN_DEMO_AP_PORT:-7003}"
+echo "web page: http://127.0.0.1:${MERIDIAN_DEMO_PAGE_PORT:-7000}/"
