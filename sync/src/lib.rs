@@ -19,7 +19,8 @@
 //! - `token`: session tokens (parse, print, merge).
 //! - `wire`: the node-to-node messages.
 //! - `replica`: one node's replication: serving peers, pulling from them, anti-entropy,
-//!   session waits, status.
+//!   session waits; `replica/status`: what a node knows of each peer's link, the reachability
+//!   rule and the `/v1/cluster` report.
 //! - `repo`: the automerge-repo sync server for clients: messages, connections, the hub.
 //!
 //! Without the `node` feature (on by default) only `token` and `repo`'s messages remain, for

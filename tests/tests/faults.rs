@@ -7,6 +7,10 @@ use meridian_tests::mesh::{Mesh, IDS, SECRET};
 use meridian_tests::{eventually, http_client, Process};
 use serde_json::{json, Value};
 
+/// The two three-node tests measure a 2 s bound: they run one at a time, so that they do not
+/// share the 2 cores with each other's nine processes.
+static ONE_MESH_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn get(c: &reqwest::Client, p: &Process, path: &str, token: Option<&str>) -> (u16, Value) {
     let mut req = c.get(p.url(path));
     if let Some(t) = token {
@@ -87,6 +91,7 @@ async fn time_to_unreachable(c: &reqwest::Client, cl: &Mesh, side: &str, t0: Ins
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_that_drops_packets_shows_as_unreachable_within_two_seconds() {
+    let _one = ONE_MESH_AT_A_TIME.lock().await;
     let c = http_client();
     let cl = Mesh::start(&[]).await;
     patch(&c, cl.node("a"), "/v1/p/x", json!({"n": 1})).await;
@@ -125,6 +130,7 @@ async fn a_partition_that_drops_packets_shows_as_unreachable_within_two_seconds(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_controls_cut_heal_and_pause_a_node_behind_the_secret() {
+    let _one = ONE_MESH_AT_A_TIME.lock().await;
     let c = http_client();
     let cl = Mesh::start(&["--fault-controls"]).await;
     let (a, b) = (cl.node("a"), cl.node("b"));

@@ -16,6 +16,8 @@ ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/root/data"
 cp "$bin" "$ctx/root/meridian"
+# the release profile keeps debug info for profiling; the image does not need it
+strip "$ctx/root/meridian" 2>/dev/null || true
 for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
     mkdir -p "$ctx/root$(dirname "$lib")"
     cp -L "$lib" "$ctx/root$lib"
@@ -25,7 +27,10 @@ FROM scratch
 COPY root/ /
 ENTRYPOINT ["/meridian"]
 DOCKERFILE
-docker build -q -t meridian-demo:latest "$ctx" >/dev/null
+if ! docker build -t meridian-demo:latest "$ctx" >"$ctx/build.log" 2>&1; then
+    cat "$ctx/build.log" >&2
+    exit 1
+fi
 
 # one secret per demo, kept beside the compose file so that later scripts find it
 secret_file="$HERE/.secret"
