@@ -666,7 +666,8 @@ async fn bad_session_headers_get_400_and_change_nothing() {
     for (h, v) in [
         ("meridian-session", "garbage"),
         ("meridian-session", "test-node=zz"),
-        ("meridian-session", "a=1,a=2"),
+        ("meridian-session", "a=1,,a=2"),
+        ("meridian-session", "a=1,b"),
         ("meridian-max-wait-ms", "soon"),
         ("meridian-max-wait-ms", "-1"),
     ] {

@@ -14,7 +14,18 @@ fn open(dir: &Path) -> Store {
     let mut c = StoreConfig::new(dir);
     c.node_id = Some("n1".into());
     c.compact_every = 8;
-    Store::open(c).unwrap()
+    // sled's own flusher thread lets go of the directory's lock a moment after the last handle
+    // is dropped: a reopen in the same process may find it still held (a restarted process
+    // never does)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(c.clone()) {
+            Err(Error::InUse) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.unwrap(),
+        }
+    }
 }
 
 fn key(id: &str) -> DocKey {
