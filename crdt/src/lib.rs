@@ -14,7 +14,8 @@
 //! - `wal`: the write-ahead log (records, segments, recovery).
 //! - `commit`: group commit (one log sync for many writers) and checkpoints.
 //! - `store`: the durable store: one commit path for local writes, merges and client changes;
-//!   cache, reads that never see undurable writes, the feed, digests, idempotency keys.
+//!   cache, reads that never see undurable writes, the feed, change events (the live change
+//!   feed's store), digests, idempotency keys, document ids.
 //!
 //! The last four are the `store` feature (on by default); clients use the document model only.
 #![warn(unreachable_pub, missing_debug_implementations)]

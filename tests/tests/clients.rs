@@ -25,6 +25,13 @@ fn key(id: &str) -> DocKey {
 
 #[test]
 fn clients_nodes_and_partitions_converge_and_keep_every_acknowledged_edit() {
+    // MERIDIAN_LOG=meridian_sync=debug,meridian_client=debug shows why a run did not converge
+    if let Ok(filter) = std::env::var("MERIDIAN_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     for seed in meridian_tests::seeds(8) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

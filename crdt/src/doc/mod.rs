@@ -393,6 +393,56 @@ impl Document {
         self.am.generate_sync_message(state).map(|m| m.encode())
     }
 
+    /// Of the changes in a client's sync message, those this document still lacks (they could
+    /// not be applied: their dependencies are missing), and those missing dependencies.
+    pub fn left_out(&self, message: &sync::Message) -> (usize, Vec<ChangeHash>) {
+        let received: Vec<automerge::Change> = message
+            .changes
+            .iter()
+            .filter_map(|chunk| layout::decode_chunk(chunk).ok())
+            .flatten()
+            .collect();
+        let hashes: std::collections::HashSet<ChangeHash> =
+            received.iter().map(|c| c.hash()).collect();
+        let has = |h: &ChangeHash| self.am.get_change_meta_by_hash(h).is_some();
+        let pending: Vec<&automerge::Change> =
+            received.iter().filter(|c| !has(&c.hash())).collect();
+        let mut missing: Vec<ChangeHash> = pending
+            .iter()
+            .flat_map(|c| c.deps().iter().copied())
+            .filter(|d| !has(d) && !hashes.contains(d))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        (pending.len(), missing)
+    }
+
+    /// A sync message that asks the peer to send again everything this document lacks, and
+    /// the changes `need` by name: the answer to a message whose changes could not be applied.
+    /// (A node does not queue a client's changes whose dependencies it lacks, as a plain
+    /// automerge peer would; without this the client, which remembers having sent them, would
+    /// never send them again.)
+    pub fn generate_sync_asking(&self, state: &mut SyncState, need: Vec<ChangeHash>) -> Vec<u8> {
+        // the peer clears what it remembers sending, and a message goes even if nothing changed
+        state.needs_reset = true;
+        state.last_sent_heads.clear();
+        let mut message = self
+            .am
+            .generate_sync_message(state)
+            .unwrap_or_else(|| sync::Message {
+                heads: self.am.get_heads(),
+                need: vec![],
+                have: vec![],
+                changes: sync::ChunkList::empty(),
+                flags: None,
+                version: sync::MessageVersion::V1,
+            });
+        message.need.extend(need);
+        message.need.sort();
+        message.need.dedup();
+        message.encode()
+    }
+
     /// Raw bytes of every change after `heads` (all of them for `&[]`), genesis excluded.
     /// Heads this document does not know are ignored, so the answer may repeat changes the
     /// asker has: harmless, merging is idempotent.

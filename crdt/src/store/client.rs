@@ -84,13 +84,20 @@ impl Store {
             return Err(Error::NotFound);
         };
         let mut doc = slot.doc.lock();
-        if let Some(m) = message {
-            doc.receive_sync_heads(state, m);
-        }
-        Ok(ClientSynced {
-            reply: doc.generate_sync(state),
-            accepted,
-        })
+        let Some(m) = message else {
+            return Ok(ClientSynced {
+                reply: doc.generate_sync(state),
+                accepted,
+            });
+        };
+        let (left_out, need) = doc.left_out(&m);
+        doc.receive_sync_heads(state, m);
+        let reply = if left_out > 0 {
+            Some(doc.generate_sync_asking(state, need))
+        } else {
+            doc.generate_sync(state)
+        };
+        Ok(ClientSynced { reply, accepted })
     }
 }
 

@@ -765,6 +765,81 @@ async fn a_client_edit_is_durable_stamped_and_in_the_feed() {
 }
 
 #[tokio::test]
+async fn a_client_change_whose_dependency_the_node_lacks_is_asked_for_again() {
+    // node n1 (s) and node n2 (t) share a document; n2 then changes it, and n1 has not seen it
+    let (ds, dt) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s = open(ds.path());
+    let mut ct = StoreConfig::new(dt.path());
+    ct.node_id = Some("n2".into());
+    let t = Store::open(ct).unwrap();
+    let k = key("dep");
+    s.write(&k, Edit::Put(obj(json!({"a": 1}))), None)
+        .await
+        .unwrap();
+    let from_s: Vec<RemoteChange> = s
+        .feed(None, 100)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|(_, e)| remote(&e.change))
+        .collect();
+    t.merge_remote(vec![(k.clone(), from_s)], vec![])
+        .await
+        .unwrap();
+    t.write(&k, Edit::Patch(obj(json!({"b": 2}))), None)
+        .await
+        .unwrap();
+    let shared = s.read_state(&k).unwrap().unwrap().heads;
+
+    // a phone syncs with n2 (so it has n2's change) and edits on top of it
+    let mut phone = Phone::new();
+    phone.sync(&t, &k).await.unwrap();
+    phone
+        .doc
+        .apply_unstamped(&Edit::Patch(obj(json!({"c": 3}))))
+        .unwrap();
+    let after_t = t.read_state(&k).unwrap().unwrap().heads;
+    let own = phone.doc.changes_since(&after_t);
+    assert_eq!(own.len(), 1);
+    let theirs = t.read_state(&k).unwrap().unwrap().heads[0];
+    assert!(!shared.contains(&theirs));
+
+    // it sends n1 only its own change (as when n1's summary wrongly claimed n2's, or the phone
+    // sent that earlier): n1 cannot apply it, and says so, naming the change it lacks
+    let mut flags = automerge::sync::MessageFlags::new();
+    flags.set(automerge::sync::MessageFlags::SUPPORTS_SYNC_RESET); // as automerge 0.12 says
+    let message = automerge::sync::Message {
+        heads: phone.doc.heads(),
+        need: vec![],
+        have: vec![],
+        changes: own.into(),
+        flags: Some(flags),
+        version: automerge::sync::MessageVersion::V1,
+    };
+    let mut node_state = crate::SyncState::default();
+    let r = s
+        .client_sync(&k, &mut node_state, Some(&message.encode()))
+        .await
+        .unwrap();
+    assert_eq!(r.accepted, 0);
+    let reply = automerge::sync::Message::decode(&r.reply.expect("an answer")).unwrap();
+    assert!(reply.need.contains(&theirs), "{:?}", reply.need);
+    assert!(reply
+        .flags
+        .is_some_and(|f| f.contains(automerge::sync::MessageFlags::SYNC_RESET)));
+    assert_eq!(get_json(&s, "dep").await, Some(json!({"a": 1})));
+
+    // the phone answers it with what n1 lacks, and n1 takes both changes
+    phone.doc.receive_sync(&mut phone.state, reply).unwrap();
+    phone.node_state = node_state;
+    assert_eq!(phone.sync(&s, &k).await.unwrap(), 1);
+    assert_eq!(
+        get_json(&s, "dep").await,
+        Some(json!({"a": 1, "b": 2, "c": 3}))
+    );
+}
+
+#[tokio::test]
 async fn refused_client_changes_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
