@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -73,6 +73,9 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     durable: watch::Sender<Watermark>,
+    /// Held (write) from applying a group to sled until its watermark is published, so that a
+    /// reader can see sled and the watermark agree (see [`GroupCommit::consistent`]).
+    publishing: RwLock<()>,
     documents: AtomicU64,
     syncs: AtomicU64,
 }
@@ -174,6 +177,7 @@ impl GroupCommit {
             }),
             wake: Condvar::new(),
             durable: watch::Sender::new(Watermark { seq, failed: None }),
+            publishing: RwLock::new(()),
             documents: AtomicU64::new(documents),
             syncs: Default::default(),
         });
@@ -232,6 +236,13 @@ impl GroupCommit {
     }
 
     /// The last batch on disk and in sled.
+    /// Runs a read of sled and returns it with the durable watermark it reflects exactly: no
+    /// group is being applied meanwhile.
+    pub(crate) fn consistent<R>(&self, read: impl FnOnce() -> R) -> (R, u64) {
+        let _no_group_in_between = self.shared.publishing.read();
+        (read(), self.durable_seq())
+    }
+
     pub(crate) fn durable_seq(&self) -> u64 {
         self.shared.durable.borrow().seq
     }
@@ -318,6 +329,7 @@ fn flush_loop(s: &Shared, mut wal: Wal, mut flushed: u64) {
             if let Err(e) = wal.append(&records) {
                 return fail(s, "write-ahead log sync", e);
             }
+            let publishing = s.publishing.write();
             match apply_group(&s.db, &batches, s.documents.load(Ordering::Relaxed)) {
                 Ok(count) => s.documents.store(count, Ordering::Relaxed),
                 Err(e) => return fail(s, "applying a group to sled", e),
@@ -325,6 +337,7 @@ fn flush_loop(s: &Shared, mut wal: Wal, mut flushed: u64) {
             flushed = last;
             s.syncs.fetch_add(1, Ordering::Relaxed);
             s.durable.send_modify(|w| w.seq = last);
+            drop(publishing);
         }
         let due = last_checkpoint.elapsed() >= CHECKPOINT_EVERY || wal.bytes >= CHECKPOINT_BYTES;
         if checkpointed < flushed && (due || shutdown) {

@@ -293,18 +293,22 @@ impl ChangeFeed {
             behind,
             queue: VecDeque::new(),
             backfill: None,
+            skip_upto: 0,
             done: false,
         };
         let epoch = self.store.event_epoch();
         match resume {
             Resume::Now => {
                 if let Filter::Doc(key) = &st.filter {
-                    // read after registering: a change after this read arrives as an event
-                    let state = self.store.read_state(key)?;
+                    // read after registering, so that a change after this read arrives as an
+                    // event; and note how far the read reaches, so that one it already shows
+                    // (made durable between the registration and the read) is not sent again
+                    let (state, upto) = self.store.read_state_at(key)?;
+                    st.skip_upto = upto;
                     st.queue.push_back(
                         Event::default()
                             .event("document")
-                            .id(cursor(epoch, from))
+                            .id(cursor(epoch, upto.max(from)))
                             .data(render_state(key, state.as_ref())),
                     );
                 }
@@ -374,6 +378,8 @@ struct StreamState {
     queue: VecDeque<Event>,
     /// Events still to read from the store: after the first, up to the second.
     backfill: Option<(u64, u64)>,
+    /// Events up to this position are already in the `document` event that opened the stream.
+    skip_upto: u64,
     done: bool,
 }
 
@@ -413,6 +419,7 @@ impl StreamState {
                 continue;
             }
             match self.rx.recv().await {
+                Some(r) if r.seq <= self.skip_upto => {}
                 Some(r) => {
                     debug_assert!(
                         matches!(&self.filter, Filter::Collection(_))

@@ -420,3 +420,38 @@ async fn bad_headers_and_the_stream_limit_are_refused_clearly() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_during_writes_never_repeats_what_its_document_event_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Process::start(dir.path(), &["--node-id", "us"]);
+    let c = http_client();
+    patch(&c, &node, "/v1/users/hot", json!({ "n": 0 })).await;
+    // a writer bumps n without pause while streams open: a write often becomes durable between
+    // a stream's registration and its read of the document
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (c, url, writing) = (c.clone(), node.url("/v1/users/hot/ops"), writing.clone());
+        tokio::spawn(async move {
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let ops = json!({"ops": [{"op": "increment", "path": "/n", "by": 1}]});
+                c.post(&url).json(&ops).send().await.unwrap();
+            }
+        })
+    };
+    for _ in 0..40 {
+        let mut s = open(&c, &node, "/v1/users/hot", &[]).await;
+        let doc = s.next_within(WAIT).await.unwrap();
+        assert_eq!(doc.event, "document");
+        let shown = doc.json()["value"]["n"].as_i64().unwrap();
+        let next = s.next_within(WAIT).await.unwrap();
+        assert_eq!(next.event, "change");
+        let n = next.json()["value"]["n"].as_i64().unwrap();
+        assert!(
+            n > shown,
+            "the first change shows n = {n}, the document already {shown}"
+        );
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+}

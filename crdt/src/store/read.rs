@@ -33,6 +33,13 @@ impl Store {
         }))
     }
 
+    /// The document's state with the change-event position it reflects exactly: every event up
+    /// to the position is in the state, none after it (a stream's first `document` event).
+    pub fn read_state_at(&self, key: &DocKey) -> Result<(Option<DocState>, u64)> {
+        let (state, seq) = self.inner.commit.consistent(|| self.read_state(key));
+        Ok((state?, seq))
+    }
+
     /// A live document, or `None` if absent or deleted.
     pub async fn get(&self, key: &DocKey) -> Result<Option<DocView>> {
         let Some(rec) = self.inner.read_record(key)? else {
