@@ -18,9 +18,9 @@
 //! # Layout
 //! - `token`: session tokens (parse, print, merge).
 //! - `wire`: the node-to-node messages.
-//! - `replica`: one node's replication: serving peers, pulling from them, anti-entropy,
-//!   session waits; `replica/status`: what a node knows of each peer's link, the reachability
-//!   rule and the `/v1/cluster` report.
+//! - `replica`: one node's replication, a module per concept: `serve` (answering peers),
+//!   `follow` (following their feeds), `repair` (anti-entropy), `session` (token waits),
+//!   `status` (each peer's link, the reachability rule, `/v1/cluster`).
 //! - `repo`: the automerge-repo sync server for clients: messages, connections, the hub.
 //!
 //! Without the `node` feature (on by default) only `token` and `repo`'s messages remain, for

@@ -5,10 +5,13 @@
 //! it within the silence limit. A partition that drops packets (no reset, no error) shows as
 //! unreachable once the peer's heartbeats stop arriving, not when a timeout finally fires.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use uhlc::Timestamp;
+
+use super::{secs_between, Replica, Transport, BACKLOG_CAP};
 
 /// `GET /v1/cluster`.
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +141,77 @@ impl PeerStatus {
             feed_pages: self.feed_pages,
             feed_batches: self.feed_batches,
         }
+    }
+}
+
+impl<T: Transport> Replica<T> {
+    pub fn report(&self) -> ClusterReport {
+        let store = &self.shared.store;
+        let (now, silence) = (Instant::now(), self.shared.config.silence_limit());
+        let peers = self
+            .shared
+            .peers
+            .iter()
+            .map(|p| {
+                let st = p.status.lock();
+                let cursor = *p.cursor.lock();
+                let behind_peer = match st.their_latest {
+                    Some(latest) if st.their_backlog > 0 || cursor.is_none_or(|c| c < latest) => {
+                        Lag {
+                            seconds: secs_between(&latest, cursor.as_ref()),
+                            changes: st.their_backlog.max(1),
+                        }
+                    }
+                    _ => Lag::default(),
+                };
+                let peer_behind = match st.their_cursor {
+                    Some(after) => match store.feed_backlog(after.as_ref(), BACKLOG_CAP) {
+                        Ok((Some(latest), n)) if n > 0 => Lag {
+                            seconds: secs_between(&latest, after.as_ref()),
+                            changes: n as u64,
+                        },
+                        _ => Lag::default(),
+                    },
+                    None => Lag::default(),
+                };
+                st.report(
+                    p.peer.id.to_string(),
+                    p.peer.addr.clone(),
+                    now,
+                    silence,
+                    behind_peer,
+                    peer_behind,
+                )
+            })
+            .collect();
+        ClusterReport {
+            node: self.shared.me.clone(),
+            hlc: meridian_crdt::display_stamp(&store.clock().now()),
+            clock_drift_refusals: self.shared.drift_refusals.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+
+    /// Bytes sent to and received from all peers, both as asker and as answerer.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.shared.peers.iter().fold((0, 0), |(s, r), p| {
+            let st = p.status.lock();
+            (s + st.bytes_sent, r + st.bytes_received)
+        })
+    }
+
+    pub fn drift_refusals(&self) -> u64 {
+        self.shared.drift_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Where a peer is reached, if it is one.
+    pub fn peer_url(&self, id: &str) -> Option<String> {
+        self.peer(id).map(|p| p.peer.addr.clone())
+    }
+
+    /// This node's cursor into a peer's feed.
+    pub fn cursor(&self, peer: &str) -> Option<Timestamp> {
+        self.peer(peer).and_then(|p| *p.cursor.lock())
     }
 }
 

@@ -1,0 +1,374 @@
+//! Following peers: the request path, each peer's feed (a subscription, or long polls), and
+//! merging what arrives after checking it.
+
+use super::*;
+
+impl<T: Transport> Replica<T> {
+    pub(super) async fn call(
+        &self,
+        peer: &PeerState,
+        req: &Request,
+        extra_wait: Duration,
+    ) -> Result<Response, String> {
+        let body = wire::encode(req);
+        let sent = body.len() as u64;
+        let result = self
+            .shared
+            .transport
+            .call(
+                &peer.peer,
+                body,
+                self.shared.config.call_timeout + extra_wait,
+            )
+            .await
+            .and_then(|bytes| {
+                peer.status.lock().bytes_received += bytes.len() as u64;
+                wire::decode::<Response>(&bytes)
+            })
+            .and_then(|r| match r {
+                Response::Error { message } => Err(format!("the peer refused: {message}")),
+                r => Ok(r),
+            });
+        let mut st = peer.status.lock();
+        st.bytes_sent += sent;
+        match &result {
+            Ok(_) => st.succeeded(Instant::now()),
+            Err(e) => st.failed(e.clone()),
+        }
+        result
+    }
+
+    /// Follows the peer's feed for as long as the node runs: a subscription from the cursor,
+    /// applying each page as it arrives; reopened after any failure, with backoff.
+    pub(super) async fn feed_loop(self, peer: Arc<PeerState>) {
+        if self.shared.config.feed_mode == FeedMode::LongPoll {
+            return self.poll_loop(peer).await;
+        }
+        let cfg = &self.shared.config;
+        let mut failures = 0;
+        while !self.stopped() {
+            let pause = match self.follow(&peer).await {
+                Ok(Followed::Ended) => None,
+                // a refused stamp will not be accepted again before our clock moves on
+                Ok(Followed::Refused) => Some(backoff(4, cfg.max_backoff)),
+                Err((e, progressed)) => {
+                    tracing::debug!(peer = %peer.peer.id, error = %e, "feed subscription failed");
+                    failures = if progressed { 1 } else { failures + 1 };
+                    peer.status.lock().failed(e);
+                    Some(backoff(failures, cfg.max_backoff))
+                }
+            };
+            if let Some(d) = pause {
+                if self.pause(d, Some(&peer.wake)).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// [`FeedMode::LongPoll`]: pulls the peer's feed page by page; long polls once caught up.
+    pub(super) async fn poll_loop(self, peer: Arc<PeerState>) {
+        let cfg = &self.shared.config;
+        let mut failures = 0;
+        let mut caught_up = false;
+        while !self.stopped() {
+            let wait = if caught_up {
+                cfg.feed_wait
+            } else {
+                Duration::ZERO
+            };
+            let pause = match self.pull_once(&peer, wait).await {
+                Ok(Pulled { more, refused }) => {
+                    failures = 0;
+                    caught_up = !more;
+                    refused.then(|| backoff(4, cfg.max_backoff))
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.peer.id, error = %e, "feed pull failed");
+                    failures += 1;
+                    caught_up = false;
+                    Some(backoff(failures, cfg.max_backoff))
+                }
+            };
+            if let Some(d) = pause {
+                if self.pause(d, Some(&peer.wake)).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One subscription, until it ends. The error says whether any page arrived first.
+    pub(super) async fn follow(&self, peer: &PeerState) -> Result<Followed, (String, bool)> {
+        let cfg = &self.shared.config;
+        let req = Request::Subscribe {
+            from: self.shared.me.clone(),
+            after: *peer.cursor.lock(),
+            limit: cfg.feed_batch,
+            heartbeat_ms: cfg.heartbeat.as_millis() as u32,
+        };
+        let body = wire::encode(&req);
+        let sent = body.len() as u64;
+        let opened = self
+            .shared
+            .transport
+            .open(&peer.peer, body, cfg.call_timeout)
+            .await;
+        peer.status.lock().bytes_sent += sent;
+        let mut chunks = opened.map_err(|e| {
+            peer.status.lock().last_error = Some(e.clone());
+            (e, false)
+        })?;
+        let mut frames = wire::FrameReader::default();
+        let mut progressed = false;
+        let fail = |e: String, progressed: bool| {
+            peer.status.lock().last_error = Some(e.clone());
+            (e, progressed)
+        };
+        // a live stream sends at least a heartbeat per `heartbeat`; a dropped connection that
+        // never errors (packets lost in a partition) is given up on after twelve
+        let silence = cfg.heartbeat * 12;
+        loop {
+            let chunk = match tokio::time::timeout(silence, chunks.recv()).await {
+                Err(_) => return Err(fail("the subscription went silent".into(), progressed)),
+                // the answering node ended it (its lifetime); one that ends before its first
+                // frame (a node shutting down) is a failure, retried with backoff, not at once
+                Ok(None) if progressed => return Ok(Followed::Ended),
+                Ok(None) => return Err(fail("the subscription ended at once".into(), false)),
+                Ok(Some(Err(e))) => return Err(fail(e, progressed)),
+                Ok(Some(Ok(c))) => c,
+            };
+            let mut received = chunk.len();
+            frames.push(&chunk);
+            // Take everything that has arrived and merge it as one batch: one disk sync for
+            // all of it, so a follower that falls behind catches up in bigger steps.
+            while let Ok(more) = chunks.try_recv() {
+                match more {
+                    Ok(c) => {
+                        received += c.len();
+                        frames.push(&c);
+                    }
+                    Err(e) => return Err(fail(e, progressed)),
+                }
+            }
+            peer.status.lock().bytes_received += received as u64;
+            let mut batch: Vec<DocChanges> = Vec::new();
+            let mut upto = None;
+            let mut pages = 0;
+            while let Some(f) = frames.next_frame().map_err(|e| fail(e, progressed))? {
+                let page = wire::decode::<Response>(&f).map_err(|e| fail(e, progressed))?;
+                let Response::Feed {
+                    changes,
+                    upto: page_upto,
+                    latest,
+                    behind,
+                    ..
+                } = page
+                else {
+                    return Err(fail(format!("unexpected frame: {page:?}"), progressed));
+                };
+                let mut st = peer.status.lock();
+                st.their_latest = latest;
+                st.their_backlog = behind;
+                st.feed_pages += 1;
+                st.feed_batches += !changes.is_empty() as u64;
+                batch.extend(changes);
+                upto = page_upto.or(upto);
+                pages += 1;
+            }
+            if pages == 0 {
+                continue;
+            }
+            peer.status.lock().succeeded(Instant::now());
+            if self
+                .apply_feed(peer, batch, upto)
+                .await
+                .map_err(|e| fail(e, progressed))?
+            {
+                return Ok(Followed::Refused);
+            }
+            progressed = true;
+        }
+    }
+
+    pub(super) async fn pull_once(
+        &self,
+        peer: &PeerState,
+        wait: Duration,
+    ) -> Result<Pulled, String> {
+        let req = Request::Feed {
+            from: self.shared.me.clone(),
+            after: *peer.cursor.lock(),
+            wait_ms: wait.as_millis() as u32,
+            limit: self.shared.config.feed_batch,
+        };
+        match self.call(peer, &req, wait).await? {
+            Response::Feed {
+                changes,
+                upto,
+                more,
+                latest,
+                behind,
+            } => {
+                {
+                    let mut st = peer.status.lock();
+                    st.their_latest = latest;
+                    st.their_backlog = behind;
+                    st.feed_pages += 1;
+                    st.feed_batches += !changes.is_empty() as u64;
+                }
+                let refused = self.apply_feed(peer, changes, upto).await?;
+                Ok(Pulled { more, refused })
+            }
+            other => Err(format!("unexpected answer to a feed request: {other:?}")),
+        }
+    }
+
+    /// Merges one page of a peer's feed and advances the cursor with it. Stops at the first
+    /// change whose stamp this node's clock refuses (the cursor stays before it). Returns true
+    /// if it stopped so.
+    pub(super) async fn apply_feed(
+        &self,
+        peer: &PeerState,
+        changes: Vec<DocChanges>,
+        upto: Option<Timestamp>,
+    ) -> Result<bool, String> {
+        let _one_at_a_time = peer.apply.lock().await;
+        let checked = self.check(changes, true)?;
+        let cursor = if checked.refused {
+            checked.last_stamp
+        } else {
+            upto.or(checked.last_stamp)
+        };
+        let old = *peer.cursor.lock();
+        let cursor = cursor.filter(|c| old.is_none_or(|o| *c > o));
+        let mut meta = checked.seen_meta(self);
+        // An empty page moves the cursor in memory only: persisting it would cost a sync per
+        // idle long poll, and after a restart the older cursor only re-reads nothing.
+        if let Some(c) = cursor.as_ref().filter(|_| !checked.docs.is_empty()) {
+            meta.push((cursor_name(peer.peer.id.as_str()), stamp_meta(c)));
+        }
+        let (n, refused) = (checked.changes, checked.refused);
+        let merged = self.merge(checked, meta).await?;
+        peer.status.lock().changes_received += n as u64;
+        if let Some(c) = cursor {
+            *peer.cursor.lock() = Some(c);
+            self.shared.cursor_moved.send_modify(|n| *n += 1);
+        }
+        if !merged.missing_deps.is_empty() {
+            // their dependencies reached the peer by another path: ask it for what we lack
+            self.repair_docs(peer, merged.missing_deps).await?;
+        }
+        Ok(refused)
+    }
+
+    /// Decodes and checks received changes: each must parse, and its stamp must be within the
+    /// clock's maximum drift (which also moves the clock past it). `feed`: stop at the first
+    /// refusal; otherwise skip the rest of that document only.
+    pub(super) fn check(&self, changes: Vec<DocChanges>, feed: bool) -> Result<Checked, String> {
+        let clock = self.shared.store.clock();
+        let mut out = Checked::default();
+        'docs: for dc in changes {
+            let key = DocKey::new(&dc.collection, &dc.id).map_err(|e| e.to_string())?;
+            let mut accepted = Vec::with_capacity(dc.changes.len());
+            for c in dc.changes {
+                let change = RemoteChange::parse(c).map_err(|e| e.to_string())?;
+                if let Some(stamp) = change.stamp {
+                    if let Err(e) = clock.observe(&stamp) {
+                        self.shared.drift_refusals.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            key = %key, stamp = %meridian_crdt::display_stamp(&stamp), error = %e,
+                            "refused a change stamped too far in the future; is that node's clock right?"
+                        );
+                        out.refused = true;
+                        if !accepted.is_empty() {
+                            out.docs.push((key.clone(), std::mem::take(&mut accepted)));
+                        }
+                        if feed {
+                            break 'docs;
+                        }
+                        continue 'docs;
+                    }
+                    if let Some(node) = &change.node {
+                        let s = out.seen.entry(node.clone()).or_insert(stamp);
+                        *s = (*s).max(stamp);
+                    }
+                    out.last_stamp = Some(stamp);
+                }
+                accepted.push(change);
+                out.changes += 1;
+            }
+            if !accepted.is_empty() {
+                out.docs.push((key, accepted));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Merges checked changes durably with `meta`, then raises the seen stamps in memory.
+    pub(super) async fn merge(
+        &self,
+        checked: Checked,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<meridian_crdt::Merged, String> {
+        let merged = self
+            .shared
+            .store
+            .merge_remote(checked.docs, meta)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut all = self.shared.seen.lock();
+        for (node, ts) in checked.seen {
+            let s = all.entry(node).or_insert(ts);
+            *s = (*s).max(ts);
+        }
+        self.shared.seen_epoch.fetch_add(1, Ordering::Release);
+        Ok(merged)
+    }
+
+    /// Merges changes from a repair answer (any author), with their bookkeeping.
+    pub(super) async fn merge_checked(
+        &self,
+        peer: &PeerState,
+        changes: Vec<DocChanges>,
+    ) -> Result<usize, String> {
+        let checked = self.check(changes, false)?;
+        let meta = checked.seen_meta(self);
+        let merged = self.merge(checked, meta).await?;
+        peer.status.lock().changes_repaired += merged.changes as u64;
+        Ok(merged.changes)
+    }
+}
+
+pub(super) enum Followed {
+    /// The answering node ended the stream (its lifetime, its shutdown).
+    Ended,
+    /// A change's stamp was refused: stop, and come back later.
+    Refused,
+}
+
+pub(super) struct Pulled {
+    pub(super) more: bool,
+    pub(super) refused: bool,
+}
+
+#[derive(Default)]
+pub(super) struct Checked {
+    docs: Vec<(DocKey, Vec<RemoteChange>)>,
+    changes: usize,
+    seen: HashMap<String, Timestamp>,
+    last_stamp: Option<Timestamp>,
+    refused: bool,
+}
+
+impl Checked {
+    /// Bookkeeping for the seen stamps this batch raises.
+    pub(super) fn seen_meta<T>(&self, r: &Replica<T>) -> Vec<(String, Vec<u8>)> {
+        let all = r.shared.seen.lock();
+        self.seen
+            .iter()
+            .filter(|(n, ts)| all.get(*n).is_none_or(|s| *ts > s))
+            .map(|(n, ts)| (seen_name(n), stamp_meta(ts)))
+            .collect()
+    }
+}

@@ -1,0 +1,258 @@
+//! Answering peers: one request at a time (`/internal/rpc`: feed pages, digests, repairs)
+//! and feed subscriptions (`/internal/subscribe`).
+
+use super::*;
+
+impl<T: Transport> Replica<T> {
+    /// Answers one request from a peer (the body of `POST /internal/rpc`).
+    pub async fn handle(&self, body: &[u8]) -> Vec<u8> {
+        let (from, resp) = match wire::decode::<Request>(body) {
+            Ok(req) => {
+                let from = match &req {
+                    Request::Feed { from, .. }
+                    | Request::Subscribe { from, .. }
+                    | Request::Digest { from }
+                    | Request::Repair { from, .. } => from.clone(),
+                };
+                if let Some(p) = self.peer(&from) {
+                    if !self.reachable(p) {
+                        // a partition healed: retry our side now, not after the backoff
+                        p.wake.notify_one();
+                    }
+                }
+                let resp = self.serve(req).await.unwrap_or_else(|message| {
+                    tracing::warn!(peer = %from, %message, "refused a peer's request");
+                    Response::Error { message }
+                });
+                (Some(from), resp)
+            }
+            Err(message) => (None, Response::Error { message }),
+        };
+        let out = wire::encode(&resp);
+        if let Some(p) = from.as_deref().and_then(|f| self.peer(f)) {
+            let mut st = p.status.lock();
+            st.bytes_received += body.len() as u64;
+            st.bytes_sent += out.len() as u64;
+            st.heard(Instant::now());
+        }
+        out
+    }
+
+    pub(super) async fn serve(&self, req: Request) -> Result<Response, String> {
+        let store = &self.shared.store;
+        let err = |e: meridian_crdt::Error| e.to_string();
+        match req {
+            Request::Feed {
+                from,
+                after,
+                wait_ms,
+                limit,
+            } => {
+                if let Some(p) = self.peer(&from) {
+                    p.status.lock().their_cursor = Some(after);
+                }
+                let deadline =
+                    Instant::now() + Duration::from_millis(wait_ms as u64).min(MAX_FEED_WAIT);
+                let limit = limit.clamp(1, 10_000) as usize;
+                let mut news = store.subscribe();
+                let mut stop = self.shared.shutdown.subscribe();
+                let page = loop {
+                    let page = store.feed(after.as_ref(), limit).map_err(err)?;
+                    if !page.entries.is_empty() || Instant::now() >= deadline || self.stopped() {
+                        break page;
+                    }
+                    tokio::select! {
+                        _ = news.changed() => {}
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = stop.changed() => {}
+                    }
+                };
+                self.feed_answer(page)
+            }
+            Request::Subscribe { .. } => {
+                Err("a subscription is a stream: POST /internal/subscribe".into())
+            }
+            Request::Digest { .. } => Ok(Response::Digest {
+                buckets: store.digests(),
+            }),
+            Request::Repair { buckets, docs, .. } => {
+                if buckets.iter().any(|b| *b as usize >= DIGEST_BUCKETS) {
+                    return Err(format!("buckets are numbered below {DIGEST_BUCKETS}"));
+                }
+                let mut theirs: HashMap<DocKey, Vec<ChangeHash>> = HashMap::new();
+                for d in docs {
+                    let key = DocKey::new(&d.collection, &d.id).map_err(err)?;
+                    theirs.insert(key, d.heads.into_iter().map(ChangeHash).collect());
+                }
+                let buckets: BTreeSet<u32> = buckets.into_iter().collect();
+                let mut mine: HashMap<DocKey, Vec<ChangeHash>> = if buckets.is_empty() {
+                    HashMap::new()
+                } else {
+                    store
+                        .bucket_heads(&buckets)
+                        .map_err(err)?
+                        .into_iter()
+                        .collect()
+                };
+                for key in theirs.keys() {
+                    if !mine.contains_key(key) {
+                        if let Some(s) = store.read_state(key).map_err(err)? {
+                            mine.insert(key.clone(), s.heads);
+                        }
+                    }
+                }
+                let mut keys: Vec<DocKey> = mine.keys().cloned().collect();
+                keys.sort();
+                let (mut changes, mut bytes, mut more) = (Vec::new(), 0, false);
+                for key in keys {
+                    let their_heads = theirs.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+                    let mut mine_sorted = mine[&key].clone();
+                    mine_sorted.sort();
+                    let mut theirs_sorted = their_heads.to_vec();
+                    theirs_sorted.sort();
+                    if mine_sorted == theirs_sorted {
+                        continue;
+                    }
+                    if bytes >= REPAIR_BYTES {
+                        more = true;
+                        break;
+                    }
+                    let delta = store.changes_since(&key, their_heads).await.map_err(err)?;
+                    if delta.is_empty() {
+                        continue;
+                    }
+                    bytes += delta.iter().map(Vec::len).sum::<usize>();
+                    changes.push(DocChanges {
+                        collection: key.collection().into(),
+                        id: key.id().into(),
+                        changes: delta,
+                    });
+                }
+                Ok(Response::Repair { changes, more })
+            }
+        }
+    }
+
+    /// A feed page as an answer, with the backlog when the asker is behind.
+    pub(super) fn feed_answer(&self, page: meridian_crdt::FeedPage) -> Result<Response, String> {
+        // only a node that is behind needs to know by how much
+        let (latest, behind) = if page.more {
+            let (latest, n) = self
+                .shared
+                .store
+                .feed_backlog(page.upto.as_ref(), BACKLOG_CAP)
+                .map_err(|e| e.to_string())?;
+            (latest, n as u64)
+        } else {
+            (None, 0)
+        };
+        let mut changes: Vec<DocChanges> = Vec::new();
+        for (_, e) in page.entries {
+            match changes.last_mut() {
+                Some(last) if last.collection == e.collection && last.id == e.id => {
+                    last.changes.push(e.change)
+                }
+                _ => changes.push(DocChanges {
+                    collection: e.collection,
+                    id: e.id,
+                    changes: vec![e.change],
+                }),
+            }
+        }
+        Ok(Response::Feed {
+            changes,
+            upto: page.upto,
+            more: page.more,
+            latest,
+            behind,
+        })
+    }
+
+    /// Answers a subscription (the body of `POST /internal/subscribe`): a stream of frames,
+    /// each a feed page, sent as this node's changes become durable, with an empty page every
+    /// heartbeat. `Err` holds a one-message answer for a request that is not a subscription.
+    /// The stream ends when the receiver is dropped (the peer went away), at shutdown, or after
+    /// [`STREAM_LIFETIME`] (the peer then opens a new one); the channel is bounded, so a slow
+    /// peer slows only its own stream.
+    pub fn subscribe(&self, body: &[u8]) -> Result<mpsc::Receiver<Vec<u8>>, Vec<u8>> {
+        let refuse = |message: String| wire::encode(&Response::Error { message });
+        let (from, mut after, limit, heartbeat) = match wire::decode::<Request>(body) {
+            Ok(Request::Subscribe {
+                from,
+                after,
+                limit,
+                heartbeat_ms,
+            }) => (
+                from,
+                after,
+                limit.clamp(1, 10_000) as usize,
+                Duration::from_millis(heartbeat_ms.clamp(10, 60_000) as u64),
+            ),
+            Ok(_) => return Err(refuse("not a subscription: POST /internal/rpc".into())),
+            Err(message) => return Err(refuse(message)),
+        };
+        let peer = self.peer(&from).cloned();
+        if let Some(p) = &peer {
+            if !self.reachable(p) {
+                p.wake.notify_one();
+            }
+            let mut st = p.status.lock();
+            st.bytes_received += body.len() as u64;
+            st.heard(Instant::now());
+        }
+        let (tx, rx) = mpsc::channel(1);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let store = &this.shared.store;
+            let mut stop = this.shared.shutdown.subscribe();
+            let end = Instant::now() + STREAM_LIFETIME;
+            let mut last_sent: Option<Instant> = None;
+            while !this.stopped() && Instant::now() < end {
+                let mut news = store.subscribe();
+                if let Some(p) = &peer {
+                    p.status.lock().their_cursor = Some(after);
+                }
+                let page = match store.feed(after.as_ref(), limit) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx
+                            .send(wire::frame(&Response::Error {
+                                message: e.to_string(),
+                            }))
+                            .await;
+                        return;
+                    }
+                };
+                let beat_due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
+                if !page.entries.is_empty() || beat_due {
+                    let (more, upto) = (page.more, page.upto);
+                    let Ok(answer) = this.feed_answer(page) else {
+                        return;
+                    };
+                    let frame = wire::frame(&answer);
+                    let n = frame.len() as u64;
+                    if tx.send(frame).await.is_err() {
+                        return; // the peer went away
+                    }
+                    if let Some(p) = &peer {
+                        let mut st = p.status.lock();
+                        st.bytes_sent += n;
+                        st.delivered(Instant::now());
+                    }
+                    after = upto.or(after);
+                    last_sent = Some(Instant::now());
+                    if more {
+                        continue;
+                    }
+                }
+                let next_beat = last_sent.map_or(Instant::now(), |t| t + heartbeat);
+                tokio::select! {
+                    _ = news.changed() => {}
+                    _ = tokio::time::sleep_until(next_beat.into()) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        });
+        Ok(rx)
+    }
+}

@@ -1,0 +1,108 @@
+//! Session tokens: this node's part of one, and waiting until this node covers a client's.
+
+use super::*;
+
+impl<T: Transport> Replica<T> {
+    /// This node's part of a session token: its own newest stamp, and the newest stamp of each
+    /// peer's changes merged here. It covers everything a read here can show.
+    pub fn token(&self) -> SessionToken {
+        let mut t = SessionToken::default();
+        if let Some(ts) = self.shared.store.last_local_stamp() {
+            t.observe(&self.shared.me, ts.get_time().as_u64());
+        }
+        let seen = self.shared.seen.lock();
+        for p in &self.shared.peers {
+            if let Some(ts) = seen.get(p.peer.id.as_str()) {
+                t.observe(p.peer.id.as_str(), ts.get_time().as_u64());
+            }
+        }
+        t
+    }
+
+    /// [`Replica::token`] as text, cached until it changes: every `/v1` answer carries it.
+    pub fn token_text(&self) -> Arc<str> {
+        let local = self
+            .shared
+            .store
+            .last_local_stamp()
+            .map_or(0, |t| t.get_time().as_u64());
+        let epoch = self.shared.seen_epoch.load(Ordering::Acquire);
+        let mut cache = self.shared.token_cache.lock();
+        match &*cache {
+            Some((l, e, text)) if *l == local && *e == epoch => text.clone(),
+            _ => {
+                let text: Arc<str> = self.token().to_string().into();
+                *cache = Some((local, epoch, text.clone()));
+                text
+            }
+        }
+    }
+
+    /// The first node of `token` whose changes this node may lack.
+    pub(super) fn uncovered(&self, token: &SessionToken) -> Option<Behind> {
+        for (node, time) in token.iter() {
+            let covered = if node == self.shared.me {
+                time <= self.shared.store.clock().now().get_time().as_u64()
+            } else if let Some(p) = self.peer(node) {
+                p.cursor
+                    .lock()
+                    .is_some_and(|c| c.get_time().as_u64() >= time)
+            } else {
+                return Some(Behind {
+                    node: node.to_owned(),
+                    unknown: true,
+                });
+            };
+            if !covered {
+                return Some(Behind {
+                    node: node.to_owned(),
+                    unknown: false,
+                });
+            }
+        }
+        None
+    }
+
+    /// Waits until this node holds everything `token` covers, pulling from the nodes it names
+    /// right away; gives up after `max_wait`.
+    pub async fn await_token(
+        &self,
+        token: &SessionToken,
+        max_wait: Duration,
+    ) -> Result<(), Behind> {
+        let deadline = Instant::now() + max_wait;
+        let mut moved = self.shared.cursor_moved.subscribe();
+        loop {
+            let Some(behind) = self.uncovered(token) else {
+                return Ok(());
+            };
+            if behind.unknown || Instant::now() >= deadline {
+                return Err(behind);
+            }
+            if let Some(p) = self.peer(&behind.node) {
+                self.catch_up(p.clone());
+            }
+            let tick = (deadline - Instant::now()).min(Duration::from_millis(50));
+            tokio::select! {
+                _ = moved.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    /// Pulls the peer's feed without waiting, until caught up (one such task per peer).
+    pub(super) fn catch_up(&self, peer: Arc<PeerState>) {
+        if peer.catching_up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Pulled {
+                more: true,
+                refused: false,
+            }) = this.pull_once(&peer, Duration::ZERO).await
+            {}
+            peer.catching_up.store(false, Ordering::Release);
+        });
+    }
+}
