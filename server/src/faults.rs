@@ -109,6 +109,8 @@ impl Faults {
     }
 }
 
+const PAUSED: &str = "the node is paused (fault control)";
+
 /// The error of a request over a cut link.
 pub(crate) fn cut_error(peer: &str) -> String {
     format!("the link to {peer} is cut (fault control)")
@@ -120,7 +122,10 @@ pub(crate) fn check_incoming(st: &AppState, headers: &HeaderMap) -> Result<(), A
         .get(FROM_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if st.faults.paused() || (!from.is_empty() && st.faults.blocks(from)) {
+    if st.faults.paused() {
+        return Err(ApiError::Faulted(PAUSED.into()));
+    }
+    if !from.is_empty() && st.faults.blocks(from) {
         return Err(ApiError::Faulted(cut_error(from)));
     }
     Ok(())
@@ -164,7 +169,7 @@ pub(crate) async fn gate(State(st): State<AppState>, req: Request, next: Next) -
     use axum::response::IntoResponse;
     let path = req.uri().path();
     if st.faults.paused() && path != "/internal/faults" && path != "/healthz" {
-        return ApiError::Faulted("the node is paused (fault control)".into()).into_response();
+        return ApiError::Faulted(PAUSED.into()).into_response();
     }
     next.run(req).await
 }
