@@ -108,6 +108,9 @@ impl Transport for HttpTransport {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let (faults, peer) = (self.faults.clone(), peer.id.to_string());
         tokio::spawn(async move {
+            // made once, not per frame: a feed stream carries a frame every heartbeat
+            let cut = faults.until_blocked(&peer);
+            tokio::pin!(cut);
             loop {
                 let item = tokio::select! {
                     chunk = resp.chunk() => match chunk {
@@ -115,7 +118,7 @@ impl Transport for HttpTransport {
                         Ok(None) => return,
                         Err(e) => Err(format!("{url}: {e}")),
                     },
-                    _ = faults.until_blocked(&peer) => Err(cut_error(&peer)),
+                    _ = &mut cut => Err(cut_error(&peer)),
                 };
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {

@@ -70,6 +70,11 @@ async fn all_reachable(c: &reqwest::Client, cl: &Mesh) -> bool {
     true
 }
 
+/// Waits (at most 10 s) until every node sees every other as reachable.
+async fn wait_all_reachable(c: &reqwest::Client, cl: &Mesh, what: &str) {
+    eventually(what, Duration::from_secs(10), || all_reachable(c, cl)).await;
+}
+
 /// Polls until every view of `side` from the others, and `side`'s view of them, says
 /// unreachable; returns how long that took.
 async fn time_to_unreachable(c: &reqwest::Client, cl: &Mesh, side: &str, t0: Instant) -> Duration {
@@ -95,10 +100,7 @@ async fn a_partition_that_drops_packets_shows_as_unreachable_within_two_seconds(
     let c = http_client();
     let cl = Mesh::start(&[]).await;
     patch(&c, cl.node("a"), "/v1/p/x", json!({"n": 1})).await;
-    eventually("all reachable", Duration::from_secs(10), || {
-        all_reachable(&c, &cl)
-    })
-    .await;
+    wait_all_reachable(&c, &cl, "all reachable").await;
 
     // no connection closes and no error arrives: only silence
     cl.stall("b");
@@ -112,12 +114,7 @@ async fn a_partition_that_drops_packets_shows_as_unreachable_within_two_seconds(
     patch(&c, cl.node("a"), "/v1/p/x", json!({"a": 1})).await;
     patch(&c, cl.node("b"), "/v1/p/x", json!({"b": 1})).await;
     cl.heal();
-    eventually(
-        "all reachable after the heal",
-        Duration::from_secs(10),
-        || all_reachable(&c, &cl),
-    )
-    .await;
+    wait_all_reachable(&c, &cl, "all reachable after the heal").await;
     eventually("converged", Duration::from_secs(15), || async {
         let mut values = vec![];
         for id in IDS {
@@ -135,10 +132,7 @@ async fn fault_controls_cut_heal_and_pause_a_node_behind_the_secret() {
     let cl = Mesh::start(&["--fault-controls"]).await;
     let (a, b) = (cl.node("a"), cl.node("b"));
     patch(&c, a, "/v1/p/x", json!({"n": 1})).await;
-    eventually("all reachable", Duration::from_secs(10), || {
-        all_reachable(&c, &cl)
-    })
-    .await;
+    wait_all_reachable(&c, &cl, "all reachable").await;
 
     // bad requests are refused and change nothing
     for (body, secret, status) in [
@@ -177,12 +171,7 @@ async fn fault_controls_cut_heal_and_pause_a_node_behind_the_secret() {
 
     // heal: one conflict, the same everywhere
     faults(&c, b, r#"{"heal":["a","c"]}"#, SECRET).await;
-    eventually(
-        "all reachable after the heal",
-        Duration::from_secs(10),
-        || all_reachable(&c, &cl),
-    )
-    .await;
+    wait_all_reachable(&c, &cl, "all reachable after the heal").await;
     eventually("converged", Duration::from_secs(15), || async {
         let mut seen = vec![];
         for id in IDS {
@@ -217,10 +206,7 @@ async fn fault_controls_cut_heal_and_pause_a_node_behind_the_secret() {
     .await;
     faults(&c, b, r#"{"pause":false}"#, SECRET).await;
     assert_eq!(get(&c, b, "/v1/p/x", None).await.0, 200);
-    eventually("reachable after the pause", Duration::from_secs(10), || {
-        all_reachable(&c, &cl)
-    })
-    .await;
+    wait_all_reachable(&c, &cl, "reachable after the pause").await;
 }
 
 #[tokio::test]
