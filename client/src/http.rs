@@ -116,6 +116,10 @@ struct Inner {
     current: AtomicUsize,
     token: Mutex<SessionToken>,
     retry: Retry,
+    /// Sent as `Authorization: Bearer` on every request and the sync socket.
+    api_key: Option<String>,
+    /// TLS for `https://` regions (and `wss://` sync), shared with the sync socket.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// A Meridian client over HTTP. Cheap to clone; clones share the session.
@@ -130,11 +134,26 @@ pub struct ClientBuilder {
     regions: Vec<String>,
     retry: Retry,
     timeout: Duration,
+    api_key: Option<String>,
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl ClientBuilder {
     pub fn retry(mut self, r: Retry) -> Self {
         self.retry = r;
+        self
+    }
+
+    /// The API key for nodes that require one (`meridian key create`).
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Trust this CA (PEM) for `https://` regions, instead of the public CAs: a cluster with
+    /// its own CA (`meridian cert` makes one for tests and demos).
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
         self
     }
 
@@ -153,16 +172,21 @@ impl ClientBuilder {
         let mut regions = Vec::new();
         for r in self.regions {
             let r = r.trim_end_matches('/').to_owned();
-            if !(r.starts_with("http://") && r.len() > "http://".len()) {
+            let host = r
+                .strip_prefix("http://")
+                .or_else(|| r.strip_prefix("https://"));
+            if host.is_none_or(str::is_empty) {
                 return Err(Error::Invalid(format!(
-                    "region {r:?}: an http:// URL (TLS comes with the node's TLS support)"
+                    "region {r:?}: an http:// or https:// URL"
                 )));
             }
             regions.push(r);
         }
+        let tls = Arc::new(tls_config(self.ca_pem.as_deref())?);
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(Duration::from_secs(3))
+            .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
             .build()
             .map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(Client {
@@ -172,9 +196,41 @@ impl ClientBuilder {
                 current: AtomicUsize::new(0),
                 token: Mutex::new(SessionToken::default()),
                 retry: self.retry,
+                api_key: self.api_key,
+                tls,
             }),
         })
     }
+}
+
+/// TLS that trusts `ca_pem`'s certificates, or else the public CAs (webpki-roots).
+fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for c in CertificateDer::pem_slice_iter(pem) {
+                let c =
+                    c.map_err(|e| Error::Invalid(format!("ca_pem: not PEM certificates: {e}")))?;
+                roots
+                    .add(c)
+                    .map_err(|e| Error::Invalid(format!("ca_pem: not a usable CA: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(Error::Invalid("ca_pem holds no certificate".into()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Invalid(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(config)
 }
 
 /// One request, as sent on every try.
@@ -204,6 +260,8 @@ impl Client {
             regions: regions.into_iter().map(Into::into).collect(),
             retry: Retry::default(),
             timeout: Duration::from_secs(15),
+            api_key: None,
+            ca_pem: None,
         }
     }
 
@@ -242,6 +300,14 @@ impl Client {
         );
     }
 
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.inner.tls.clone()
+    }
+
+    pub(crate) fn api_key(&self) -> Option<&str> {
+        self.inner.api_key.as_deref()
+    }
+
     pub(crate) fn current_index(&self) -> usize {
         self.inner.current.load(Ordering::Relaxed) % self.inner.regions.len()
     }
@@ -278,6 +344,9 @@ impl Client {
             let i = self.current_index();
             let url = format!("{}{}", self.region_at(i), call.path);
             let mut req = self.inner.http.request(call.method.clone(), &url);
+            if let Some(k) = &self.inner.api_key {
+                req = req.bearer_auth(k);
+            }
             let token = self.session();
             if !token.is_empty() {
                 req = req.header(SESSION, token.to_string());

@@ -2,7 +2,8 @@
 //!
 //! - [`Client`]: the HTTP API, typed, with the session token kept and merged across regions,
 //!   an idempotency key per logical write reused on every retry, retries with exponential
-//!   backoff and jitter that honour `Retry-After`, and failover along a list of regions.
+//!   backoff and jitter that honour `Retry-After`, and failover along a list of regions; an API
+//!   key on every request, and `https://` regions with the cluster's CA (or the public ones).
 //! - [`Replicas`] and [`LocalDoc`]: offline replicas kept on disk, read and edited as JSON with
 //!   the same meaning as the HTTP API, that survive an app restart.
 //! - [`Syncer`]: syncs the replicas with a node over `/v1/sync` (automerge-repo's protocol

@@ -55,9 +55,27 @@ impl Connector for WsConnector {
         Box::pin(async move {
             let base = self.client.region();
             let url = format!("ws{}/v1/sync", base.trim_start_matches("http"));
+            let mut request =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    url.as_str(),
+                )
+                .map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+            if let Some(k) = self.client.api_key() {
+                let v = format!("Bearer {k}").parse().map_err(|_| {
+                    Error::Invalid("the API key is not a valid header value".into())
+                })?;
+                request.headers_mut().insert("authorization", v);
+            }
+            // ws:// for http:// regions, wss:// (the client's TLS) for https:// ones
+            let connector = tokio_tungstenite::Connector::Rustls(self.client.tls());
             let (ws, _) = tokio::time::timeout(
                 Duration::from_secs(10),
-                tokio_tungstenite::connect_async(url.as_str()),
+                tokio_tungstenite::connect_async_tls_with_config(
+                    request,
+                    None,
+                    false,
+                    Some(connector),
+                ),
             )
             .await
             .map_err(|_| Error::Unreachable(format!("{url}: timed out")))?

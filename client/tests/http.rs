@@ -169,3 +169,36 @@ async fn an_unreachable_region_fails_over_and_the_session_goes_along() {
         Err(Error::Unreachable(_))
     ));
 }
+
+#[test]
+fn bad_regions_and_bad_certificates_are_refused_when_the_client_is_built() {
+    use meridian_client::Client;
+    for (regions, ca, wanted) in [
+        (vec![], None, "at least one region"),
+        (vec!["ftp://h"], None, "http:// or https://"),
+        (vec!["https://"], None, "http:// or https://"),
+        (
+            vec!["https://h"],
+            Some(b"not pem".to_vec()),
+            "no certificate",
+        ),
+        (
+            vec!["https://h"],
+            Some(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec()),
+            "ca_pem",
+        ),
+    ] {
+        let mut b = Client::builder(regions);
+        if let Some(ca) = ca {
+            b = b.ca_pem(ca);
+        }
+        let err = b.build().unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert!(
+            err.to_string().contains(wanted),
+            "{err} should mention {wanted}"
+        );
+    }
+    // http and https regions together, with the public CAs or a given one
+    assert!(Client::new(["http://a:1", "https://b:2"]).is_ok());
+}

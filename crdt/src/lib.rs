@@ -37,8 +37,8 @@ mod store;
 mod wal;
 
 pub use doc::{
-    genesis_bytes, genesis_hash, parse_ops, Applied, ClientChanges, Conflict, ConflictValue,
-    Document, Edit, Op, RemoteChange, State, SyncState,
+    genesis_bytes, genesis_hash, parse_ops, sync_message_carries_changes, Applied, ClientChanges,
+    Conflict, ConflictValue, Document, Edit, Op, RemoteChange, State, SyncState,
 };
 pub use docid::{BadDocumentId, DocumentId};
 pub use error::{Error, Result};

@@ -1,6 +1,5 @@
 //! The `/v1` document API handlers.
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -9,7 +8,7 @@ use serde::Deserialize;
 
 use crate::changes::{self, Filter};
 use crate::error::ApiError;
-use crate::extract::{idempotency, read_body, CollectionPath, DocPath, Query, JSON, MERGE_PATCH};
+use crate::extract::{CollectionPath, DocPath, IdempotencyKey, Json, MergePatch, Query, WriteBody};
 use crate::state::AppState;
 
 /// Largest page of a list.
@@ -138,70 +137,38 @@ pub(crate) async fn get_doc(
     ))
 }
 
-/// The shared steps of a write with a body: media type, size limit, parse, idempotency key.
-#[allow(clippy::too_many_arguments)] // each is one piece of the request; a struct would only rename them
-async fn write_with_body(
-    st: &AppState,
-    key: DocKey,
-    method: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-    accepted: &[&str],
-    parse: impl FnOnce(&[u8]) -> meridian_crdt::Result<Edit>,
-) -> Result<Response, ApiError> {
-    let bytes = read_body(headers, body, accepted, st.limits.max_body).await?;
-    let edit = parse(&bytes)?;
-    let idem = idempotency(headers, method, uri.path(), &bytes)?;
-    write(st, key, edit, idem).await
-}
-
 pub(crate) async fn put_doc(
     State(st): State<AppState>,
     DocPath(key): DocPath,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    body: WriteBody<Json>,
 ) -> Result<Response, ApiError> {
-    write_with_body(&st, key, "PUT", &uri, &headers, body, JSON, |b| {
-        json::parse_object(b).map(Edit::Put)
-    })
-    .await
+    let edit = json::parse_object(&body.bytes).map(Edit::Put)?;
+    write(&st, key, edit, body.idem).await
 }
 
 pub(crate) async fn patch_doc(
     State(st): State<AppState>,
     DocPath(key): DocPath,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    body: WriteBody<MergePatch>,
 ) -> Result<Response, ApiError> {
-    write_with_body(&st, key, "PATCH", &uri, &headers, body, MERGE_PATCH, |b| {
-        json::parse_object(b).map(Edit::Patch)
-    })
-    .await
+    let edit = json::parse_object(&body.bytes).map(Edit::Patch)?;
+    write(&st, key, edit, body.idem).await
 }
 
 pub(crate) async fn post_ops(
     State(st): State<AppState>,
     DocPath(key): DocPath,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    body: WriteBody<Json>,
 ) -> Result<Response, ApiError> {
-    write_with_body(&st, key, "POST", &uri, &headers, body, JSON, |b| {
-        Ok(Edit::Ops(parse_ops(json::parse(b)?)?))
-    })
-    .await
+    let edit = Edit::Ops(parse_ops(json::parse(&body.bytes)?)?);
+    write(&st, key, edit, body.idem).await
 }
 
 pub(crate) async fn delete_doc(
     State(st): State<AppState>,
     DocPath(key): DocPath,
-    uri: Uri,
-    headers: HeaderMap,
+    IdempotencyKey(idem): IdempotencyKey,
 ) -> Result<Response, ApiError> {
-    let idem = idempotency(&headers, "DELETE", uri.path(), b"")?;
     write(&st, key, Edit::Delete, idem).await
 }
 

@@ -15,6 +15,7 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use meridian_sync::repo::{Close, Connection, Output, SyncLimits};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{CollectionPath, Query};
 use crate::state::AppState;
@@ -26,6 +27,7 @@ pub(crate) async fn sync_or_list(
     State(st): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
+    caller: Option<axum::Extension<Caller>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     if !headers.contains_key(header::UPGRADE) {
@@ -38,7 +40,8 @@ pub(crate) async fn sync_or_list(
         return list.await;
     }
     // a full node says so before it looks at the handshake
-    let conn = st.hub.connect().map_err(|_| {
+    let access = caller.map_or(Caller::Anyone, |c| c.0).sync_access();
+    let conn = st.hub.connect_as(access).map_err(|_| {
         ApiError::LimitReached(format!(
             "this node serves at most {} sync connections at once; retry shortly",
             st.hub.limits().max_connections

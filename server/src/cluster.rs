@@ -5,16 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
-use meridian_sync::{Chunks, ClusterReport, Peer, Transport};
+use meridian_sync::{Chunks, ClusterReport, Error as SyncError, Peer, Transport};
 use tokio_stream::StreamExt;
 
 use crate::error::ApiError;
 use crate::faults::{cut_error, Faults, FROM_HEADER};
 use crate::state::AppState;
+use crate::tls::{ConnInfo, PeerTls};
 
 /// Largest node-to-node request (a repair request lists the heads of many documents).
 const INTERNAL_BODY_LIMIT: usize = 64 << 20;
@@ -33,20 +35,22 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(secret: &str, me: &str, faults: Arc<Faults>) -> Self {
-        let client = reqwest::Client::builder()
+    /// Errors name the TLS file that is wrong.
+    pub fn new(secret: &str, me: &str, faults: Arc<Faults>, tls: &PeerTls) -> Result<Self, String> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(60));
+        let client = crate::tls::peer_client(builder, tls)?
             .build()
-            .expect("an HTTP client with default TLS-less settings builds");
-        HttpTransport {
+            .map_err(|e| format!("the peer client: {e}"))?;
+        Ok(HttpTransport {
             client,
             secret: secret.to_owned(),
             // node ids are a header-safe alphabet (checked when the store opens)
             me: HeaderValue::from_str(me).unwrap_or(HeaderValue::from_static("")),
             faults,
-        }
+        })
     }
 }
 
@@ -57,9 +61,9 @@ impl HttpTransport {
         peer: &Peer,
         endpoint: &str,
         body: Vec<u8>,
-    ) -> Result<(String, reqwest::RequestBuilder), String> {
+    ) -> Result<(String, reqwest::RequestBuilder), SyncError> {
         if self.faults.blocks(peer.id.as_str()) {
-            return Err(cut_error(peer.id.as_str()));
+            return Err(SyncError::Unreachable(cut_error(peer.id.as_str())));
         }
         let url = format!("{}/internal/{endpoint}", peer.addr.trim_end_matches('/'));
         let req = self
@@ -74,36 +78,49 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
-    async fn call(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
+    async fn call(
+        &self,
+        peer: &Peer,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, SyncError> {
         let (url, req) = self.post(peer, "rpc", body)?;
         let resp = req
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| unreachable(&url, e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        let bytes = resp.bytes().await.map_err(|e| unreachable(&url, e))?;
         if !status.is_success() {
-            return Err(format!(
+            return Err(SyncError::Refused(format!(
                 "{url}: {status}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-            ));
+            )));
         }
         Ok(bytes.to_vec())
     }
 
-    async fn open(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Chunks, String> {
+    async fn open(
+        &self,
+        peer: &Peer,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Chunks, SyncError> {
         let (url, req) = self.post(peer, "subscribe", body)?;
         // no overall timeout: the answer is a stream; the replica notices a silent one
         let send = req.send();
         let mut resp = tokio::time::timeout(timeout, send)
             .await
-            .map_err(|_| format!("{url}: timed out"))?
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|_| SyncError::Unreachable(format!("{url}: timed out")))?
+            .map_err(|e| unreachable(&url, e))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
-            return Err(format!("{url}: {status}: {}", &text[..text.len().min(200)]));
+            return Err(SyncError::Refused(format!(
+                "{url}: {status}: {}",
+                &text[..text.len().min(200)]
+            )));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let (faults, peer) = (self.faults.clone(), peer.id.to_string());
@@ -116,9 +133,9 @@ impl Transport for HttpTransport {
                     chunk = resp.chunk() => match chunk {
                         Ok(Some(c)) => Ok(c.to_vec()),
                         Ok(None) => return,
-                        Err(e) => Err(format!("{url}: {e}")),
+                        Err(e) => Err(unreachable(&url, e)),
                     },
-                    _ = &mut cut => Err(cut_error(&peer)),
+                    _ = &mut cut => Err(SyncError::Unreachable(cut_error(&peer))),
                 };
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
@@ -128,6 +145,18 @@ impl Transport for HttpTransport {
         });
         Ok(rx)
     }
+}
+
+/// A request that got no answer: the URL and the reason, with the causes (a TLS refusal says
+/// why only there).
+fn unreachable(url: &str, e: reqwest::Error) -> SyncError {
+    let mut text = format!("{url}: {e}");
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    SyncError::Unreachable(text)
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the secret.
@@ -146,18 +175,26 @@ pub(crate) fn check_secret(st: &AppState, headers: &HeaderMap) -> Result<(), Api
         _ => false,
     };
     if !ok {
-        return Err(ApiError::Unauthorized);
+        return Err(ApiError::Unauthorized(
+            "this endpoint needs the cluster secret".into(),
+        ));
     }
     Ok(())
 }
 
-/// Checks the cluster secret and the fault controls, then reads the body (only once
-/// authenticated).
+/// Checks the peer's certificate (with `--require-peer-cert`), the cluster secret and the fault
+/// controls, then reads the body (only once authenticated).
 async fn authenticated_body(
     st: &AppState,
+    conn: Option<Extension<ConnectInfo<ConnInfo>>>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Bytes, ApiError> {
+    if st.peer_tls.require_cert && !conn.is_some_and(|c| c.0 .0.peer_cert) {
+        return Err(ApiError::Unauthorized(
+            "this node requires peers to present a client certificate from its peer CA".into(),
+        ));
+    }
     check_secret(st, headers)?;
     crate::faults::check_incoming(st, headers)?;
     axum::body::to_bytes(body, INTERNAL_BODY_LIMIT)
@@ -177,10 +214,11 @@ fn rpc_response(body: Body) -> Response {
 /// `POST /internal/rpc`: one replication request from a peer, one answer.
 pub(crate) async fn rpc(
     State(st): State<AppState>,
+    conn: Option<Extension<ConnectInfo<ConnInfo>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = authenticated_body(&st, &headers, body).await?;
+    let body = authenticated_body(&st, conn, &headers, body).await?;
     Ok(rpc_response(Body::from(st.replica.handle(&body).await)))
 }
 
@@ -188,10 +226,11 @@ pub(crate) async fn rpc(
 /// frames for as long as the subscription lives.
 pub(crate) async fn subscribe(
     State(st): State<AppState>,
+    conn: Option<Extension<ConnectInfo<ConnInfo>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = authenticated_body(&st, &headers, body).await?;
+    let body = authenticated_body(&st, conn, &headers, body).await?;
     let from = headers
         .get(FROM_HEADER)
         .and_then(|v| v.to_str().ok())

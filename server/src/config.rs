@@ -35,6 +35,17 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run three regions (us, eu, ap) on this machine and a web page that shows them.
     Demo(crate::demo::DemoArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Make a development CA and node certificates (for tests and demos).
+    Cert(crate::cert::CertArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print a new random key (once) and the entry to add to the auth file.
+    Create(crate::auth::KeyArgs),
 }
 
 /// A node's settings as given. Every field is optional, so that the config file can fill what
@@ -118,6 +129,34 @@ pub struct ServeArgs {
     /// Default: false.
     #[arg(long, env = "MERIDIAN_FAULT_CONTROLS", num_args = 0..=1, default_missing_value = "true")]
     pub fault_controls: Option<bool>,
+    /// API keys and what each may do (TOML; see docs/security.md). Re-read on SIGHUP.
+    /// Without it, the node serves only on a loopback address.
+    #[arg(long, env = "MERIDIAN_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve without API keys on a non-loopback address: anyone who reaches the port may read,
+    /// change and delete everything. Default: false.
+    #[arg(long, env = "MERIDIAN_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_no_auth: Option<bool>,
+    /// This node's certificate chain (PEM): the node serves HTTPS only. Re-read on SIGHUP.
+    #[arg(long, env = "MERIDIAN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM). Re-read on SIGHUP.
+    #[arg(long, env = "MERIDIAN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that peers' certificates chain to: `https://` peers are verified against it,
+    /// and so are the client certificates peers present.
+    #[arg(long, env = "MERIDIAN_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+    /// This node's client certificate (PEM) for peers: mutual TLS.
+    #[arg(long, env = "MERIDIAN_PEER_CLIENT_CERT")]
+    pub peer_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "MERIDIAN_PEER_CLIENT_KEY")]
+    pub peer_client_key: Option<PathBuf>,
+    /// Refuse peers (`/internal/`) that present no client certificate from --peer-ca.
+    /// Default: false.
+    #[arg(long, env = "MERIDIAN_REQUIRE_PEER_CERT", num_args = 0..=1, default_missing_value = "true")]
+    pub require_peer_cert: Option<bool>,
 }
 
 /// A node's settings, resolved. [`Settings::default`] holds every default.
@@ -145,6 +184,14 @@ pub struct Settings {
     pub changes_retention: u64,
     pub changes_keep_alive_ms: u64,
     pub fault_controls: bool,
+    pub auth_file: Option<PathBuf>,
+    pub insecure_no_auth: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub peer_ca: Option<PathBuf>,
+    pub peer_client_cert: Option<PathBuf>,
+    pub peer_client_key: Option<PathBuf>,
+    pub require_peer_cert: bool,
 }
 
 impl Default for Settings {
@@ -178,19 +225,30 @@ impl Default for Settings {
             changes_retention: feed.retention,
             changes_keep_alive_ms: feed.keep_alive.as_millis() as u64,
             fault_controls: false,
+            auth_file: None,
+            insecure_no_auth: false,
+            tls_cert: None,
+            tls_key: None,
+            peer_ca: None,
+            peer_client_cert: None,
+            peer_client_key: None,
+            require_peer_cert: false,
         }
     }
 }
 
-/// `ID=URL`, with an http URL.
+/// `ID=URL`, with an http or https URL.
 fn parse_peer(s: &str) -> anyhow::Result<Peer> {
     let (id, url) = s
         .split_once('=')
         .ok_or_else(|| anyhow::anyhow!("peer {s:?} must be ID=URL"))?;
     let id = meridian_crdt::NodeId::new(id).map_err(|e| anyhow::anyhow!("peer {s:?}: {e}"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
     anyhow::ensure!(
-        url.starts_with("http://") && url.len() > "http://".len(),
-        "peer {s:?}: the URL must start with http://"
+        rest.is_some_and(|r| !r.is_empty()),
+        "peer {s:?}: the URL must start with http:// or https://"
     );
     Ok(Peer {
         id,
@@ -260,6 +318,14 @@ impl ServeArgs {
             changes_retention: pick!(changes_retention),
             changes_keep_alive_ms: pick!(changes_keep_alive_ms),
             fault_controls: pick!(fault_controls),
+            auth_file: self.auth_file.or(file.auth_file),
+            insecure_no_auth: pick!(insecure_no_auth),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            peer_ca: self.peer_ca.or(file.peer_ca),
+            peer_client_cert: self.peer_client_cert.or(file.peer_client_cert),
+            peer_client_key: self.peer_client_key.or(file.peer_client_key),
+            require_peer_cert: pick!(require_peer_cert),
         };
         s.validate()?;
         Ok(s)
@@ -290,6 +356,34 @@ impl Settings {
             !self.fault_controls || self.cluster_secret.is_some(),
             "--fault-controls needs --cluster-secret: the controls sit behind it"
         );
+        anyhow::ensure!(
+            !(self.insecure_no_auth && self.auth_file.is_some()),
+            "--insecure-no-auth and --auth-file contradict each other; choose one"
+        );
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "--tls-cert and --tls-key go together"
+        );
+        anyhow::ensure!(
+            self.peer_client_cert.is_some() == self.peer_client_key.is_some(),
+            "--peer-client-cert and --peer-client-key go together"
+        );
+        anyhow::ensure!(
+            !self.require_peer_cert || (self.tls_cert.is_some() && self.peer_ca.is_some()),
+            "--require-peer-cert needs --tls-cert and --tls-key (peers present certificates \
+             in a TLS handshake) and --peer-ca (to check them against)"
+        );
+        anyhow::ensure!(
+            self.peer_client_cert.is_none() || self.peer_ca.is_some(),
+            "--peer-client-cert needs --peer-ca: mutual TLS is TLS to peers first"
+        );
+        if let Some(p) = self.peers.iter().find(|p| p.addr.starts_with("https://")) {
+            anyhow::ensure!(
+                self.peer_ca.is_some(),
+                "peer {} is https: give --peer-ca, the CA its certificate chains to",
+                p.id
+            );
+        }
         if let Some(id) = &self.node_id {
             meridian_crdt::NodeId::new(id)?;
         }
@@ -326,6 +420,17 @@ impl Settings {
         c.anti_entropy_every = Duration::from_secs(self.anti_entropy_secs);
         c.feed_mode = self.feed_mode;
         c
+    }
+
+    pub fn peer_tls(&self) -> crate::tls::PeerTls {
+        crate::tls::PeerTls {
+            ca: self.peer_ca.clone(),
+            identity: self
+                .peer_client_cert
+                .clone()
+                .zip(self.peer_client_key.clone()),
+            require_cert: self.require_peer_cert,
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -460,7 +565,33 @@ mod tests {
             (args(&["us"], Some("s3cret-s3cret"), Some("eu")), "ID=URL"),
             (
                 args(&["us=ftp://h"], Some("s3cret-s3cret"), Some("eu")),
-                "http://",
+                "http:// or https://",
+            ),
+            (
+                args(&["us=https://h"], Some("s3cret-s3cret"), Some("eu")),
+                "--peer-ca",
+            ),
+            (
+                ServeArgs {
+                    tls_cert: Some("c.pem".into()),
+                    ..Default::default()
+                },
+                "go together",
+            ),
+            (
+                ServeArgs {
+                    require_peer_cert: Some(true),
+                    ..Default::default()
+                },
+                "--require-peer-cert needs",
+            ),
+            (
+                ServeArgs {
+                    peer_client_cert: Some("c.pem".into()),
+                    peer_client_key: Some("c.key".into()),
+                    ..Default::default()
+                },
+                "needs --peer-ca",
             ),
             (
                 args(&["u/s=http://h"], Some("s3cret-s3cret"), Some("eu")),

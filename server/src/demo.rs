@@ -45,6 +45,9 @@ pub struct DemoArgs {
     /// instead of starting them. Their fault controls need `--cluster-secret`.
     #[arg(long = "region", value_delimiter = ',')]
     pub regions: Vec<String>,
+    /// The CA (PEM) that `https://` regions' certificates chain to.
+    #[arg(long)]
+    pub region_ca: Option<PathBuf>,
     /// The regions' cluster secret. Default when starting them: a new random one.
     #[arg(long, env = "MERIDIAN_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
@@ -100,8 +103,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 meridian_crdt::validate_name("region", id)
                     .map_err(|e| anyhow::anyhow!("--region {r:?}: {e}"))?;
                 anyhow::ensure!(
-                    url.starts_with("http://"),
-                    "--region {r:?}: the URL must start with http://"
+                    url.starts_with("http://")
+                        || (url.starts_with("https://") && args.region_ca.is_some()),
+                    "--region {r:?}: the URL must start with http://, or https:// with --region-ca"
                 );
                 Ok(Region {
                     id: id.to_owned(),
@@ -119,11 +123,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let page = Page {
         regions: Arc::new(regions),
         secret: secret.map(Into::into),
-        client: reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .build()?,
+        client: crate::tls::peer_client(
+            reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .tcp_nodelay(true),
+            &crate::tls::PeerTls {
+                ca: args.region_ca.clone(),
+                ..Default::default()
+            },
+        )
+        .map_err(anyhow::Error::msg)?
+        .build()?,
     };
+    // caught from before the demo says it runs (see `shutdown_signal`)
+    let shutdown = crate::shutdown_signal();
     println!("Meridian demo: three regions, replicating");
     for r in page.regions.iter() {
         println!("  {:<3} {}", r.id, r.url);
@@ -147,7 +160,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Until Ctrl-C, or until a region fails: then stop all and report the first failure.
     let mut failure = None;
     tokio::select! {
-        _ = crate::shutdown_signal() => {}
+        _ = shutdown => {}
         Some(done) = nodes.join_next() => {
             failure = Some(match done {
                 Ok(Ok(())) => anyhow::anyhow!("a region stopped"),

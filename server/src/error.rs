@@ -13,8 +13,15 @@ pub enum ApiError {
     InvalidId(String),
     #[error("{0}")]
     BadSession(String),
-    #[error("this endpoint needs the cluster secret")]
-    Unauthorized,
+    /// No key, a malformed one, an unknown or expired one (or no cluster secret).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key without the access the request needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many failed authentications from this address; retry after the wait.
+    #[error("too many failed authentications from this address; retry in {} s", retry_secs(*.0))]
+    TooManyRequests(std::time::Duration),
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -61,7 +68,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::InvalidId(_) | ApiError::BadSession(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -84,7 +93,9 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::InvalidId(_) => "invalid_id",
             ApiError::BadSession(_) => "invalid_session_token",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooManyRequests(_) => "too_many_requests",
             ApiError::SessionUnavailable { .. } => "session_unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -99,6 +110,11 @@ impl ApiError {
             ApiError::BadGateway(_) => "unreachable",
         }
     }
+}
+
+/// Whole seconds, rounded up, at least 1 (`Retry-After`).
+fn retry_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 fn session_message(node: &str, unknown: bool) -> String {
@@ -140,9 +156,21 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({ "error": error });
         let mut resp = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"meridian\""),
+                );
+            }
+            ApiError::TooManyRequests(wait) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(*wait)));
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         resp
     }

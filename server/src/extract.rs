@@ -2,13 +2,14 @@
 //! error format (axum's default rejections are plain text).
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, request::Parts, HeaderMap};
 use meridian_crdt::{DocKey, Idempotency};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// `/{collection}/{id}` as a validated [`DocKey`].
 #[derive(Debug)]
@@ -61,11 +62,72 @@ impl<T: DeserializeOwned> Query<T> {
     }
 }
 
-pub(crate) const JSON: &[&str] = &["application/json"];
-pub(crate) const MERGE_PATCH: &[&str] = &["application/merge-patch+json", "application/json"];
+/// The media types a write's body may have.
+pub(crate) trait Accepts {
+    const TYPES: &'static [&'static str];
+}
+
+/// `application/json` (PUT, ops).
+#[derive(Debug)]
+pub(crate) struct Json;
+
+impl Accepts for Json {
+    const TYPES: &'static [&'static str] = &["application/json"];
+}
+
+/// `application/merge-patch+json`, or plain JSON (PATCH).
+#[derive(Debug)]
+pub(crate) struct MergePatch;
+
+impl Accepts for MergePatch {
+    const TYPES: &'static [&'static str] = &["application/merge-patch+json", "application/json"];
+}
+
+/// A write's body, checked (content type, the node's size limit) and read, with the
+/// `Idempotency-Key` it came with, bound to the method, the path and these bytes (a retry
+/// with the same key and another body is 422).
+#[derive(Debug)]
+pub(crate) struct WriteBody<A> {
+    pub bytes: axum::body::Bytes,
+    pub idem: Option<Idempotency>,
+    accepts: std::marker::PhantomData<A>,
+}
+
+impl<A: Accepts> FromRequest<AppState> for WriteBody<A> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(&parts.headers, body, A::TYPES, st.limits.max_body).await?;
+        let idem = idempotency(
+            &parts.headers,
+            parts.method.as_str(),
+            parts.uri.path(),
+            &bytes,
+        )?;
+        Ok(WriteBody {
+            bytes,
+            idem,
+            accepts: std::marker::PhantomData,
+        })
+    }
+}
+
+/// The `Idempotency-Key` of a write without a body (DELETE).
+#[derive(Debug)]
+pub(crate) struct IdempotencyKey(pub Option<Idempotency>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        idempotency(&parts.headers, parts.method.as_str(), parts.uri.path(), b"")
+            .map(IdempotencyKey)
+    }
+}
 
 /// Checks the content type, then reads the body up to `limit` bytes.
-pub(crate) async fn read_body(
+async fn read_body(
     headers: &HeaderMap,
     body: Body,
     accepted: &[&str],
@@ -110,7 +172,7 @@ pub(crate) async fn read_body(
 }
 
 /// The `Idempotency-Key` header, with a digest of the request it came with.
-pub(crate) fn idempotency(
+fn idempotency(
     headers: &HeaderMap,
     method: &str,
     path: &str,

@@ -4,6 +4,9 @@
 //! - `config`: command line, environment and config file; the one [`Settings`] struct.
 //! - `node`: a running node: open, bind, serve until told to stop.
 //! - `demo`: `meridian demo`: three regions and the web page's server.
+//! - `auth`: API keys, access per collection, failed-authentication limits.
+//! - `tls`: HTTPS (rustls), certificates re-read on SIGHUP, TLS and mutual TLS between regions.
+//! - `cert`: `meridian cert`, a development CA and node certificates.
 //! - `state`: [`AppState`], what every handler shares, and the request [`Limits`].
 //! - `error`: [`ApiError`], the one mapping from errors to HTTP statuses and codes.
 //! - `extract`: path, body, query and header parsing with the project's error format.
@@ -21,6 +24,8 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 mod api;
+pub mod auth;
+pub mod cert;
 mod changes;
 mod clients;
 mod cluster;
@@ -34,6 +39,7 @@ mod node;
 mod openapi;
 mod session;
 mod state;
+pub mod tls;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
@@ -50,7 +56,7 @@ pub use error::ApiError;
 pub use faults::{FaultState, Faults};
 pub use metrics::Metrics;
 pub use node::{run, Node};
-pub use state::{AppState, Limits};
+pub use state::{AppState, Limits, Shared};
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
@@ -96,6 +102,12 @@ pub fn app(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::stamp,
+        ))
+        .route("/metrics", get(metrics_text))
+        // outermost: a request without the access it needs learns nothing, not even a token
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
         ));
 
     let mut router = Router::new().merge(v1);
@@ -115,7 +127,6 @@ pub fn app(state: AppState) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi::serve))
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::no_route)
@@ -135,6 +146,8 @@ async fn status(State(st): State<AppState>) -> Json<serde_json::Value> {
         "documents": s.documents,
         "bytes_on_disk": s.bytes_on_disk,
         "version": env!("CARGO_PKG_VERSION"),
+        "auth": st.auth.describe(),
+        "tls": st.tls,
     }))
 }
 
@@ -162,19 +175,23 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response()
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled: a node that says it is serving must already catch the
+/// signal (the default action would kill it without a flush).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: finishing in-flight requests");
+        };
+        tokio::select! { _ = wait(int) => {}, _ = wait(term) => {} }
+        tracing::info!("shutting down: finishing in-flight requests");
+    }
 }

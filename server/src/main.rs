@@ -1,7 +1,7 @@
 //! `meridian`: parses the configuration and runs the node.
 
 use clap::Parser;
-use meridian_server::config::{Cli, Command};
+use meridian_server::config::{Cli, Command, KeyCommand};
 
 // A node allocates many small, short-lived buffers per request (JSON, records, headers);
 // glibc's malloc took about 11% of a GET-heavy profile.
@@ -29,6 +29,32 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Command::Demo(args) => meridian_server::demo::run(args).await,
+        Command::Cert(args) => match args.run() {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                return std::process::ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        Command::Key(KeyCommand::Create(args)) => match args.run() {
+            Ok((key, entry)) => {
+                println!("{key}\n\n{entry}");
+                eprintln!(
+                    "The first line is the key: it is shown once, store it now. Add the entry \
+                     to the auth file, then send the node SIGHUP (kill -HUP <pid>)."
+                );
+                return std::process::ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

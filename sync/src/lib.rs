@@ -16,6 +16,7 @@
 //! The same crate serves clients that sync documents themselves (automerge-repo): see [`repo`].
 //!
 //! # Layout
+//! - `error`: [`Error`], why an exchange with a peer failed.
 //! - `token`: session tokens (parse, print, merge).
 //! - `wire`: the node-to-node messages.
 //! - `replica`: one node's replication, a module per concept: `serve` (answering peers),
@@ -28,12 +29,16 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 #[cfg(feature = "node")]
+mod error;
+#[cfg(feature = "node")]
 mod replica;
 pub mod repo;
 mod token;
 #[cfg(feature = "node")]
 mod wire;
 
+#[cfg(feature = "node")]
+pub use error::{Error, Result};
 #[cfg(feature = "node")]
 pub use replica::{
     Behind, Chunks, ClusterReport, FeedMode, Lag, Peer, PeerReport, Replica, SyncConfig, Transport,

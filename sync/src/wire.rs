@@ -113,13 +113,15 @@ impl FrameReader {
 
     /// The next whole frame's message bytes, if one has arrived; an error for a length no
     /// sender would use.
-    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, String> {
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, crate::Error> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
-            return Err(format!("a frame of {len} bytes is over the limit"));
+            return Err(crate::Error::Protocol(format!(
+                "a frame of {len} bytes is over the limit"
+            )));
         }
         if self.buf.len() < 4 + len {
             return Ok(None);
@@ -130,15 +132,14 @@ impl FrameReader {
     }
 }
 
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, crate::Error> {
     match bytes.split_first() {
-        Some((&WIRE_VERSION, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| format!("undecodable message: {e}"))
-        }
-        Some((v, _)) => Err(format!(
+        Some((&WIRE_VERSION, rest)) => postcard::from_bytes(rest)
+            .map_err(|e| crate::Error::Protocol(format!("undecodable message: {e}"))),
+        Some((v, _)) => Err(crate::Error::Protocol(format!(
             "protocol version {v} is not spoken here (this node speaks {WIRE_VERSION})"
-        )),
-        None => Err("empty message".into()),
+        ))),
+        None => Err(crate::Error::Protocol("empty message".into())),
     }
 }
 
@@ -176,7 +177,10 @@ mod tests {
         let mut bytes = encode(&r);
         assert_eq!(decode::<Request>(&bytes).unwrap(), r);
         bytes[0] = 9;
-        assert!(decode::<Request>(&bytes).unwrap_err().contains("version 9"));
+        assert!(decode::<Request>(&bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("version 9"));
         assert!(decode::<Request>(&[]).is_err());
         assert!(decode::<Request>(&[WIRE_VERSION, 200, 1]).is_err());
     }

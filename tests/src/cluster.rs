@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_crdt::{NodeId, Store, StoreConfig};
-use meridian_sync::{Chunks, Peer, Replica, SyncConfig, Transport};
+use meridian_sync::{Chunks, Error as SyncError, Peer, Replica, SyncConfig, Transport};
 use parking_lot::{Mutex, RwLock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -70,51 +70,66 @@ impl Net {
 }
 
 impl Transport for SimTransport {
-    async fn call(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
+    async fn call(
+        &self,
+        peer: &Peer,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, SyncError> {
         let net = &self.net;
         let to = peer.id.as_str();
         tokio::time::sleep(net.delay()).await;
         if !net.delivers(&self.me, to) {
             tokio::time::sleep(LOSS_NOTICED.min(timeout)).await;
-            return Err("request lost".into());
+            return Err(SyncError::Unreachable("request lost".into()));
         }
         let target = net
             .nodes
             .read()
             .get(to)
             .cloned()
-            .ok_or_else(|| format!("{to} is down"))?;
+            .ok_or_else(|| SyncError::Unreachable(format!("{to} is down")))?;
         if net.duplicates() {
             let (t, b) = (target.clone(), body.clone());
             tokio::spawn(async move { t.handle(&b).await });
         }
         let answer = tokio::time::timeout(timeout, target.handle(&body))
             .await
-            .map_err(|_| "timed out".to_string())?;
+            .map_err(|_| SyncError::Unreachable("timed out".into()))?;
         tokio::time::sleep(net.delay()).await;
         if !net.delivers(to, &self.me) {
-            return Err("answer lost".into());
+            return Err(SyncError::Unreachable("answer lost".into()));
         }
         Ok(answer)
     }
 
-    async fn open(&self, peer: &Peer, body: Vec<u8>, timeout: Duration) -> Result<Chunks, String> {
+    async fn open(
+        &self,
+        peer: &Peer,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Chunks, SyncError> {
         let net = self.net.clone();
         let (me, to) = (self.me.clone(), peer.id.as_str().to_owned());
         tokio::time::sleep(net.delay()).await;
         if !net.delivers(&me, &to) {
             tokio::time::sleep(LOSS_NOTICED.min(timeout)).await;
-            return Err("request lost".into());
+            return Err(SyncError::Unreachable("request lost".into()));
         }
         let target = net
             .nodes
             .read()
             .get(&to)
             .cloned()
-            .ok_or_else(|| format!("{to} is down"))?;
+            .ok_or_else(|| SyncError::Unreachable(format!("{to} is down")))?;
         let mut frames = match target.subscribe(&body) {
             Ok(rx) => rx,
-            Err(answer) => return Err(format!("refused: {} bytes", answer.len())),
+            Err(answer) => {
+                return Err(SyncError::Refused(format!(
+                    "refused: {} bytes",
+                    answer.len()
+                )))
+            }
         };
         // Frames travel in order (one connection), cut into random chunks; a lost chunk, a
         // cut link or a node leaving the network breaks the stream, as a reset connection would.
@@ -129,7 +144,9 @@ impl Transport for SimTransport {
                     tokio::time::sleep(net.delay() / 4).await;
                     let alive = net.nodes.read().contains_key(&to) && net.delivers(&to, &me);
                     if !alive {
-                        let _ = tx.send(Err("connection reset".into())).await;
+                        let _ = tx
+                            .send(Err(SyncError::Unreachable("connection reset".into())))
+                            .await;
                         return;
                     }
                     if tx.send(Ok(chunk.to_vec())).await.is_err() {

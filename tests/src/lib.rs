@@ -4,6 +4,7 @@
 //! - [`Process`]: one `meridian serve` child process, its address and its log.
 //! - [`cluster`]: nodes in one process over an in-memory faulty network.
 //! - [`demo`]: `meridian demo` as a child process on free ports.
+//! - [`load`]: the benchmarks' load generator (plain HTTP or TLS, extra headers).
 //! - [`proxy`]: a TCP proxy a test can cut, to partition real processes.
 //! - [`mesh`]: three real processes in a full mesh through such proxies.
 //! - [`repo_client`]: samod (automerge-repo) as a client of a real node.
@@ -16,6 +17,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod load;
 pub mod mesh;
 pub mod proxy;
 pub mod repo_client;
@@ -59,14 +61,20 @@ pub struct Process {
     child: Child,
     pub addr: String,
     log: mpsc::Receiver<String>,
+    /// Lines read while waiting for the address, not yet returned by `log_lines`.
+    early: std::sync::Mutex<Vec<String>>,
 }
 
 impl Process {
-    /// Starts a node on a free loopback port with `data_dir`, plus any extra arguments, and
-    /// waits until it is ready.
+    /// Starts a node on a free loopback port (unless `extra` says `--listen`) with `data_dir`,
+    /// plus any extra arguments, and waits until it is ready.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Process {
         let mut cmd = Command::new(binary());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.arg("serve");
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env("MERIDIAN_LOG", "info,automerge=warn")
@@ -84,6 +92,7 @@ impl Process {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut early = vec![];
         let addr = loop {
             let line = log
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -93,11 +102,21 @@ impl Process {
                     let _ = child.wait();
                     panic!("meridian did not report its address (exit status {status:?})")
                 });
-            if let Some(rest) = line.split("listen=").nth(1) {
-                break rest.split_whitespace().next().expect("address").to_owned();
+            let addr = line
+                .split("listen=")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().expect("address").to_owned());
+            early.push(line);
+            if let Some(addr) = addr {
+                break addr;
             }
         };
-        Process { child, addr, log }
+        Process {
+            child,
+            addr,
+            log,
+            early: std::sync::Mutex::new(early),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -131,9 +150,11 @@ impl Process {
         }
     }
 
-    /// Log lines printed so far.
+    /// Log lines printed since the last call (the first call: since the start).
     pub fn log_lines(&self) -> Vec<String> {
-        self.log.try_iter().collect()
+        let mut lines = std::mem::take(&mut *self.early.lock().expect("log lines"));
+        lines.extend(self.log.try_iter());
+        lines
     }
 
     /// Resident set size in KiB, from /proc.
@@ -210,4 +231,51 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `meridian key create`: (the key, the auth file entry).
+pub fn create_key(name: &str, access: &str, collections: &str) -> (String, String) {
+    let out = Command::new(binary())
+        .args(["key", "create", "--name", name, "--access", access])
+        .args(["--collections", collections])
+        .output()
+        .expect("run meridian key create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let (key, entry) = text
+        .split_once("\n\n")
+        .expect("the key, a blank line, the entry");
+    (key.trim().to_owned(), entry.to_owned())
+}
+
+/// An offline replica of `users/alice` (which holds `{"name": "Alice"}` on the node) synced
+/// through `client`: it gets the document, and an edit made on it is acknowledged and on the
+/// node.
+pub async fn replica_round_trip(client: &meridian_client::Client) {
+    use serde_json::json;
+    let device = tempfile::tempdir().expect("a temp dir");
+    let replicas = meridian_client::Replicas::open(device.path()).expect("replicas");
+    let alice = replicas.open_doc("users", "alice").expect("a replica");
+    let _syncer = meridian_client::Syncer::start(replicas.clone(), client.clone());
+    eventually("the replica syncs", Duration::from_secs(10), || {
+        let v = alice.value();
+        async move { v.is_some_and(|v| v["name"] == "Alice") }
+    })
+    .await;
+    alice
+        .patch(&json!({"bio": "offline"}))
+        .expect("a local edit");
+    tokio::time::timeout(Duration::from_secs(10), alice.acknowledged())
+        .await
+        .expect("acknowledged");
+    let doc = client
+        .get("users", "alice")
+        .await
+        .expect("get")
+        .expect("alice");
+    assert_eq!(doc.value["bio"], "offline");
 }

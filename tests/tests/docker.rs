@@ -3,7 +3,8 @@
 //! in ap; partition.sh cuts eu off the network between regions for real; writes on both sides;
 //! a session read on eu is refused while a tokenless one is served; heal.sh; convergence; a
 //! `docker kill` of a container right after acknowledged writes and a restart lose nothing;
-//! down.sh leaves nothing behind.
+//! down.sh leaves nothing behind. The regions serve HTTPS only and replicate over mutual TLS
+//! (certificates from `meridian cert`, made by up.sh).
 //!
 //! Needs Docker with docker-compose (v1) (`.ci/run` makes sure of both). It uses the docker
 //! demo's own names (containers `meridian-demo-*`, project `meridian-demo`) and host ports
@@ -56,7 +57,22 @@ fn url(region: &str, path: &str) -> String {
         "ap" => 27003,
         _ => 27000,
     };
-    format!("http://127.0.0.1:{port}{path}")
+    // the regions speak HTTPS only; the page server is plain HTTP on the host's loopback
+    let scheme = if port == 27000 { "http" } else { "https" };
+    format!("{scheme}://127.0.0.1:{port}{path}")
+}
+
+/// A client that trusts the demo's development CA (made by up.sh) and nothing else.
+fn demo_client() -> reqwest::Client {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pem = std::fs::read(root.join("web-demo/docker/.tls/ca.pem")).expect("up.sh made the CA");
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// What the docker demo leaves on the machine: containers, networks, volumes, images.
@@ -113,11 +129,18 @@ async fn eu_cut_off_for(c: &reqwest::Client, node: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docker_demo_partitions_heals_survives_a_kill_and_cleans_up() {
-    let c = http_client();
     script("down.sh", &[]);
     assert_eq!(leftovers(), Vec::<String>::new());
     let t0 = Instant::now();
     script("up.sh", &[]);
+    let c = demo_client();
+    // HTTPS only: plain HTTP to a region gets no answer
+    let plain = http_client();
+    assert!(plain
+        .get("http://127.0.0.1:27001/healthz")
+        .send()
+        .await
+        .is_err());
     eprintln!("up.sh: {:?}", t0.elapsed());
     let names = docker(&["ps", "--format", "{{.Names}}"]);
     for n in ["us", "eu", "ap", "page"] {
@@ -219,5 +242,10 @@ async fn the_docker_demo_partitions_heals_survives_a_kill_and_cleans_up() {
 
     // down.sh leaves nothing behind
     script("down.sh", &[]);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(
+        !root.join("web-demo/docker/.tls").exists(),
+        "down.sh removes the certificates"
+    );
     assert_eq!(leftovers(), Vec::<String>::new());
 }

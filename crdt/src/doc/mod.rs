@@ -91,6 +91,12 @@ impl ClientChanges {
 /// The automerge sync protocol's per-peer state (re-exported for the sync server and clients).
 pub type SyncState = sync::State;
 
+/// Whether an automerge sync message holds changes (a server checks write access before it
+/// takes them in; an undecodable message holds none, and is refused when it is taken in).
+pub fn sync_message_carries_changes(data: &[u8]) -> bool {
+    sync::Message::decode(data).is_ok_and(|m| !m.changes.is_empty())
+}
+
 /// A document: an automerge doc, the actor this replica writes as, and the stamps its client
 /// changes took.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ impl<T: Transport> Replica<T> {
         peer: &PeerState,
         req: &Request,
         extra_wait: Duration,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, crate::Error> {
         let body = wire::encode(req);
         let sent = body.len() as u64;
         let result = self
@@ -26,14 +26,16 @@ impl<T: Transport> Replica<T> {
                 wire::decode::<Response>(&bytes)
             })
             .and_then(|r| match r {
-                Response::Error { message } => Err(format!("the peer refused: {message}")),
+                Response::Error { message } => Err(crate::Error::Refused(format!(
+                    "the peer refused: {message}"
+                ))),
                 r => Ok(r),
             });
         let mut st = peer.status.lock();
         st.bytes_sent += sent;
         match &result {
             Ok(_) => st.succeeded(Instant::now()),
-            Err(e) => st.failed(e.clone()),
+            Err(e) => st.failed(e),
         }
         result
     }
@@ -54,7 +56,7 @@ impl<T: Transport> Replica<T> {
                 Err((e, progressed)) => {
                     tracing::debug!(peer = %peer.peer.id, error = %e, "feed subscription failed");
                     failures = if progressed { 1 } else { failures + 1 };
-                    peer.status.lock().failed(e);
+                    peer.status.lock().failed(&e);
                     Some(backoff(failures, cfg.max_backoff))
                 }
             };
@@ -99,7 +101,7 @@ impl<T: Transport> Replica<T> {
     }
 
     /// One subscription, until it ends. The error says whether any page arrived first.
-    pub(super) async fn follow(&self, peer: &PeerState) -> Result<Followed, (String, bool)> {
+    pub(super) async fn follow(&self, peer: &PeerState) -> Result<Followed, (crate::Error, bool)> {
         let cfg = &self.shared.config;
         let req = Request::Subscribe {
             from: self.shared.me.clone(),
@@ -116,13 +118,13 @@ impl<T: Transport> Replica<T> {
             .await;
         peer.status.lock().bytes_sent += sent;
         let mut chunks = opened.map_err(|e| {
-            peer.status.lock().last_error = Some(e.clone());
+            peer.status.lock().last_error = Some(e.to_string());
             (e, false)
         })?;
         let mut frames = wire::FrameReader::default();
         let mut progressed = false;
-        let fail = |e: String, progressed: bool| {
-            peer.status.lock().last_error = Some(e.clone());
+        let fail = |e: crate::Error, progressed: bool| {
+            peer.status.lock().last_error = Some(e.to_string());
             (e, progressed)
         };
         // a live stream sends at least a heartbeat per `heartbeat`; a dropped connection that
@@ -130,11 +132,21 @@ impl<T: Transport> Replica<T> {
         let silence = cfg.heartbeat * 12;
         loop {
             let chunk = match tokio::time::timeout(silence, chunks.recv()).await {
-                Err(_) => return Err(fail("the subscription went silent".into(), progressed)),
+                Err(_) => {
+                    return Err(fail(
+                        crate::Error::Unreachable("the subscription went silent".into()),
+                        progressed,
+                    ))
+                }
                 // the answering node ended it (its lifetime); one that ends before its first
                 // frame (a node shutting down) is a failure, retried with backoff, not at once
                 Ok(None) if progressed => return Ok(Followed::Ended),
-                Ok(None) => return Err(fail("the subscription ended at once".into(), false)),
+                Ok(None) => {
+                    return Err(fail(
+                        crate::Error::Unreachable("the subscription ended at once".into()),
+                        false,
+                    ))
+                }
                 Ok(Some(Err(e))) => return Err(fail(e, progressed)),
                 Ok(Some(Ok(c))) => c,
             };
@@ -165,7 +177,10 @@ impl<T: Transport> Replica<T> {
                     ..
                 } = page
                 else {
-                    return Err(fail(format!("unexpected frame: {page:?}"), progressed));
+                    return Err(fail(
+                        crate::Error::Protocol(format!("unexpected frame: {page:?}")),
+                        progressed,
+                    ));
                 };
                 let mut st = peer.status.lock();
                 st.their_latest = latest;
@@ -195,7 +210,7 @@ impl<T: Transport> Replica<T> {
         &self,
         peer: &PeerState,
         wait: Duration,
-    ) -> Result<Pulled, String> {
+    ) -> Result<Pulled, crate::Error> {
         let req = Request::Feed {
             from: self.shared.me.clone(),
             after: *peer.cursor.lock(),
@@ -220,7 +235,9 @@ impl<T: Transport> Replica<T> {
                 let refused = self.apply_feed(peer, changes, upto).await?;
                 Ok(Pulled { more, refused })
             }
-            other => Err(format!("unexpected answer to a feed request: {other:?}")),
+            other => Err(crate::Error::Protocol(format!(
+                "unexpected answer to a feed request: {other:?}"
+            ))),
         }
     }
 
@@ -232,7 +249,7 @@ impl<T: Transport> Replica<T> {
         peer: &PeerState,
         changes: Vec<DocChanges>,
         upto: Option<Timestamp>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, crate::Error> {
         let _one_at_a_time = peer.apply.lock().await;
         let checked = self.check(changes, true)?;
         let cursor = if checked.refused {
@@ -265,14 +282,20 @@ impl<T: Transport> Replica<T> {
     /// Decodes and checks received changes: each must parse, and its stamp must be within the
     /// clock's maximum drift (which also moves the clock past it). `feed`: stop at the first
     /// refusal; otherwise skip the rest of that document only.
-    pub(super) fn check(&self, changes: Vec<DocChanges>, feed: bool) -> Result<Checked, String> {
+    pub(super) fn check(
+        &self,
+        changes: Vec<DocChanges>,
+        feed: bool,
+    ) -> Result<Checked, crate::Error> {
         let clock = self.shared.store.clock();
         let mut out = Checked::default();
         'docs: for dc in changes {
-            let key = DocKey::new(&dc.collection, &dc.id).map_err(|e| e.to_string())?;
+            let key = DocKey::new(&dc.collection, &dc.id)
+                .map_err(|e| crate::Error::Protocol(e.to_string()))?;
             let mut accepted = Vec::with_capacity(dc.changes.len());
             for c in dc.changes {
-                let change = RemoteChange::parse(c).map_err(|e| e.to_string())?;
+                let change =
+                    RemoteChange::parse(c).map_err(|e| crate::Error::Protocol(e.to_string()))?;
                 if let Some(stamp) = change.stamp {
                     if let Err(e) = clock.observe(&stamp) {
                         self.shared.drift_refusals.fetch_add(1, Ordering::Relaxed);
@@ -310,13 +333,8 @@ impl<T: Transport> Replica<T> {
         &self,
         checked: Checked,
         meta: Vec<(String, Vec<u8>)>,
-    ) -> Result<meridian_crdt::Merged, String> {
-        let merged = self
-            .shared
-            .store
-            .merge_remote(checked.docs, meta)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<meridian_crdt::Merged, crate::Error> {
+        let merged = self.shared.store.merge_remote(checked.docs, meta).await?;
         let mut all = self.shared.seen.lock();
         for (node, ts) in checked.seen {
             let s = all.entry(node).or_insert(ts);
@@ -331,7 +349,7 @@ impl<T: Transport> Replica<T> {
         &self,
         peer: &PeerState,
         changes: Vec<DocChanges>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, crate::Error> {
         let checked = self.check(changes, false)?;
         let meta = checked.seen_meta(self);
         let merged = self.merge(checked, meta).await?;

@@ -49,8 +49,10 @@ pub struct Peer {
     pub addr: String,
 }
 
-/// Moves one request to a peer and brings back its answer. Errors are strings: the caller
-/// only logs them and retries.
+/// Moves one request to a peer and brings back its answer. A failure is
+/// [`Error::Unreachable`](crate::Error::Unreachable) (no answer) or
+/// [`Error::Refused`](crate::Error::Refused) (an HTTP error): the caller marks the peer
+/// unreachable, logs it and retries.
 pub trait Transport: Send + Sync + 'static {
     /// One request, one answer (`POST /internal/rpc`).
     fn call(
@@ -58,7 +60,7 @@ pub trait Transport: Send + Sync + 'static {
         peer: &Peer,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+    ) -> impl Future<Output = Result<Vec<u8>, crate::Error>> + Send;
 
     /// Opens a subscription (`POST /internal/subscribe`): the answer's bytes arrive as chunks,
     /// cut anywhere; an `Err` item or the channel's end ends the stream. `timeout` bounds the
@@ -68,11 +70,11 @@ pub trait Transport: Send + Sync + 'static {
         peer: &Peer,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Chunks, String>> + Send;
+    ) -> impl Future<Output = Result<Chunks, crate::Error>> + Send;
 }
 
 /// The chunks of a streamed answer.
-pub type Chunks = mpsc::Receiver<Result<Vec<u8>, String>>;
+pub type Chunks = mpsc::Receiver<Result<Vec<u8>, crate::Error>>;
 
 /// Replication settings.
 #[derive(Debug, Clone)]
@@ -333,12 +335,12 @@ mod tests {
     struct NoNet;
 
     impl Transport for NoNet {
-        async fn call(&self, _: &Peer, _: Vec<u8>, _: Duration) -> Result<Vec<u8>, String> {
-            Err("no network".into())
+        async fn call(&self, _: &Peer, _: Vec<u8>, _: Duration) -> Result<Vec<u8>, crate::Error> {
+            Err(crate::Error::Unreachable("no network".into()))
         }
 
-        async fn open(&self, _: &Peer, _: Vec<u8>, _: Duration) -> Result<Chunks, String> {
-            Err("no network".into())
+        async fn open(&self, _: &Peer, _: Vec<u8>, _: Duration) -> Result<Chunks, crate::Error> {
+            Err(crate::Error::Unreachable("no network".into()))
         }
     }
 

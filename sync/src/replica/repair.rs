@@ -8,14 +8,13 @@ impl<T: Transport> Replica<T> {
         &self,
         peer: &PeerState,
         keys: Vec<DocKey>,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::Error> {
         let mut docs = Vec::with_capacity(keys.len());
         for key in keys {
             let heads = self
                 .shared
                 .store
-                .read_state(&key)
-                .map_err(|e| e.to_string())?
+                .read_state(&key)?
                 .map(|s| s.heads)
                 .unwrap_or_default();
             docs.push(doc_heads(&key, &heads));
@@ -27,7 +26,9 @@ impl<T: Transport> Replica<T> {
         };
         match self.call(peer, &req, Duration::ZERO).await? {
             Response::Repair { changes, .. } => self.merge_checked(peer, changes).await.map(|_| ()),
-            other => Err(format!("unexpected answer to a repair request: {other:?}")),
+            other => Err(crate::Error::Protocol(format!(
+                "unexpected answer to a repair request: {other:?}"
+            ))),
         }
     }
 
@@ -54,13 +55,17 @@ impl<T: Transport> Replica<T> {
 
     /// One anti-entropy pass with `peer`: compare digests, then fetch, for the documents in
     /// the buckets that differ, the changes this node lacks. Returns the changes merged.
-    pub(super) async fn anti_entropy(&self, peer: &PeerState) -> Result<usize, String> {
+    pub(super) async fn anti_entropy(&self, peer: &PeerState) -> Result<usize, crate::Error> {
         let req = Request::Digest {
             from: self.shared.me.clone(),
         };
         let theirs = match self.call(peer, &req, Duration::ZERO).await? {
             Response::Digest { buckets } if buckets.len() == DIGEST_BUCKETS => buckets,
-            other => return Err(format!("unexpected answer to a digest request: {other:?}")),
+            other => {
+                return Err(crate::Error::Protocol(format!(
+                    "unexpected answer to a digest request: {other:?}"
+                )))
+            }
         };
         let mine = self.shared.store.digests();
         let differing: Vec<u32> = (0..DIGEST_BUCKETS)
@@ -74,8 +79,7 @@ impl<T: Transport> Replica<T> {
                 let docs = self
                     .shared
                     .store
-                    .bucket_heads(&set)
-                    .map_err(|e| e.to_string())?
+                    .bucket_heads(&set)?
                     .iter()
                     .map(|(k, h)| doc_heads(k, h))
                     .collect();
@@ -87,7 +91,9 @@ impl<T: Transport> Replica<T> {
                 let Response::Repair { changes, more } =
                     self.call(peer, &req, Duration::ZERO).await?
                 else {
-                    return Err("unexpected answer to a repair request".into());
+                    return Err(crate::Error::Protocol(
+                        "unexpected answer to a repair request".into(),
+                    ));
                 };
                 let n = self.merge_checked(peer, changes).await?;
                 merged += n;

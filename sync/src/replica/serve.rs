@@ -22,11 +22,18 @@ impl<T: Transport> Replica<T> {
                 }
                 let resp = self.serve(req).await.unwrap_or_else(|message| {
                     tracing::warn!(peer = %from, %message, "refused a peer's request");
-                    Response::Error { message }
+                    Response::Error {
+                        message: message.to_string(),
+                    }
                 });
                 (Some(from), resp)
             }
-            Err(message) => (None, Response::Error { message }),
+            Err(message) => (
+                None,
+                Response::Error {
+                    message: message.to_string(),
+                },
+            ),
         };
         let out = wire::encode(&resp);
         if let Some(p) = from.as_deref().and_then(|f| self.peer(f)) {
@@ -38,9 +45,8 @@ impl<T: Transport> Replica<T> {
         out
     }
 
-    pub(super) async fn serve(&self, req: Request) -> Result<Response, String> {
+    pub(super) async fn serve(&self, req: Request) -> Result<Response, crate::Error> {
         let store = &self.shared.store;
-        let err = |e: meridian_crdt::Error| e.to_string();
         match req {
             Request::Feed {
                 from,
@@ -57,7 +63,7 @@ impl<T: Transport> Replica<T> {
                 let mut news = store.subscribe();
                 let mut stop = self.shared.shutdown.subscribe();
                 let page = loop {
-                    let page = store.feed(after.as_ref(), limit).map_err(err)?;
+                    let page = store.feed(after.as_ref(), limit)?;
                     if !page.entries.is_empty() || Instant::now() >= deadline || self.stopped() {
                         break page;
                     }
@@ -69,34 +75,32 @@ impl<T: Transport> Replica<T> {
                 };
                 self.feed_answer(page)
             }
-            Request::Subscribe { .. } => {
-                Err("a subscription is a stream: POST /internal/subscribe".into())
-            }
+            Request::Subscribe { .. } => Err(crate::Error::Protocol(
+                "a subscription is a stream: POST /internal/subscribe".into(),
+            )),
             Request::Digest { .. } => Ok(Response::Digest {
                 buckets: store.digests(),
             }),
             Request::Repair { buckets, docs, .. } => {
                 if buckets.iter().any(|b| *b as usize >= DIGEST_BUCKETS) {
-                    return Err(format!("buckets are numbered below {DIGEST_BUCKETS}"));
+                    return Err(crate::Error::Protocol(format!(
+                        "buckets are numbered below {DIGEST_BUCKETS}"
+                    )));
                 }
                 let mut theirs: HashMap<DocKey, Vec<ChangeHash>> = HashMap::new();
                 for d in docs {
-                    let key = DocKey::new(&d.collection, &d.id).map_err(err)?;
+                    let key = DocKey::new(&d.collection, &d.id)?;
                     theirs.insert(key, d.heads.into_iter().map(ChangeHash).collect());
                 }
                 let buckets: BTreeSet<u32> = buckets.into_iter().collect();
                 let mut mine: HashMap<DocKey, Vec<ChangeHash>> = if buckets.is_empty() {
                     HashMap::new()
                 } else {
-                    store
-                        .bucket_heads(&buckets)
-                        .map_err(err)?
-                        .into_iter()
-                        .collect()
+                    store.bucket_heads(&buckets)?.into_iter().collect()
                 };
                 for key in theirs.keys() {
                     if !mine.contains_key(key) {
-                        if let Some(s) = store.read_state(key).map_err(err)? {
+                        if let Some(s) = store.read_state(key)? {
                             mine.insert(key.clone(), s.heads);
                         }
                     }
@@ -117,7 +121,7 @@ impl<T: Transport> Replica<T> {
                         more = true;
                         break;
                     }
-                    let delta = store.changes_since(&key, their_heads).await.map_err(err)?;
+                    let delta = store.changes_since(&key, their_heads).await?;
                     if delta.is_empty() {
                         continue;
                     }
@@ -134,14 +138,16 @@ impl<T: Transport> Replica<T> {
     }
 
     /// A feed page as an answer, with the backlog when the asker is behind.
-    pub(super) fn feed_answer(&self, page: meridian_crdt::FeedPage) -> Result<Response, String> {
+    pub(super) fn feed_answer(
+        &self,
+        page: meridian_crdt::FeedPage,
+    ) -> Result<Response, crate::Error> {
         // only a node that is behind needs to know by how much
         let (latest, behind) = if page.more {
             let (latest, n) = self
                 .shared
                 .store
-                .feed_backlog(page.upto.as_ref(), BACKLOG_CAP)
-                .map_err(|e| e.to_string())?;
+                .feed_backlog(page.upto.as_ref(), BACKLOG_CAP)?;
             (latest, n as u64)
         } else {
             (None, 0)
@@ -189,7 +195,7 @@ impl<T: Transport> Replica<T> {
                 Duration::from_millis(heartbeat_ms.clamp(10, 60_000) as u64),
             ),
             Ok(_) => return Err(refuse("not a subscription: POST /internal/rpc".into())),
-            Err(message) => return Err(refuse(message)),
+            Err(message) => return Err(refuse(message.to_string())),
         };
         let peer = self.peer(&from).cloned();
         if let Some(p) = &peer {

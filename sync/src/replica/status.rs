@@ -87,10 +87,12 @@ impl PeerStatus {
         self.heard(now);
     }
 
-    /// An exchange this node started failed.
-    pub(super) fn failed(&mut self, error: String) {
-        self.ok = false;
-        self.last_error = Some(error);
+    /// An exchange this node started failed; the link only if the error says so.
+    pub(super) fn failed(&mut self, error: &crate::Error) {
+        if error.is_link_failure() {
+            self.ok = false;
+        }
+        self.last_error = Some(error.to_string());
     }
 
     /// Something arrived from the peer (its own request, a frame of a stream).
@@ -243,7 +245,10 @@ mod tests {
         let t0 = Instant::now();
         let mut st = PeerStatus::default();
         st.succeeded(t0);
-        st.failed("connection refused".into());
+        // this node's own disk failing says nothing about the link
+        st.failed(&crate::Error::Store("no space left".into()));
+        assert!(st.reachable(t0, LIMIT));
+        st.failed(&crate::Error::Unreachable("connection refused".into()));
         assert!(!st.reachable(t0, LIMIT));
         // the peer's own requests still arrive (a one-way cut): not enough
         st.heard(t0);

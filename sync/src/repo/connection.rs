@@ -62,10 +62,16 @@ pub struct Connection {
     phase: Phase,
     docs: HashMap<DocumentId, OpenDoc>,
     by_key: HashMap<DocKey, DocumentId>,
+    access: Arc<dyn super::Access>,
 }
 
 impl Connection {
-    pub(super) fn new(hub: Arc<Hub>, id: u64, mailbox: Arc<Mailbox>) -> Self {
+    pub(super) fn new(
+        hub: Arc<Hub>,
+        id: u64,
+        mailbox: Arc<Mailbox>,
+        access: Arc<dyn super::Access>,
+    ) -> Self {
         Connection {
             hub,
             id,
@@ -73,6 +79,7 @@ impl Connection {
             phase: Phase::WaitingForJoin,
             docs: HashMap::new(),
             by_key: HashMap::new(),
+            access,
         }
     }
 
@@ -267,6 +274,10 @@ impl Connection {
             }
             match hub.store.resolve(&doc) {
                 Ok(Some(key)) => {
+                    if let Err(e) = self.access.read(key.collection()) {
+                        tracing::info!(conn = self.id, %doc, reason = %e, "sync refused");
+                        return self.fail(format!("document {doc}: {e}"));
+                    }
                     hub.open(self.id, &key);
                     self.by_key.insert(key.clone(), doc);
                     self.docs.insert(
@@ -279,6 +290,14 @@ impl Connection {
                 }
                 Ok(None) => return unavailable(self),
                 Err(e) => return self.fail(format!("document {doc}: cannot look it up: {e}")),
+            }
+        }
+        // the message is decoded to look for changes only when the client may not write: an
+        // allowed write is decoded once, by the store
+        if let Err(e) = self.access.write(self.docs[&doc].key.collection()) {
+            if data.is_some_and(meridian_crdt::sync_message_carries_changes) {
+                tracing::info!(conn = self.id, %doc, reason = %e, "sync refused");
+                return self.fail(format!("document {doc}: {e}"));
             }
         }
         let open = self.docs.get_mut(&doc).expect("opened above");

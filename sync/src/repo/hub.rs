@@ -147,8 +147,16 @@ impl Hub {
         &self.limits
     }
 
-    /// A new connection, or [`Full`] (answer 503 before upgrading).
+    /// A new connection without restrictions, or [`Full`] (answer 503 before upgrading).
     pub fn connect(self: &Arc<Self>) -> Result<Connection, Full> {
+        self.connect_as(Arc::new(super::Open))
+    }
+
+    /// A new connection whose client may do what `access` allows, or [`Full`].
+    pub fn connect_as(
+        self: &Arc<Self>,
+        access: Arc<dyn super::Access>,
+    ) -> Result<Connection, Full> {
         let mut r = self.registry.lock();
         if r.conns.len() >= self.limits.max_connections || self.closing.load(Ordering::SeqCst) {
             self.counters
@@ -160,7 +168,7 @@ impl Hub {
         let id = r.next;
         let mailbox = Arc::new(Mailbox::default());
         r.conns.insert(id, mailbox.clone());
-        Ok(Connection::new(self.clone(), id, mailbox))
+        Ok(Connection::new(self.clone(), id, mailbox, access))
     }
 
     /// The node is shutting down: every connection closes (going away), and no new one opens.

@@ -6,6 +6,7 @@
 //! - `message`: the CBOR messages.
 //! - `connection`: one client connection: frames in, frames out.
 //! - `hub`: the node's connections, which documents each has open, change notices, limits.
+//! - [`Access`]: what a connection's client may read and write, decided by the server.
 
 #[cfg(feature = "node")]
 mod connection;
@@ -21,3 +22,28 @@ pub use message::{BadMessage, Message, PeerMetadata, PROTOCOL};
 
 #[cfg(all(test, feature = "node"))]
 mod tests;
+
+/// What one connection's client may do, per collection; the server decides (API keys). A
+/// document the client may not read is refused when it asks for it; changes to one it may not
+/// write are refused before anything is applied. Either way the connection gets an `error`
+/// naming the document and the reason, and closes: refused, never filtered silently.
+pub trait Access: Send + Sync + std::fmt::Debug {
+    /// `Err(reason)` when the client may not read `collection`.
+    fn read(&self, collection: &str) -> Result<(), String>;
+    /// `Err(reason)` when the client may not change documents of `collection` (asked of every
+    /// sync message; the connection refuses only one that carries changes, and logs that).
+    fn write(&self, collection: &str) -> Result<(), String>;
+}
+
+/// No restriction: a node without API keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Open;
+
+impl Access for Open {
+    fn read(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn write(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}

@@ -65,7 +65,11 @@ struct Client {
 
 impl Client {
     async fn join(hub: &Arc<Hub>, me: &str) -> Client {
-        let mut conn = hub.connect().unwrap();
+        Client::join_as(hub, me, Arc::new(Open)).await
+    }
+
+    async fn join_as(hub: &Arc<Hub>, me: &str, access: Arc<dyn Access>) -> Client {
+        let mut conn = hub.connect_as(access).unwrap();
         let out = conn
             .receive(
                 &Message::Join {
@@ -252,6 +256,74 @@ async fn ephemeral_messages_reach_the_documents_other_clients() {
         .unwrap();
     assert!(matches!(&frames(&out)[..],
         [Message::Ephemeral { sender, target, data, .. }] if sender == "a" && target == "b" && data == b"cursor at 5"));
+}
+
+/// Reads `users` only.
+#[derive(Debug)]
+struct ReadUsers;
+
+impl Access for ReadUsers {
+    fn read(&self, c: &str) -> Result<(), String> {
+        (c == "users")
+            .then_some(())
+            .ok_or(format!("no read access to {c}"))
+    }
+    fn write(&self, c: &str) -> Result<(), String> {
+        Err(format!("no write access to {c}"))
+    }
+}
+
+#[tokio::test]
+async fn a_client_reads_and_writes_only_what_its_access_allows_and_is_told_otherwise() {
+    let n = node();
+    put(&n, "alice", json!({"a": 1})).await;
+    let settings = DocKey::new("settings", "s1").unwrap();
+    n.store
+        .write(
+            &settings,
+            Edit::Put(json!({"s": 1}).as_object().unwrap().clone()),
+            None,
+        )
+        .await
+        .unwrap();
+    let doc = DocumentId::of(&key("alice"));
+
+    // reading a readable collection works as always
+    let mut c = Client::join_as(&n.hub, "c1", Arc::new(ReadUsers)).await;
+    c.sync(doc, &n.hub).await;
+    assert_eq!(c.value(doc), json!({"a": 1}));
+
+    // a change to it is refused before anything is applied: an error, then the close
+    let before = n.store.read_state(&key("alice")).unwrap();
+    let edit = Edit::Patch(json!({"x": 1}).as_object().unwrap().clone());
+    c.replica(doc).0.apply_unstamped(&edit).unwrap();
+    let out = c.send(doc, &n.hub).await;
+    assert!(
+        matches!(&frames(&out)[..], [Message::Error { message }] if message.contains("no write access to users")),
+        "{out:?}"
+    );
+    assert!(closed(&out));
+    assert_eq!(n.store.read_state(&key("alice")).unwrap(), before);
+
+    // a document of another collection is refused when asked for, not answered as unavailable
+    let mut c = Client::join_as(&n.hub, "c2", Arc::new(ReadUsers)).await;
+    let other = DocumentId::of(&settings);
+    let m = Message::Request {
+        sender: "c2".into(),
+        target: n.hub.peer_id().into(),
+        doc: other,
+        data: c
+            .replica(other)
+            .0
+            .generate_sync(&mut SyncState::new())
+            .unwrap(),
+    };
+    let out = c.conn.receive(&m.encode()).await;
+    assert!(
+        matches!(&frames(&out)[..], [Message::Error { message }] if message.contains("no read access to settings")),
+        "{out:?}"
+    );
+    assert!(closed(&out));
 }
 
 #[tokio::test]

@@ -6,13 +6,13 @@
 //!
 //! Build with `cargo build --release --workspace --bins`, run `target/release/bench`.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use meridian_tests::{sibling_binary, Process};
+use meridian_tests::load::{drive, start_ceiling, Phase, Req, Target};
+use meridian_tests::Process;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -34,152 +34,6 @@ struct Args {
     /// Which node phases to run (patch, hot, get, list), e.g. to profile one.
     #[arg(long, value_delimiter = ',', default_value = "patch,hot,get,list")]
     phases: Vec<String>,
-}
-
-struct Phase {
-    name: String,
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-/// One request of a benchmark phase.
-struct Req {
-    method: &'static str,
-    path: String,
-    /// Content type and body.
-    body: Option<(&'static str, String)>,
-}
-
-impl Req {
-    fn get(path: String) -> Req {
-        Req {
-            method: "GET",
-            path,
-            body: None,
-        }
-    }
-    fn patch(path: String, body: String) -> Req {
-        Req {
-            method: "PATCH",
-            path,
-            body: Some(("application/merge-patch+json", body)),
-        }
-    }
-}
-
-/// Drives `make(i)` from `clients` tasks, each over its own keep-alive HTTP/1.1 connection
-/// (a lean client, like wrk's, so the generator takes as little of the two cores as it can),
-/// for `dur` after a one-second warm-up.
-async fn drive<F>(name: &str, addr: &str, clients: usize, dur: Duration, make: F) -> Phase
-where
-    F: Fn(u64) -> Req + Send + Sync + Clone + 'static,
-{
-    let warmup = Duration::from_secs(1);
-    let start = Instant::now();
-    let errors = Arc::new(AtomicU64::new(0));
-    let counter = Arc::new(AtomicU64::new(0));
-    let mut tasks = vec![];
-    for _ in 0..clients {
-        let (make, errors, counter, addr) = (
-            make.clone(),
-            errors.clone(),
-            counter.clone(),
-            addr.to_owned(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let stream = tokio::net::TcpStream::connect(&addr)
-                .await
-                .expect("connect");
-            stream.set_nodelay(true).expect("nodelay");
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-            tokio::spawn(conn);
-            loop {
-                let now = Instant::now();
-                if now - start > warmup + dur {
-                    break;
-                }
-                let r = make(counter.fetch_add(1, Ordering::Relaxed));
-                let mut req = hyper::Request::builder()
-                    .method(r.method)
-                    .uri(&r.path)
-                    .header("host", &addr);
-                let body = match r.body {
-                    Some((ct, b)) => {
-                        req = req.header("content-type", ct);
-                        b
-                    }
-                    None => String::new(),
-                };
-                let req = req
-                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                    .expect("request");
-                let ok = match sender.send_request(req).await {
-                    Ok(resp) => {
-                        let ok = resp.status().is_success();
-                        ok && http_body_util::BodyExt::collect(resp.into_body())
-                            .await
-                            .is_ok()
-                    }
-                    Err(_) => false,
-                };
-                let done = Instant::now();
-                if now - start >= warmup && done - start <= warmup + dur {
-                    if ok {
-                        lat.push((done - now).as_micros() as u32);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                if !ok && sender.ready().await.is_err() {
-                    break;
-                }
-            }
-            lat
-        }));
-    }
-    let mut all = vec![];
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    Phase {
-        name: name.into(),
-        rps: all.len() as f64 / dur.as_secs_f64(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        errors: errors.load(Ordering::Relaxed),
-    }
-}
-
-fn start_ceiling() -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(sibling_binary("MERIDIAN_CEILING_BIN", "ceiling"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the ceiling server");
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("listen=")
-        .nth(1)
-        .expect("ceiling address")
-        .trim()
-        .to_owned();
-    (child, addr)
 }
 
 fn peak_rss_mib(pid: i32) -> f64 {
@@ -269,10 +123,10 @@ async fn main() {
 
     // --- the ceiling, measured before and after the node (the machine's speed drifts)
     let ceiling_phase = || async {
-        let (mut ceiling, caddr) = start_ceiling();
+        let (mut ceiling, caddr) = start_ceiling(None);
         let p = drive(
             "ceiling (constant handler)",
-            &caddr,
+            &Target::plain(&caddr),
             args.clients,
             dur,
             |_| Req::get("/".into()),
@@ -290,7 +144,7 @@ async fn main() {
     let fill_rate = fill(&node, args.docs, args.clients, "bench").await;
     println!("filled {} documents at {:.0} docs/s", args.docs, fill_rate);
 
-    let addr = node.addr.clone();
+    let addr = Target::plain(&node.addr);
     let doc = move |i: u64| format!("/v1/bench/u{:07}", (i * 7919) % docs);
     let run = |name: &str| args.phases.iter().any(|p| p == name);
     let flushes_before = flushes(&node).await;

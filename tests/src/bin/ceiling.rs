@@ -1,13 +1,16 @@
 //! The HTTP ceiling of the machine: a plain axum handler that returns a constant. The
 //! benchmark drives it exactly as it drives a node, in the same run, and reports the node's
-//! figures as ratios to this one.
+//! figures as ratios to this one. `ceiling ADDR CERT KEY` serves it over TLS, with the node's
+//! own TLS listener, so that TLS figures compare like with like.
 
 use axum::routing::get;
 
 #[tokio::main]
 async fn main() {
-    let listen = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let listen = args
+        .first()
+        .cloned()
         .unwrap_or_else(|| "127.0.0.1:0".into());
     let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
     eprintln!("ceiling listen={}", listener.local_addr().expect("addr"));
@@ -20,5 +23,14 @@ async fn main() {
             )
         }),
     );
-    axum::serve(listener, app).await.expect("serve");
+    match (args.get(1), args.get(2)) {
+        (Some(cert), Some(key)) => {
+            let tls = meridian_server::tls::ServerTls::new(cert.as_ref(), key.as_ref(), None)
+                .expect("certificate");
+            axum::serve(tls.listen(listener).expect("listen"), app)
+                .await
+                .expect("serve")
+        }
+        _ => axum::serve(listener, app).await.expect("serve"),
+    }
 }
