@@ -16,6 +16,9 @@ pub enum Error {
     /// range, an idempotency key reused for another request). Nothing changed.
     #[error("{0}")]
     Unprocessable(String),
+    /// The write would leave a document that breaks its collection's schema. Nothing changed.
+    #[error("the document would break its collection's schema: {}", summary(.0))]
+    SchemaViolation(Vec<crate::contract::Violation>),
     /// A client's changes would break the document's layout (see `docs/sync.md`). Nothing of
     /// them was applied.
     #[error("{0}")]
@@ -34,6 +37,19 @@ pub enum Error {
     Storage(String),
     #[error("automerge error: {0}")]
     Automerge(#[from] automerge::AutomergeError),
+}
+
+fn summary(v: &[crate::contract::Violation]) -> String {
+    v.iter()
+        .map(|v| {
+            format!(
+                "{}: {}",
+                if v.path.is_empty() { "/" } else { &v.path },
+                v.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,6 +8,8 @@
 //! - `json`: parsing client JSON (depth limit, integer range).
 //! - `pointer`: JSON Pointers for the ops API.
 //! - `hlc`: node ids and the hybrid logical clock that stamps every change.
+//! - `contract`: what a collection's schema asks of a document (merge policy per field, the
+//!   rules it breaks); the server builds contracts from JSON Schemas.
 //! - `doc`: one document: its public layout (genesis, `v`, `d`), edits (PUT, merge patch, ops,
 //!   delete), client changes, rendering with HLC-ordered conflict resolution.
 //! - `record`: on-disk record formats and key layout.
@@ -22,6 +24,7 @@
 
 #[cfg(feature = "store")]
 mod commit;
+mod contract;
 mod doc;
 mod docid;
 mod error;
@@ -36,6 +39,7 @@ mod store;
 #[cfg(feature = "store")]
 mod wal;
 
+pub use contract::{Contract, Merge, Violation};
 pub use doc::{
     genesis_bytes, genesis_hash, parse_ops, sync_message_carries_changes, Applied, ClientChanges,
     Conflict, ConflictValue, Document, Edit, Op, RemoteChange, State, SyncState,
@@ -48,8 +52,9 @@ pub use key::{validate_name, DocKey, MAX_NAME_LEN};
 pub use record::{ChangeEvent, FeedEntry, WriteOutcome};
 #[cfg(feature = "store")]
 pub use store::{
-    ClientSynced, DocEvents, DocState, DocView, EventBounds, EventWatch, FeedPage, Idempotency,
-    Merged, Missed, Page, Progress, Store, StoreConfig, StoreStats, Written, DIGEST_BUCKETS,
+    ClientSynced, Contracts, DocEvents, DocState, DocView, EventBounds, EventWatch, FeedPage,
+    Idempotency, Merged, Missed, Page, Progress, Store, StoreConfig, StoreStats, Written,
+    DIGEST_BUCKETS, SCHEMAS,
 };
 
 pub use automerge::{ActorId, ChangeHash};

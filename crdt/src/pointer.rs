@@ -41,6 +41,11 @@ pub fn escape(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
+/// The pointer of a list of tokens (`""` for none).
+pub fn to_pointer(tokens: &[String]) -> String {
+    tokens.iter().map(|t| format!("/{}", escape(t))).collect()
+}
+
 /// An array index token: `0` or digits without a leading zero. `None` for anything else.
 pub fn index(token: &str) -> Option<usize> {
     let ok = !token.is_empty()

@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use meridian_crdt::{json, parse_ops, DocKey, DocView, DocumentId, Edit, Idempotency, Written};
+use meridian_crdt::{
+    json, parse_ops, Contract, DocKey, DocView, DocumentId, Edit, Idempotency, Written,
+};
 use serde::Deserialize;
 
 use crate::changes::{self, Filter};
@@ -90,6 +92,36 @@ async fn write(
     Ok(write_response(&key, w))
 }
 
+/// `,"violations":[...]` when the collection has a schema and the stored document breaks it
+/// (concurrent writes, each valid, can merge into such a document; see docs/schemas.md), else
+/// nothing.
+fn violations_field(contract: Option<&dyn Contract>, json: &str) -> Result<String, ApiError> {
+    let Some(contract) = contract else {
+        return Ok(String::new());
+    };
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| ApiError::Internal(format!("stored JSON does not parse: {e}")))?;
+    let v = contract.violations(&value);
+    Ok(if v.is_empty() {
+        String::new()
+    } else {
+        format!(
+            r#","violations":{}"#,
+            serde_json::to_string(&v).expect("violations serialize")
+        )
+    })
+}
+
+/// A document body with its violations spliced in before the closing brace.
+fn with_violations(mut body: String, violations: &str) -> String {
+    if !violations.is_empty() {
+        body.pop();
+        body.push_str(violations);
+        body.push('}');
+    }
+    body
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GetParams {
@@ -113,6 +145,7 @@ pub(crate) async fn get_doc(
         return st.changes.open(Filter::Doc(key), resume);
     }
     let not_found = || ApiError::NotFound(format!("no document {key}"));
+    let contract = st.store.contract_of(key.collection());
     if p.conflicts {
         let (view, conflicts) = st
             .store
@@ -128,12 +161,17 @@ pub(crate) async fn get_doc(
             url(&key),
             serde_json::to_string(&conflicts).expect("conflicts serialize")
         );
-        return Ok(json_response(StatusCode::OK, body));
+        let violations = violations_field(contract.as_deref(), &view.json)?;
+        return Ok(json_response(
+            StatusCode::OK,
+            with_violations(body, &violations),
+        ));
     }
     let view = st.store.get(&key).await?.ok_or_else(not_found)?;
+    let violations = violations_field(contract.as_deref(), &view.json)?;
     Ok(json_response(
         StatusCode::OK,
-        doc_body(&key, &view.json, &view.version),
+        with_violations(doc_body(&key, &view.json, &view.version), &violations),
     ))
 }
 
@@ -177,6 +215,8 @@ pub(crate) async fn delete_doc(
 pub(crate) struct ListParams {
     limit: Option<String>,
     after: Option<String>,
+    /// `true`: only the documents that break the collection's schema.
+    invalid: Option<String>,
 }
 
 pub(crate) async fn list_docs(
@@ -186,9 +226,9 @@ pub(crate) async fn list_docs(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if changes::requested(&headers) {
-        if p.limit.is_some() || p.after.is_some() {
+        if p.limit.is_some() || p.after.is_some() || p.invalid.is_some() {
             return Err(ApiError::BadRequest(
-                "limit and after do not apply to a change stream (resume with Last-Event-ID)"
+                "limit, after and invalid do not apply to a change stream (resume with Last-Event-ID)"
                     .into(),
             ));
         }
@@ -214,11 +254,23 @@ pub(crate) async fn list_docs(
             meridian_crdt::Error::InvalidId(m) => ApiError::BadRequest(m),
             other => other.into(),
         })?;
-    let items: Vec<String> = page
-        .items
-        .iter()
-        .map(|d| item_body(&collection, d))
-        .collect();
+    let only_invalid = match p.invalid.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid must be true or false, not {other:?}"
+            )))
+        }
+    };
+    let contract = st.store.contract_of(&collection);
+    let mut items: Vec<String> = Vec::with_capacity(page.items.len());
+    for d in &page.items {
+        let violations = violations_field(contract.as_deref(), &d.json)?;
+        if !only_invalid || !violations.is_empty() {
+            items.push(with_violations(item_body(&collection, d), &violations));
+        }
+    }
     let next = page
         .next
         .as_deref()

@@ -24,6 +24,19 @@ pub enum ApiError {
     TooManyRequests(std::time::Duration),
     #[error("{0}")]
     NotFound(String),
+    /// Not a schema Meridian can enforce (not JSON Schema 2020-12, a bad `x-merge`).
+    #[error("{0}")]
+    InvalidSchema(String),
+    /// The write would leave a document that breaks its collection's schema.
+    #[error("the document would break its collection's schema ({} rule(s))", .0.len())]
+    SchemaViolation(Vec<meridian_crdt::Violation>),
+    /// A new schema version that would refuse documents the old one accepted.
+    #[error("the new schema is not compatible with the current one: {}; send ?force=true to store it anyway", reasons.join("; "))]
+    IncompatibleSchema {
+        reasons: Vec<String>,
+        broken: usize,
+        ids: Vec<String>,
+    },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("the body is larger than the limit of {0} bytes")]
@@ -65,9 +78,12 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::InvalidId(_) | ApiError::BadSession(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadRequest(_)
+            | ApiError::InvalidId(_)
+            | ApiError::BadSession(_)
+            | ApiError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
+            ApiError::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IncompatibleSchema { .. } => StatusCode::CONFLICT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -98,6 +114,9 @@ impl ApiError {
             ApiError::TooManyRequests(_) => "too_many_requests",
             ApiError::SessionUnavailable { .. } => "session_unavailable",
             ApiError::NotFound(_) => "not_found",
+            ApiError::InvalidSchema(_) => "invalid_schema",
+            ApiError::SchemaViolation(_) => "schema_violation",
+            ApiError::IncompatibleSchema { .. } => "incompatible_schema",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -132,6 +151,7 @@ impl From<CrdtError> for ApiError {
             CrdtError::InvalidId(m) => ApiError::InvalidId(m),
             CrdtError::NotFound => ApiError::NotFound("document not found".into()),
             CrdtError::Unprocessable(m) | CrdtError::Refused(m) => ApiError::Unprocessable(m),
+            CrdtError::SchemaViolation(v) => ApiError::SchemaViolation(v),
             CrdtError::Unavailable(m) => ApiError::Unavailable(m),
             CrdtError::InUse => ApiError::Unavailable("the data dir is in use".into()),
             other => ApiError::Internal(other.to_string()),
@@ -153,6 +173,18 @@ impl IntoResponse for ApiError {
             // where the client can go instead
             error["region"] = node.clone().into();
             error["url"] = url.clone().into();
+        }
+        if let ApiError::SchemaViolation(errors) = &self {
+            error["errors"] = serde_json::to_value(errors).expect("violations serialize");
+        }
+        if let ApiError::IncompatibleSchema {
+            reasons,
+            broken,
+            ids,
+        } = &self
+        {
+            error["reasons"] = serde_json::to_value(reasons).expect("strings serialize");
+            error["broken"] = serde_json::json!({"count": broken, "ids": ids});
         }
         let body = serde_json::json!({ "error": error });
         let mut resp = (status, axum::Json(body)).into_response();

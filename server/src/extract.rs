@@ -22,7 +22,31 @@ impl<S: Send + Sync> FromRequestParts<S> for DocPath {
         let Path((collection, id)) = Path::<(String, String)>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::InvalidId(format!("invalid path: {}", e.body_text())))?;
+        not_reserved(&collection)?;
         Ok(DocPath(DocKey::new(&collection, &id)?))
+    }
+}
+
+/// Collections beginning with `_` are Meridian's (`_schemas`): not for user documents.
+fn not_reserved(collection: &str) -> Result<(), ApiError> {
+    if collection.starts_with('_') {
+        return Err(ApiError::InvalidId(format!(
+            "collection names beginning with _ are reserved for Meridian ({collection:?})"
+        )));
+    }
+    Ok(())
+}
+
+/// `/_schemas/{collection}`: a collection that may have a schema (valid, not reserved).
+#[derive(Debug)]
+pub(crate) struct SchemaPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SchemaPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let CollectionPath(collection) = CollectionPath::from_request_parts(parts, state).await?;
+        Ok(SchemaPath(collection))
     }
 }
 
@@ -38,6 +62,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CollectionPath {
             .await
             .map_err(|e| ApiError::InvalidId(format!("invalid path: {}", e.body_text())))?;
         meridian_crdt::validate_name("collection", &collection)?;
+        not_reserved(&collection)?;
         Ok(CollectionPath(collection))
     }
 }

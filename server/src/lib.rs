@@ -37,6 +37,7 @@ mod faults;
 mod metrics;
 mod node;
 mod openapi;
+pub mod schema;
 mod session;
 mod state;
 pub mod tls;
@@ -88,6 +89,12 @@ pub fn app(state: AppState) -> Router {
                 .delete(api::delete_doc),
         )
         .route("/v1/{collection}/{id}/ops", post(api::post_ops))
+        .route(
+            "/v1/_schemas/{collection}",
+            g(schema::api::get_schema)
+                .put(schema::api::put_schema)
+                .delete(schema::api::delete_schema),
+        )
         .route("/v1/{collection}", g(api::list_docs))
         // The upgrade passes the session wait and the limits like any request; the socket then
         // outlives the request (and its timeout) and is bounded by the sync limits instead.

@@ -76,6 +76,8 @@ pub struct Shared {
     pub peer_tls: Arc<PeerTls>,
     /// This node serves HTTPS (`--tls-cert`).
     pub tls: bool,
+    /// Compiles collections' schemas for the store, once per version.
+    pub schemas: Arc<crate::schema::Compiler>,
 }
 
 impl AppState {
@@ -107,6 +109,8 @@ impl AppState {
         peer_tls: PeerTls,
     ) -> anyhow::Result<Self> {
         let faults = Arc::new(Faults::default());
+        let schemas = Arc::new(crate::schema::Compiler::default());
+        store.set_contracts(schemas.clone());
         let transport = HttpTransport::new(
             secret.unwrap_or(""),
             store.node_id().as_str(),
@@ -117,6 +121,7 @@ impl AppState {
         Ok(AppState(Arc::new(Shared {
             peer_tls: Arc::new(peer_tls),
             tls: false,
+            schemas,
             faults,
             fault_controls: false,
             replica: Replica::new(store.clone(), transport, sync)?,

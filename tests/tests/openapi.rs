@@ -6,6 +6,11 @@
 //! virtual environment). Runs a fixed seed (`MERIDIAN_SCHEMATHESIS_SEED` picks another) so that
 //! CI is repeatable; about 20 s.
 //!
+//! `/v1/_schemas/{collection}` is left out: its body is a JSON Schema, which an OpenAPI 3.0
+//! schema cannot describe (a JSON object that is not a valid JSON Schema is 400
+//! `invalid_schema`), and a stored schema changes which later writes to that collection are
+//! accepted. Its contract is tested in `server/tests/schemas.rs`.
+//!
 //! Two things are held fixed rather than generated, and why:
 //! - `Accept: application/json`: `text/event-stream` answers a stream that does not end (the
 //!   change feed has its own tests, `changes.rs`).
@@ -37,7 +42,7 @@ fn the_served_openapi_description_matches_what_the_node_does() {
             "--request-timeout",
             "10",
         ])
-        .args(["--exclude-path-regex", "^/internal/"])
+        .args(["--exclude-path-regex", "^/internal/|^/v1/_schemas/"])
         .args(["-H", "Accept: application/json", "-H", "Meridian-Session: "])
         .args([
             "-c",

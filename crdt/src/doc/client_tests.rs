@@ -46,7 +46,7 @@ impl Node {
     /// changes were new.
     fn accept(&mut self, from: &Document) -> Result<usize> {
         let msg = message_with(from.changes_since(&[]));
-        match self.doc.check_client(&msg)? {
+        match self.doc.check_client(&msg, None)? {
             None => Ok(0),
             Some(c) => {
                 let n = c.len();
@@ -286,7 +286,7 @@ fn changes_that_break_the_layout_are_refused_and_change_nothing() {
     // --- garbage is refused too
     let err = eu
         .doc
-        .check_client(&message_with(vec![vec![1, 2, 3]]))
+        .check_client(&message_with(vec![vec![1, 2, 3]]), None)
         .unwrap_err();
     assert!(matches!(err, Error::Refused(_)), "{err}");
 

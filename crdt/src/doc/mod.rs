@@ -14,6 +14,7 @@
 //! so the winner is "last writer by hybrid time" on every node. All values stay readable through
 //! [`Document::conflicts`].
 
+mod counter;
 mod edit;
 mod layout;
 mod ops;
@@ -30,6 +31,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uhlc::Timestamp;
 
+use crate::contract::Contract;
 use crate::error::{Error, Result};
 use layout::{load_options, user_obj, DELETED};
 use order::{Adopted, Ranker};
@@ -57,6 +59,9 @@ pub enum State {
 pub struct Applied {
     /// The new change's raw bytes and hash, or `None` when the edit changed nothing.
     pub change: Option<(ChangeHash, Vec<u8>)>,
+    /// The creation changes of counters the edit created (see `counter`), before `change`,
+    /// which depends on them.
+    pub created: Vec<(ChangeHash, Vec<u8>)>,
     pub before: State,
 }
 
@@ -67,19 +72,21 @@ pub struct ClientChanges {
     am: Automerge,
     /// Changes of client actors, new here.
     client: Vec<ChangeHash>,
+    /// Creation changes of counters (see `counter`), new here: checked to be genuine.
+    created: Vec<ChangeHash>,
     /// Changes of other nodes the client relays (it synced with them), new here, with their
     /// stamps: merged like changes from a peer.
     relayed: Vec<(ChangeHash, Timestamp)>,
 }
 
 impl ClientChanges {
-    /// How many changes of clients are new.
+    /// How many changes of clients (and counter creations they carry) are new.
     pub fn len(&self) -> usize {
-        self.client.len()
+        self.client.len() + self.created.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.client.is_empty() && self.relayed.is_empty()
+        self.client.is_empty() && self.relayed.is_empty() && self.created.is_empty()
     }
 
     /// The stamps of the relayed node changes (for the clock's drift check).
@@ -184,6 +191,14 @@ impl Document {
         }
     }
 
+    /// The rules of `contract` the document breaks (none for a document that is not live).
+    pub fn violations(&self, contract: &dyn Contract) -> Vec<crate::contract::Violation> {
+        if self.state() != State::Live {
+            return vec![];
+        }
+        contract.violations(&self.value())
+    }
+
     /// The user's JSON object (what a GET returns).
     pub fn value(&self) -> Value {
         let mut r = Renderer::new(&self.am, Ranker::new(&self.adopted), false);
@@ -200,7 +215,19 @@ impl Document {
     /// Applies `edit` as one change stamped `stamp` (a node's HLC timestamp). On error nothing
     /// changes.
     pub fn apply(&mut self, edit: &Edit, stamp: &Timestamp) -> Result<Applied> {
-        self.apply_with(edit, stamped(stamp))
+        self.apply_with(edit, None, &|| stamped(stamp))
+    }
+
+    /// Applies `edit` as [`Document::apply`] does, with the fields merging as `contract` says;
+    /// a result that breaks the contract is refused (`Error::SchemaViolation`), so nothing
+    /// changes. A delete is never refused.
+    pub fn apply_checked(
+        &mut self,
+        edit: &Edit,
+        contract: Option<&dyn Contract>,
+        stamp: &Timestamp,
+    ) -> Result<Applied> {
+        self.apply_with(edit, contract, &|| stamped(stamp))
     }
 
     /// Applies `edit` as a client's change: no stamp (the node that accepts it stamps it), the
@@ -209,34 +236,73 @@ impl Document {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        self.apply_with(edit, CommitOptions::default().with_time(secs))
+        self.apply_with(edit, None, &|| CommitOptions::default().with_time(secs))
     }
 
-    fn apply_with(&mut self, edit: &Edit, opts: CommitOptions) -> Result<Applied> {
+    fn apply_with(
+        &mut self,
+        edit: &Edit,
+        contract: Option<&dyn Contract>,
+        opts: &dyn Fn() -> CommitOptions,
+    ) -> Result<Applied> {
         let before = self.state();
         if matches!(edit, Edit::Delete) && before != State::Live {
             return Err(Error::NotFound);
         }
-        let user = user_obj(&self.am);
-        let mut tx = self.am.transaction();
-        let mut w = edit::Writer {
-            tx: &mut tx,
-            adopted: &self.adopted,
-        };
-        if let Err(e) = w.edit(&user, before, edit) {
-            tx.rollback();
-            return Err(e);
+        let (hash, creations) = write_edit(
+            &mut self.am,
+            &self.adopted,
+            edit,
+            before,
+            contract,
+            &[],
+            opts,
+        )?;
+        if creations.is_empty() {
+            return Ok(self.applied(hash, vec![], before));
         }
-        let (hash, _) = tx.commit_with(opts);
-        let change = hash.map(|h| {
-            self.adopted.added(&self.am, &[h]);
-            (
-                h,
-                self.change_bytes(&h)
-                    .expect("a change just committed is here"),
-            )
-        });
-        Ok(Applied { change, before })
+        // Counters to create first: on a copy, so that an error later leaves nothing behind.
+        let mut am = self.am.clone();
+        let (mut created, mut plain) = (Vec::new(), Vec::new());
+        let mut pending = creations;
+        let hash = loop {
+            for (parent, key) in pending {
+                match counter::create(&mut am, &parent, &key)? {
+                    Some(h) => created.push(h),
+                    // created before and since removed: an ordinary counter, in the edit itself
+                    None => plain.push((parent, key)),
+                }
+            }
+            let (hash, more) =
+                write_edit(&mut am, &self.adopted, edit, before, contract, &plain, opts)?;
+            if more.is_empty() {
+                break hash;
+            }
+            pending = more;
+        };
+        self.am = am;
+        Ok(self.applied(hash, created, before))
+    }
+
+    /// Notes the changes an edit made and returns their bytes.
+    fn applied(
+        &mut self,
+        hash: Option<ChangeHash>,
+        created: Vec<ChangeHash>,
+        before: State,
+    ) -> Applied {
+        let mut all = created.clone();
+        all.extend(hash);
+        self.adopted.added(&self.am, &all);
+        let bytes = |h: &ChangeHash| {
+            self.change_bytes(h)
+                .expect("a change just committed is here")
+        };
+        Applied {
+            created: created.iter().map(|h| (*h, bytes(h))).collect(),
+            change: hash.map(|h| (h, bytes(&h))),
+            before,
+        }
     }
 
     /// Applies changes made elsewhere (raw change bytes), unchecked. Duplicates are ignored.
@@ -279,7 +345,11 @@ impl Document {
     /// them (`layout`): a client writes under its own actor and leaves a document the HTTP API
     /// renders; changes of other nodes it relays carry their stamps; none is this node's own.
     /// `Ok(None)`: nothing new. `Err(Refused)`: nothing may be applied.
-    pub fn check_client(&self, message: &sync::Message) -> Result<Option<ClientChanges>> {
+    pub fn check_client(
+        &self,
+        message: &sync::Message,
+        contract: Option<&dyn Contract>,
+    ) -> Result<Option<ClientChanges>> {
         let refuse = |m: String| Error::Refused(m);
         let mut received = Vec::new();
         for chunk in message.changes.iter() {
@@ -292,9 +362,22 @@ impl Document {
         am.apply_changes(received)
             .map_err(|e| refuse(format!("changes that do not apply: {e}")))?;
         let me = self.am.get_actor();
-        let (mut client, mut relayed, mut actors) = (vec![], vec![], vec![]);
+        let (mut client, mut relayed, mut actors, mut created) = (vec![], vec![], vec![], vec![]);
         for m in am.get_changes_meta(&self.am.get_heads()) {
             let actor = m.actor.to_bytes();
+            if counter::is_counter_actor(actor) {
+                let genuine = am
+                    .get_change_by_hash(&m.hash)
+                    .is_some_and(|c| counter::is_genuine(&am, &c));
+                if !genuine {
+                    return Err(refuse(format!(
+                        "change {} uses a counter actor but is not a counter's creation",
+                        m.hash
+                    )));
+                }
+                created.push(m.hash);
+                continue;
+            }
             if actor == layout::GENESIS_ACTOR || m.actor.as_ref() == me {
                 return Err(refuse(format!(
                     "a client change may not use actor {} (genesis and this node are reserved)",
@@ -311,13 +394,30 @@ impl Document {
                 actors.push(m.actor.into_owned());
             }
         }
-        if client.is_empty() && relayed.is_empty() {
+        if client.is_empty() && relayed.is_empty() && created.is_empty() {
             return Ok(None);
         }
         layout::check_client_changes(&am, &actors).map_err(refuse)?;
+        if let Some(contract) = contract {
+            let adopted = Adopted::of(&am);
+            let mut r = Renderer::new(&am, Ranker::new(&adopted), false);
+            let deleted = am
+                .get_all(ROOT, DELETED)
+                .unwrap_or_default()
+                .iter()
+                .any(|(v, _)| matches!(v, AmValue::Scalar(s) if s.as_ref() == &ScalarValue::Boolean(true)));
+            if !deleted {
+                let value = r.object(&user_obj(&am), automerge::ObjType::Map);
+                let violations = contract.violations(&value);
+                if !violations.is_empty() {
+                    return Err(Error::SchemaViolation(violations));
+                }
+            }
+        }
         Ok(Some(ClientChanges {
             am,
             client,
+            created,
             relayed,
         }))
     }
@@ -335,6 +435,7 @@ impl Document {
         let ClientChanges {
             am,
             client,
+            created,
             relayed,
         } = checked;
         let actor = self.am.get_actor().clone();
@@ -348,7 +449,7 @@ impl Document {
                 false,
             ));
         }
-        for h in &client {
+        for h in created.iter().chain(&client) {
             out.push((
                 *h,
                 self.change_bytes(h).expect("a change just applied is here"),
@@ -564,6 +665,48 @@ impl RemoteChange {
     }
 }
 
+/// A counter to create first: its map and key.
+type Creation = (automerge::ObjId, String);
+
+/// Runs `edit` in one transaction of `am`: the new change (or `None`: nothing changed), or the
+/// counters to create before it can run (nothing written then). A result that breaks
+/// `contract` is rolled back and refused.
+fn write_edit(
+    am: &mut Automerge,
+    adopted: &Adopted,
+    edit: &Edit,
+    before: State,
+    contract: Option<&dyn Contract>,
+    plain: &[(automerge::ObjId, String)],
+    opts: &dyn Fn() -> CommitOptions,
+) -> Result<(Option<ChangeHash>, Vec<Creation>)> {
+    let user = user_obj(am);
+    let mut tx = am.transaction();
+    let mut w = edit::Writer::new(&mut tx, adopted, contract);
+    w.plain_counters = plain;
+    let result = w.edit(&user, before, edit);
+    let creations = std::mem::take(&mut w.creations);
+    if !creations.is_empty() {
+        tx.rollback();
+        return Ok((None, creations));
+    }
+    if let Err(e) = result {
+        tx.rollback();
+        return Err(e);
+    }
+    if let (Some(contract), false) = (contract, matches!(edit, Edit::Delete)) {
+        let value =
+            Renderer::new(&tx, Ranker::new(adopted), false).object(&user, automerge::ObjType::Map);
+        let violations = contract.violations(&value);
+        if !violations.is_empty() {
+            tx.rollback();
+            return Err(Error::SchemaViolation(violations));
+        }
+    }
+    let (hash, _) = tx.commit_with(opts());
+    Ok((hash, vec![]))
+}
+
 /// A node's change: its HLC stamp is the message; automerge's advisory time is its seconds.
 fn stamped(stamp: &Timestamp) -> CommitOptions {
     CommitOptions::default()
@@ -584,5 +727,7 @@ fn version_of(heads: &[ChangeHash]) -> String {
 
 #[cfg(test)]
 mod client_tests;
+#[cfg(test)]
+mod contract_tests;
 #[cfg(test)]
 mod tests;

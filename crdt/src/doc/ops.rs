@@ -69,6 +69,8 @@ pub fn parse_ops(body: Value) -> Result<Vec<Op>> {
 
 /// Where an op's path leads: the container and the last token.
 struct Target {
+    /// The tokens of the parent's path.
+    parents: Vec<String>,
     parent: ObjId,
     parent_type: ObjType,
     last: String,
@@ -154,6 +156,7 @@ impl Writer<'_, '_> {
             }
         }
         Ok(Target {
+            parents: parents.to_vec(),
             parent: obj,
             parent_type: typ,
             last: last.clone(),
@@ -166,6 +169,9 @@ impl Writer<'_, '_> {
             Op::Set { path, value } => {
                 let t = self.resolve_target(user, path, json::depth(value))?;
                 let prop = t.map_or_index(self, false)?;
+                if self.contract.is_some() {
+                    self.path = t.parents.clone();
+                }
                 self.assign(&t.parent, prop, value)
             }
             Op::Remove { path } => {
@@ -179,9 +185,16 @@ impl Writer<'_, '_> {
             Op::Increment { path, by } => {
                 let t = self.resolve_target(user, path, 0)?;
                 let prop = t.map_or_index(self, false)?;
-                match self.current(&t.parent, prop.clone()) {
-                    Current::Absent => self.tx.put(&t.parent, prop, ScalarValue::counter(*by))?,
-                    Current::Scalar(ScalarValue::Counter(c), _) => {
+                match (self.current(&t.parent, prop.clone()), prop.clone()) {
+                    // created at zero alike on every replica, so that concurrent first
+                    // increments add up instead of conflicting (see `counter`)
+                    (Current::Absent, Prop::Map(key)) => {
+                        self.create_counter(&t.parent, &key, *by)?
+                    }
+                    (Current::Absent, Prop::Seq(_)) => {
+                        self.tx.put(&t.parent, prop, ScalarValue::counter(*by))?
+                    }
+                    (Current::Scalar(ScalarValue::Counter(c), _), _) => {
                         i64::from(&c).checked_add(*by).ok_or_else(|| {
                             Error::unprocessable(format!("{path}: counter overflow"))
                         })?;
@@ -189,7 +202,7 @@ impl Writer<'_, '_> {
                     }
                     // The first increment of a plain integer turns it into a counter (a set);
                     // from then on increments commute.
-                    Current::Scalar(ScalarValue::Int(i), _) => {
+                    (Current::Scalar(ScalarValue::Int(i), _), _) => {
                         let n = i.checked_add(*by).ok_or_else(|| {
                             Error::unprocessable(format!("{path}: counter overflow"))
                         })?;

@@ -16,6 +16,7 @@ use automerge::transaction::Transaction;
 use automerge::{Automerge, ChangeHash, ObjId, Prop, ReadDoc, Value as AmValue};
 use uhlc::Timestamp;
 
+use super::counter::is_counter_actor;
 use super::layout::{genesis_hash, is_node_actor};
 use crate::hlc::parse_stamp;
 
@@ -76,6 +77,8 @@ pub(crate) struct Meta {
     pub(crate) deps: Vec<ChangeHash>,
     /// The node's stamp, for a node change.
     pub(crate) stamp: Option<Timestamp>,
+    /// A counter's creation change (see `counter`): never stamped, ranks with genesis.
+    pub(crate) counter: bool,
 }
 
 /// The metadata of `hashes` (cheap in automerge 0.12: no change is rebuilt).
@@ -86,6 +89,7 @@ pub(crate) fn metas(am: &Automerge, hashes: &[ChangeHash]) -> Vec<Meta> {
         .map(|m| Meta {
             hash: m.hash,
             stamp: node_stamp(m.actor.to_bytes(), m.message.as_deref()),
+            counter: is_counter_actor(m.actor.to_bytes()),
             deps: m.deps,
         })
         .collect()
@@ -113,7 +117,7 @@ impl Adopted {
         let genesis = genesis_hash();
         let metas = metas(am, hashes);
         for m in &metas {
-            if m.stamp.is_none() && m.hash != genesis {
+            if m.stamp.is_none() && m.hash != genesis && !m.counter {
                 self.0.entry(m.hash).or_insert(None);
             }
         }
@@ -196,7 +200,7 @@ impl<'a> Ranker<'a> {
     }
 
     fn rank_of<D: History>(&self, doc: &D, hash: &ChangeHash, actor: &[u8]) -> Rank {
-        if *hash == genesis_hash() {
+        if *hash == genesis_hash() || is_counter_actor(actor) {
             return Rank::Genesis;
         }
         if is_node_actor(actor) {

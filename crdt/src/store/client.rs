@@ -107,11 +107,17 @@ impl Inner {
     /// peers get them from their origin, or through anti-entropy).
     async fn accept_client(&self, key: &DocKey, message: &sync::Message) -> Result<usize> {
         self.commit.check()?;
+        if key.collection().starts_with('_') {
+            return Err(Error::Refused(format!(
+                "{key} is in a collection reserved for Meridian: it is written only through the HTTP API"
+            )));
+        }
         let mut w = self.open_write(key).await?;
         if w.prev().is_none() {
             return Err(Error::NotFound);
         }
-        let Some(checked) = w.doc().check_client(message)? else {
+        let contract = self.contract_of(key.collection());
+        let Some(checked) = w.doc().check_client(message, contract.as_deref())? else {
             let _ = w.unchanged();
             return Ok(0);
         };

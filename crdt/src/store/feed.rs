@@ -41,10 +41,6 @@ pub(super) struct StampGuard<'a> {
 }
 
 impl StampGuard<'_> {
-    pub(super) fn first(&self) -> Timestamp {
-        self.stamps[0]
-    }
-
     pub(super) fn all(&self) -> &[Timestamp] {
         &self.stamps
     }
@@ -70,11 +66,6 @@ impl Progress {
 }
 
 impl Inner {
-    /// A stamp for a local write.
-    pub(super) fn stamp(&self) -> StampGuard<'_> {
-        self.stamps(1)
-    }
-
     /// `n` (at least one) consecutive stamps for one write.
     pub(super) fn stamps(&self, n: usize) -> StampGuard<'_> {
         let mut stamps = self.stamps.lock();

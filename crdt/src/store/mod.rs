@@ -13,6 +13,7 @@
 //! - `cache`: cached documents, pinned while they have writes queued.
 //! - `write`: the one commit path, and the three kinds of write on it.
 //! - `client`: automerge sync messages from and to clients.
+//! - `contracts`: each collection's contract, from its schema document.
 //! - `docids`: which document an automerge-repo id names.
 //! - `read`: reads of documents and collections.
 //! - `feed`: the stamps of local changes, in flight and durable; the feed peers pull.
@@ -22,6 +23,7 @@
 
 mod cache;
 mod client;
+mod contracts;
 mod digest;
 mod docids;
 mod events;
@@ -51,6 +53,7 @@ use cache::Slot;
 use feed::Stamps;
 
 pub use client::{ClientSynced, DocEvents, Missed};
+pub use contracts::{Contracts, SCHEMAS};
 pub use digest::DIGEST_BUCKETS;
 pub use events::{EventBounds, EventWatch};
 pub use feed::Progress;
@@ -200,6 +203,7 @@ struct Inner {
     /// Per bucket of document keys, the XOR of a digest of each document's key and version.
     digests: Mutex<Vec<u64>>,
     doc_ids: docids::DocIds,
+    contracts: Mutex<contracts::Registry>,
     /// This data dir's epoch, in every change-event cursor.
     epoch: String,
     /// Every change event at or below this sequence number was trimmed.
@@ -287,6 +291,7 @@ impl Store {
                 doc_changed: tokio::sync::broadcast::Sender::new(DOC_EVENTS),
                 digests: Mutex::new(digests),
                 doc_ids,
+                contracts: Mutex::default(),
                 epoch,
                 events_trimmed,
                 replayed: replayed as u64,

@@ -273,6 +273,7 @@ impl Inner {
         if prev.is_none() {
             self.doc_ids.insert(key);
         }
+        self.schema_changed(key);
         let state = doc.state();
         rec.state = state;
         rec.version = doc.version();
@@ -319,17 +320,28 @@ impl Store {
                 });
             }
         }
+        let contract = inner.contract_of(key.collection());
         let w = inner.open_write(key).await?;
-        let stamp_guard = inner.stamp();
-        let stamp = stamp_guard.first();
-        let Applied { change, before } = w.doc().apply(&edit, &stamp)?;
-        let changes: Vec<NewChange> = change
-            .map(|(hash, bytes)| NewChange {
+        // a stamp for each counter the edit may create (their changes get feed entries before
+        // the edit's own, which depends on them), and the last for the edit
+        let bound = edit.counter_bound(contract.as_deref());
+        let stamp_guard = inner.stamps(1 + bound);
+        let stamps = stamp_guard.all();
+        let stamp = stamps[bound];
+        let Applied {
+            change,
+            created,
+            before,
+        } = w.doc().apply_checked(&edit, contract.as_deref(), &stamp)?;
+        let changes: Vec<NewChange> = created
+            .into_iter()
+            .zip(stamps.iter().copied())
+            .chain(change.map(|c| (c, stamp)))
+            .map(|((hash, bytes), stamp)| NewChange {
                 hash,
                 bytes,
                 feed: Some(stamp),
             })
-            .into_iter()
             .collect();
         let queued = w.commit(changes, |rec| match &idem {
             Some(i) => vec![idempotency::record(i, outcome_of(before, rec))],

@@ -31,9 +31,27 @@ struct Args {
     /// How many documents `--million` stores.
     #[arg(long, default_value_t = 1_000_000)]
     million_docs: usize,
-    /// Which node phases to run (patch, hot, get, list), e.g. to profile one.
+    /// Which node phases to run (patch, hot, get, list, schema), e.g. to profile one. `schema`
+    /// measures PATCH with a 20-field schema on the collection between two runs without one.
     #[arg(long, value_delimiter = ',', default_value = "patch,hot,get,list")]
     phases: Vec<String>,
+}
+
+/// A schema of 20 fields for the documents `fill` writes (name, email, n and 17 more).
+fn twenty_field_schema() -> serde_json::Value {
+    let mut props = serde_json::json!({
+        "name": {"type": "string", "maxLength": 100},
+        "email": {"type": "string", "format": "email"},
+        "n": {"type": "integer", "minimum": 0},
+    });
+    for i in 0..17 {
+        props[format!("f{i}")] = match i % 3 {
+            0 => serde_json::json!({"type": "string", "maxLength": 50}),
+            1 => serde_json::json!({"type": "integer", "minimum": 0, "maximum": 1000}),
+            _ => serde_json::json!({"type": "array", "items": {"type": "string"}, "maxItems": 10}),
+        };
+    }
+    serde_json::json!({"type": "object", "required": ["name", "n"], "properties": props})
 }
 
 fn peak_rss_mib(pid: i32) -> f64 {
@@ -162,6 +180,40 @@ async fn main() {
         per_flush = patch.rps * (args.seconds as f64 + 1.0)
             / (flushes(&node).await - flushes_before).max(1.0);
         measured.push(patch);
+    }
+    if run("schema") {
+        let patch = |label: &'static str| {
+            drive(label, &addr, args.clients, dur, move |i| {
+                Req::patch(doc(i), format!(r#"{{"n":{i}}}"#))
+            })
+        };
+        let plain_before = patch("PATCH one field, no schema (before)").await;
+        let http = reqwest::Client::new();
+        let put = http
+            .put(node.url("/v1/_schemas/bench"))
+            .header("content-type", "application/json")
+            .body(twenty_field_schema().to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+        let with = patch("PATCH one field, 20-field schema").await;
+        let del = http
+            .delete(node.url("/v1/_schemas/bench"))
+            .send()
+            .await
+            .unwrap();
+        assert!(del.status().is_success());
+        let plain_after = patch("PATCH one field, no schema (after)").await;
+        let plain = (plain_before.rps + plain_after.rps) / 2.0;
+        println!(
+            "PATCH with a 20-field schema: {:.2}x of PATCH without (p99 {:.2} ms against {:.2} / {:.2} ms)",
+            with.rps / plain,
+            with.p99_ms,
+            plain_before.p99_ms,
+            plain_after.p99_ms
+        );
+        measured.extend([plain_before, with, plain_after]);
     }
     if run("hot") {
         measured.push(
