@@ -314,3 +314,32 @@ fn a_schema_change_racing_writes_in_another_region_ends_enforced_everywhere() {
         c.stop();
     });
 }
+
+#[test]
+fn every_change_a_write_makes_gets_its_own_feed_entry() {
+    rt().block_on(async {
+        let c = cluster(4);
+        let us = c.node("us").store();
+        set_schema(us, &schema()).await;
+        let k = key("f");
+        us.write(&k, Edit::Put(obj(json!({"name": "ada"}))), None)
+            .await
+            .unwrap();
+        let before = us.feed(None, 10_000).unwrap().entries.len();
+        // a set of 0 on an absent counter creates it: with the other set, two changes and two
+        // feed entries, each under its own stamp
+        let set = json!({"ops": [{"op": "set", "path": "/visits", "value": 0},
+                                 {"op": "set", "path": "/name", "value": "bea"}]});
+        us.write(&k, Edit::Ops(meridian_crdt::parse_ops(set).unwrap()), None)
+            .await
+            .unwrap();
+        let entries = us.feed(None, 10_000).unwrap().entries;
+        assert_eq!(entries.len(), before + 2);
+        let mut stamps: Vec<_> = entries.iter().map(|(ts, _)| *ts).collect();
+        stamps.dedup();
+        assert_eq!(stamps.len(), entries.len());
+        let v: Value = serde_json::from_str(&seen(us, &k).0).unwrap();
+        assert_eq!(v, json!({"name": "bea", "visits": 0}));
+        c.stop();
+    });
+}

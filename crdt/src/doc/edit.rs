@@ -28,15 +28,19 @@ pub enum Edit {
 
 impl Edit {
     /// At most how many counters the edit may create (each creation is a change of its own; see
-    /// `counter`): one per increment, and for a PUT or merge patch one per counter field of the
-    /// contract.
+    /// `counter`): one per increment, and one per counter field of the contract (any write that
+    /// sets a counter field to zero while it is absent creates it; each field at most once).
     pub fn counter_bound(&self, contract: Option<&dyn Contract>) -> usize {
+        let fields = contract.map_or(0, |c| c.counter_fields());
         match self {
-            Edit::Ops(ops) => ops
-                .iter()
-                .filter(|op| matches!(op, Op::Increment { .. }))
-                .count(),
-            Edit::Put(_) | Edit::Patch(_) => contract.map_or(0, |c| c.counter_fields()),
+            Edit::Ops(ops) => {
+                fields
+                    + ops
+                        .iter()
+                        .filter(|op| matches!(op, Op::Increment { .. }))
+                        .count()
+            }
+            Edit::Put(_) | Edit::Patch(_) => fields,
             Edit::Delete => 0,
         }
     }

@@ -333,6 +333,13 @@ impl Store {
             created,
             before,
         } = w.doc().apply_checked(&edit, contract.as_deref(), &stamp)?;
+        // every feed entry needs its own stamp: more creations than stamps would overwrite one
+        if created.len() > bound {
+            return Err(Error::Storage(format!(
+                "an edit created {} counters, more than its bound of {bound}",
+                created.len()
+            )));
+        }
         let changes: Vec<NewChange> = created
             .into_iter()
             .zip(stamps.iter().copied())
