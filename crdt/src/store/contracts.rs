@@ -61,7 +61,18 @@ impl Inner {
             (r.compiler.clone()?, r.generation)
         };
         let key = DocKey::new(SCHEMAS, collection).ok()?;
-        let contract = match self.read_record(&key) {
+        // the latest record: queued (not yet durable) before what sled holds, so that a read
+        // after the schema's write was queued never caches the version before it
+        let pending = self
+            .pending
+            .lock()
+            .get(&key)
+            .and_then(|(slot, _)| slot.rec.lock().clone());
+        let latest = match pending {
+            Some(rec) => Ok(Some(rec)),
+            None => self.read_record(&key),
+        };
+        let contract = match latest {
             Ok(Some(rec)) if rec.state == State::Live => {
                 compiler.compile(collection, &rec.version, &rec.json)
             }
@@ -76,7 +87,7 @@ impl Inner {
         contract
     }
 
-    /// A schema document changed: forget what was read of it.
+    /// A schema document changed (its new record is queued): forget what was read of it.
     pub(super) fn schema_changed(&self, key: &DocKey) {
         if key.collection() == SCHEMAS {
             let mut r = self.contracts.lock();

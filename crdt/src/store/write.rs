@@ -133,6 +133,8 @@ impl<'a> DocWrite<'a> {
             .pending
             .lock()
             .insert(self.key.clone(), (self.slot.clone(), seq));
+        // only now: a contract read from here on finds the new record among the pending ones
+        self.inner.schema_changed(&self.key);
         Ok(self.finish(Some(seq), rec, !changes.is_empty()))
     }
 
@@ -273,7 +275,6 @@ impl Inner {
         if prev.is_none() {
             self.doc_ids.insert(key);
         }
-        self.schema_changed(key);
         let state = doc.state();
         rec.state = state;
         rec.version = doc.version();
