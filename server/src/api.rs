@@ -99,9 +99,7 @@ fn violations_field(contract: Option<&dyn Contract>, json: &str) -> Result<Strin
     let Some(contract) = contract else {
         return Ok(String::new());
     };
-    let value: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| ApiError::Internal(format!("stored JSON does not parse: {e}")))?;
-    let v = contract.violations(&value);
+    let v = crate::schema::violations_of(contract, json)?;
     Ok(if v.is_empty() {
         String::new()
     } else {

@@ -91,13 +91,14 @@ impl<'t, 'd> Writer<'t, 'd> {
     }
 
     /// How the field `prop` of the object at `self.path` merges.
-    fn merge_of(&self, prop: &Prop) -> Merge {
+    fn merge_of(&mut self, prop: &Prop) -> Merge {
         let Some(c) = self.contract else {
             return Merge::Lww;
         };
-        let mut path = self.path.clone();
-        path.push(token(prop));
-        c.merge_at(&path)
+        self.path.push(token(prop));
+        let merge = c.merge_at(&self.path);
+        self.path.pop();
+        merge
     }
 
     fn violation(&self, prop: &Prop, message: &str) -> Error {

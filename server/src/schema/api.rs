@@ -6,9 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json as JsonBody;
 use meridian_crdt::{json, Contract, DocKey, Edit, Store, SCHEMAS};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{compat, Schema};
+use super::{compat, violations_of, Schema};
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, Json, Query, SchemaPath, WriteBody};
 use crate::state::AppState;
@@ -47,9 +47,7 @@ pub(crate) async fn broken_documents(
     loop {
         let page = store.list(collection, after.as_deref(), 1000).await?;
         for d in &page.items {
-            let value: Value = serde_json::from_str(&d.json)
-                .map_err(|e| ApiError::Internal(format!("stored JSON of {}: {e}", d.id)))?;
-            if !schema.violations(&value).is_empty() {
+            if !violations_of(schema, &d.json)?.is_empty() {
                 count += 1;
                 if ids.len() < LISTED {
                     ids.push(d.id.clone());

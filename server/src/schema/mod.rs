@@ -192,6 +192,17 @@ impl Contract for Schema {
     }
 }
 
+/// The rules `contract` finds broken in a stored document's JSON.
+pub(crate) fn violations_of(
+    contract: &dyn Contract,
+    json: &str,
+) -> Result<Vec<Violation>, crate::error::ApiError> {
+    let value: Value = serde_json::from_str(json).map_err(|e| {
+        crate::error::ApiError::Internal(format!("stored JSON does not parse: {e}"))
+    })?;
+    Ok(contract.violations(&value))
+}
+
 /// Compiles schema documents for the store, once per version.
 #[derive(Debug, Default)]
 pub struct Compiler {
