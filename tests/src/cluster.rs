@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_crdt::{NodeId, Store, StoreConfig};
+use meridian_crdt::{DocKey, NodeId, Store, StoreConfig};
 use meridian_sync::{Chunks, Error as SyncError, Peer, Replica, SyncConfig, Transport};
 use parking_lot::{Mutex, RwLock};
 use rand::rngs::StdRng;
@@ -318,4 +318,22 @@ skewed!(clock_ahead_10min, 600_000);
 /// Clocks within the default maximum drift of each other, to give nodes in random tests.
 pub fn skewed_clocks() -> [PhysicalClock; 3] {
     [clock_exact, clock_ahead_150ms, clock_behind_200ms]
+}
+
+/// The document `profiles/{id}`, the collection the cluster tests write.
+pub fn profile(id: &str) -> DocKey {
+    DocKey::new("profiles", id).expect("a valid id")
+}
+
+/// A JSON object literal as the map an edit takes.
+pub fn obj(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    v.as_object().expect("an object").clone()
+}
+
+/// A single-threaded runtime for one scenario (the simulated network is the concurrency).
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
 }

@@ -9,25 +9,12 @@ use std::time::{Duration, Instant};
 
 use meridian_crdt::{ChangeHash, DocKey, Edit, Op, State, Store};
 use meridian_sync::{FeedMode, SessionToken};
-use meridian_tests::cluster::{clock_ahead_10min, clock_exact, skewed_clocks, Faults, SimCluster};
+use meridian_tests::cluster::{
+    clock_ahead_10min, clock_exact, obj, profile as key, rt, skewed_clocks, Faults, SimCluster,
+};
 use meridian_tests::eventually;
 use rand::Rng;
-use serde_json::{json, Map, Value};
-
-fn obj(v: Value) -> Map<String, Value> {
-    v.as_object().expect("object").clone()
-}
-
-fn key(id: &str) -> DocKey {
-    DocKey::new("profiles", id).unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use serde_json::json;
 
 /// Everything a client can see of a document on one node: state, JSON, version, conflicts.
 async fn visible(store: &Store, k: &DocKey) -> (Option<(State, String, String)>, String) {

@@ -10,25 +10,10 @@ use std::time::Duration;
 
 use meridian_crdt::{DocKey, Edit, Store, SCHEMAS};
 use meridian_server::schema::Compiler;
-use meridian_tests::cluster::{skewed_clocks, Faults, SimCluster};
+use meridian_tests::cluster::{obj, profile as key, rt, skewed_clocks, Faults, SimCluster};
 use meridian_tests::eventually;
 use rand::Rng;
-use serde_json::{json, Map, Value};
-
-fn obj(v: Value) -> Map<String, Value> {
-    v.as_object().expect("object").clone()
-}
-
-fn key(id: &str) -> DocKey {
-    DocKey::new("profiles", id).unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use serde_json::{json, Value};
 
 fn cluster(seed: u64) -> SimCluster {
     let clocks = skewed_clocks();
