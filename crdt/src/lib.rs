@@ -54,7 +54,7 @@ pub use record::{ChangeEvent, FeedEntry, WriteOutcome};
 pub use store::{
     ClientSynced, Contracts, DocEvents, DocState, DocView, EventBounds, EventWatch, FeedPage,
     Idempotency, Merged, Missed, Page, Progress, Store, StoreConfig, StoreStats, Written,
-    DIGEST_BUCKETS, SCHEMAS,
+    DIGEST_BUCKETS, DIGEST_LEAVES, LEAVES_PER_BUCKET, SCHEMAS,
 };
 
 pub use automerge::{ActorId, ChangeHash};

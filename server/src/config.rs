@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// Seconds between anti-entropy passes with each peer. Default: 30.
     #[arg(long, env = "MERIDIAN_ANTI_ENTROPY_SECS")]
     pub anti_entropy_secs: Option<u64>,
+    /// Seconds this node's feed keeps changes a peer has not read; a peer away longer catches
+    /// up by anti-entropy. Default: 86400.
+    #[arg(long, env = "MERIDIAN_FEED_RETENTION_SECS")]
+    pub feed_retention_secs: Option<u64>,
     /// Largest clock drift accepted in a peer's change stamps, in milliseconds. Default: 500.
     #[arg(long, env = "MERIDIAN_MAX_DRIFT_MS")]
     pub max_drift_ms: Option<u64>,
@@ -174,6 +178,7 @@ pub struct Settings {
     pub cluster_secret: Option<String>,
     pub session_wait_ms: u64,
     pub anti_entropy_secs: u64,
+    pub feed_retention_secs: u64,
     pub max_drift_ms: u64,
     pub feed_mode: FeedMode,
     pub sync_max_connections: usize,
@@ -215,6 +220,7 @@ impl Default for Settings {
             cluster_secret: None,
             session_wait_ms: limits.session_wait.as_millis() as u64,
             anti_entropy_secs: sync.anti_entropy_every.as_secs(),
+            feed_retention_secs: sync.feed_retention.as_secs(),
             max_drift_ms: store.max_drift.as_millis() as u64,
             feed_mode: sync.feed_mode,
             sync_max_connections: clients.max_connections,
@@ -309,6 +315,7 @@ impl ServeArgs {
             request_timeout_ms: pick!(request_timeout_ms),
             session_wait_ms: pick!(session_wait_ms),
             anti_entropy_secs: pick!(anti_entropy_secs),
+            feed_retention_secs: pick!(feed_retention_secs),
             max_drift_ms: pick!(max_drift_ms),
             sync_max_connections: pick!(sync_max_connections),
             sync_max_documents: pick!(sync_max_documents),
@@ -391,6 +398,7 @@ impl Settings {
             .map_err(|e| anyhow::anyhow!("invalid region: {e}"))?;
         for (name, value) in [
             ("anti_entropy_secs", self.anti_entropy_secs as usize),
+            ("feed_retention_secs", self.feed_retention_secs as usize),
             ("max_in_flight", self.max_in_flight),
             ("request_timeout_ms", self.request_timeout_ms as usize),
             ("max_body_bytes", self.max_body_bytes),
@@ -404,6 +412,11 @@ impl Settings {
         ] {
             anyhow::ensure!(value > 0, "{name} must be at least 1");
         }
+        // the HLC's 32 bits of seconds bound any window measured on it
+        anyhow::ensure!(
+            self.feed_retention_secs <= 10 * 365 * 86_400,
+            "feed_retention_secs must be at most ten years"
+        );
         Ok(())
     }
 
@@ -418,6 +431,7 @@ impl Settings {
     pub fn replication(&self) -> SyncConfig {
         let mut c = SyncConfig::new(self.peers.clone());
         c.anti_entropy_every = Duration::from_secs(self.anti_entropy_secs);
+        c.feed_retention = Duration::from_secs(self.feed_retention_secs);
         c.feed_mode = self.feed_mode;
         c
     }
@@ -518,6 +532,15 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("sync_max_connections"), "{err}");
+        for bad in [0, 100 * 365 * 86_400] {
+            let err = ServeArgs {
+                feed_retention_secs: Some(bad),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.to_string().contains("feed_retention_secs"), "{err}");
+        }
     }
 
     #[test]
@@ -528,6 +551,10 @@ mod tests {
         assert_eq!(
             s.replication().anti_entropy_every,
             SyncConfig::new(vec![]).anti_entropy_every
+        );
+        assert_eq!(
+            s.replication().feed_retention,
+            SyncConfig::new(vec![]).feed_retention
         );
         assert_eq!(
             s.clients().max_message_bytes,

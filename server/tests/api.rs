@@ -772,7 +772,10 @@ async fn internal_endpoints_need_the_cluster_secret() {
     )
     .unwrap();
     let a = &app(state);
-    let digest = meridian_sync::encode(&meridian_sync::Request::Digest { from: "us".into() });
+    let digest = meridian_sync::encode(&meridian_sync::Request::Digest {
+        from: "us".into(),
+        cursor: None,
+    });
     for auth in [
         None,
         Some("Bearer wrong"),

@@ -41,7 +41,8 @@ mod wire;
 pub use error::{Error, Result};
 #[cfg(feature = "node")]
 pub use replica::{
-    Behind, Chunks, ClusterReport, FeedMode, Lag, Peer, PeerReport, Replica, SyncConfig, Transport,
+    Behind, Chunks, ClusterReport, FeedMode, Lag, Peer, PeerReport, RepairPass, Replica,
+    SyncConfig, Transport,
 };
 pub use token::{BadToken, SessionToken, MAX_TOKEN_NODES};
 #[cfg(feature = "node")]

@@ -6,9 +6,12 @@
 //!   batches. Frames are a u32 length (little-endian) and a message; an empty frame every
 //!   `heartbeat_ms` shows the stream is alive.
 //! - `Feed`: one page of the changes made on the answering node after a cursor, in HLC order
-//!   (waits up to `wait_ms` for news when there is none): catching up for a session.
+//!   (waits up to `wait_ms` for news when there is none): catching up for a session. A cursor
+//!   older than what the answering node keeps is answered `Trimmed` (also as a stream's frame):
+//!   the asker repairs with anti-entropy, then follows from the `upto` it names.
 //! - `Digest`: the answering node's anti-entropy digest (one u64 per bucket of document keys).
-//! - `Repair`: for the asker's documents in some buckets (and any listed documents), the
+//! - `Leaves`: the digests of the leaves of some buckets (`LEAVES_PER_BUCKET` per bucket).
+//! - `Repair`: for the asker's documents in some leaves (and any listed documents), the
 //!   changes the answering node has that the asker's heads lack.
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +19,8 @@ use uhlc::Timestamp;
 
 /// Version of the protocol this build speaks. A node answers a request of another version with
 /// an error rather than guessing.
-pub const WIRE_VERSION: u8 = 1;
+/// 2: two-level digests (`Leaves`, `Repair` by leaf) and trimmed feeds.
+pub const WIRE_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -34,11 +38,18 @@ pub enum Request {
     },
     Digest {
         from: String,
+        /// The asker's cursor into the answering node's feed: it holds every change up to
+        /// there (lets the feed be trimmed while a subscription stays open).
+        cursor: Option<Timestamp>,
+    },
+    Leaves {
+        from: String,
+        buckets: Vec<u32>,
     },
     Repair {
         from: String,
-        buckets: Vec<u32>,
-        /// The asker's heads of every document it has in `buckets`, plus any it asks about.
+        leaves: Vec<u32>,
+        /// The asker's heads of every document it has in `leaves`, plus any it asks about.
         docs: Vec<DocHeads>,
     },
 }
@@ -56,6 +67,15 @@ pub enum Response {
     },
     Digest {
         buckets: Vec<u64>,
+    },
+    Leaves {
+        digests: Vec<u64>,
+    },
+    /// The asker's cursor is older than the oldest change the feed keeps. Every change of the
+    /// answering node stamped at or before `upto` was durable there when it answered: after a
+    /// complete anti-entropy pass with it, the asker may follow from `upto`.
+    Trimmed {
+        upto: Timestamp,
     },
     Repair {
         changes: Vec<DocChanges>,
@@ -173,7 +193,10 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_other_versions_are_refused() {
-        let r = Request::Digest { from: "eu".into() };
+        let r = Request::Digest {
+            from: "eu".into(),
+            cursor: None,
+        };
         let mut bytes = encode(&r);
         assert_eq!(decode::<Request>(&bytes).unwrap(), r);
         bytes[0] = 9;

@@ -1,6 +1,10 @@
-//! The anti-entropy digest: per bucket of document keys, the XOR of a digest of each document's
-//! key and version, kept up to date by every write; equal on two nodes when (barring hash
-//! collisions) they hold the same versions of the same documents.
+//! The anti-entropy digest, in two levels: document keys fall into `DIGEST_BUCKETS` buckets of
+//! `LEAVES_PER_BUCKET` leaves each; a leaf's digest is the XOR of a digest of each of its
+//! documents' key and version, a bucket's is the XOR of its leaves'. Both are kept up to date by
+//! every write and equal on two nodes when (barring hash collisions) they hold the same
+//! versions of the same documents. Two nodes compare buckets, then the leaves of the buckets
+//! that differ, then the documents of the leaves that differ (listed in [`super::docids`]), so a
+//! pass costs in proportion to the differences, not to the number of documents.
 
 use std::collections::BTreeSet;
 
@@ -14,14 +18,25 @@ use crate::record::{self, DocRecord};
 
 /// How many buckets the anti-entropy digest has.
 pub const DIGEST_BUCKETS: usize = 1024;
+/// How many leaves each bucket has (about 15 documents a leaf at 1,000,000 documents).
+pub const LEAVES_PER_BUCKET: usize = 64;
+/// Leaves in all: a leaf is numbered `bucket * LEAVES_PER_BUCKET + i`.
+pub const DIGEST_LEAVES: usize = DIGEST_BUCKETS * LEAVES_PER_BUCKET;
 
-/// The digest bucket of a document key (stable across nodes and versions).
-pub(super) fn bucket_of(key: &DocKey) -> usize {
+/// The digest leaf of a document key (stable across nodes and versions).
+pub(super) fn leaf_of(key: &DocKey) -> usize {
     let h = Sha256::digest(key.encode());
-    u16::from_be_bytes([h[0], h[1]]) as usize % DIGEST_BUCKETS
+    let bucket = u16::from_be_bytes([h[0], h[1]]) as usize % DIGEST_BUCKETS;
+    bucket * LEAVES_PER_BUCKET + h[2] as usize % LEAVES_PER_BUCKET
 }
 
-/// One document's part of its bucket's digest.
+/// The digest bucket of a document key.
+#[cfg(test)]
+pub(super) fn bucket_of(key: &DocKey) -> usize {
+    leaf_of(key) / LEAVES_PER_BUCKET
+}
+
+/// One document's part of its leaf's digest.
 fn doc_digest(key: &DocKey, version: &str) -> u64 {
     let mut h = Sha256::new();
     h.update(key.encode());
@@ -30,47 +45,66 @@ fn doc_digest(key: &DocKey, version: &str) -> u64 {
     u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
-/// The digests of everything stored (at start-up), calling `each` with every document's key
-/// on the way (one scan serves every map built at open).
-pub(super) fn initial(db: &sled::Db, mut each: impl FnMut(&DocKey)) -> Result<Vec<u64>> {
-    let mut digests = vec![0u64; DIGEST_BUCKETS];
+/// The leaf digests of everything stored (at start-up), calling `each` with every document's
+/// key and leaf on the way (one scan serves every map built at open).
+pub(super) fn initial(db: &sled::Db, mut each: impl FnMut(&DocKey, usize)) -> Result<Vec<u64>> {
+    let mut leaves = vec![0u64; DIGEST_LEAVES];
     for kv in db.scan_prefix([record::DOC]) {
         let (k, v) = kv?;
         let key = DocKey::decode(&k[1..])?;
         let rec: DocRecord = record::decode(&v)?;
-        digests[bucket_of(&key)] ^= doc_digest(&key, &rec.version);
-        each(&key);
+        let leaf = leaf_of(&key);
+        leaves[leaf] ^= doc_digest(&key, &rec.version);
+        each(&key, leaf);
     }
-    Ok(digests)
+    Ok(leaves)
 }
 
 /// A document's version changed from `old` (if it had one) to `new`.
 pub(super) fn replace(inner: &Inner, key: &DocKey, old: Option<&str>, new: &str) {
-    let mut digests = inner.digests.lock();
-    let b = bucket_of(key);
+    let leaf = leaf_of(key);
+    let mut leaves = inner.digests.lock();
     if let Some(old) = old.filter(|v| !v.is_empty()) {
-        digests[b] ^= doc_digest(key, old);
+        leaves[leaf] ^= doc_digest(key, old);
     }
-    digests[b] ^= doc_digest(key, new);
+    leaves[leaf] ^= doc_digest(key, new);
 }
 
 impl Store {
     /// The anti-entropy digest, one value per bucket.
     pub fn digests(&self) -> Vec<u64> {
-        self.inner.digests.lock().clone()
+        let leaves = self.inner.digests.lock();
+        leaves
+            .chunks(LEAVES_PER_BUCKET)
+            .map(|c| c.iter().fold(0, |a, d| a ^ d))
+            .collect()
     }
 
-    /// The heads of every stored document in the given buckets (a scan of all records).
-    pub fn bucket_heads(&self, buckets: &BTreeSet<u32>) -> Result<Vec<(DocKey, Vec<ChangeHash>)>> {
+    /// The leaf digests of the given buckets, `LEAVES_PER_BUCKET` per bucket in the order
+    /// asked. `None` if a bucket is out of range.
+    pub fn leaf_digests(&self, buckets: &[u32]) -> Option<Vec<u64>> {
+        let leaves = self.inner.digests.lock();
+        let mut out = Vec::with_capacity(buckets.len() * LEAVES_PER_BUCKET);
+        for b in buckets {
+            let first = (*b as usize).checked_mul(LEAVES_PER_BUCKET)?;
+            out.extend_from_slice(leaves.get(first..first + LEAVES_PER_BUCKET)?);
+        }
+        Some(out)
+    }
+
+    /// The heads of every stored document in the given leaves: one lookup per document in
+    /// them, whatever the number of documents stored.
+    pub fn leaf_heads(&self, leaves: &BTreeSet<u32>) -> Result<Vec<(DocKey, Vec<ChangeHash>)>> {
         let mut out = Vec::new();
-        for kv in self.inner.tree.scan_prefix([record::DOC]) {
-            let (k, v) = kv?;
-            let key = DocKey::decode(&k[1..])?;
-            if !buckets.contains(&(bucket_of(&key) as u32)) {
-                continue;
+        for leaf in leaves {
+            for key in self.inner.doc_ids.in_leaf(*leaf as usize) {
+                // listed as its first write is queued: not in sled until that is durable
+                let Some(v) = self.inner.tree.get(record::doc_key(record::DOC, &key))? else {
+                    continue;
+                };
+                let rec: DocRecord = record::decode(&v)?;
+                out.push((key, rec.heads.into_iter().map(ChangeHash).collect()));
             }
-            let rec: DocRecord = record::decode(&v)?;
-            out.push((key, rec.heads.into_iter().map(ChangeHash).collect()));
         }
         Ok(out)
     }

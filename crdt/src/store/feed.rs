@@ -4,6 +4,11 @@
 //! A stamp is handed out when a write starts and is *in flight* until the write is durable (or
 //! has failed). The feed is served only below the smallest stamp in flight, so a peer's cursor
 //! never moves past a change that becomes durable later.
+//!
+//! The feed is trimmed ([`Store::trim_feed`]) once every peer has read past its entries (or
+//! they are older than the retention window): the change stays in its document, and a reader
+//! whose cursor is older than the trimmed point is told so (the page's `trimmed`) and repairs
+//! by anti-entropy instead.
 
 use std::collections::BTreeSet;
 
@@ -15,6 +20,15 @@ use crate::record::{self, FeedEntry};
 
 /// Longest run of feed entries one page holds, in change bytes.
 const FEED_PAGE_BYTES: usize = 1 << 20;
+/// `M/feed-trimmed`: the feed key of the newest entry trimmed.
+const TRIMMED: &str = "feed-trimmed";
+
+/// The feed's trimmed mark, as stored.
+pub(super) fn trimmed(db: &sled::Db) -> Result<Option<Timestamp>> {
+    db.get(record::meta_key(TRIMMED))?
+        .map(|k| record::feed_stamp(&k))
+        .transpose()
+}
 
 /// Stamps handed to local writes.
 #[derive(Debug, Default)]
@@ -96,6 +110,9 @@ impl Store {
         let below = match bound {
             Ok(now) | Err(now) => now,
         };
+        if self.trimmed_past(after) {
+            return self.trimmed_page(bound);
+        }
         let mut entries = Vec::new();
         let mut bytes = 0;
         let mut more = false;
@@ -110,6 +127,10 @@ impl Store {
             bytes += entry.change.len();
             entries.push((record::feed_stamp(&k)?, entry));
         }
+        // checked after the read: a trim that raced it shows here
+        if self.trimmed_past(after) {
+            return self.trimmed_page(bound);
+        }
         let last = entries.last().map(|(ts, _)| *ts).or(after.copied());
         let upto = match bound {
             Ok(now) if !more => Some(now),
@@ -119,7 +140,79 @@ impl Store {
             entries,
             upto,
             more,
+            trimmed: false,
         })
+    }
+
+    /// Whether entries after `after` were trimmed.
+    fn trimmed_past(&self, after: Option<&Timestamp>) -> bool {
+        match (*self.inner.feed_trimmed.lock(), after) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(mark), Some(after)) => *after < mark,
+        }
+    }
+
+    /// The answer to a cursor older than the trimmed point: where to go on from after a repair.
+    /// `bound` is the feed's bound (see [`Store::feed`]).
+    fn trimmed_page(&self, bound: std::result::Result<Timestamp, Timestamp>) -> Result<FeedPage> {
+        let upto = match bound {
+            // nothing in flight: every local change stamped up to now is durable
+            Ok(now) => Some(now),
+            // below the first stamp in flight, the newest durable entry (or trimmed one)
+            Err(first) => {
+                let newest = match self
+                    .inner
+                    .tree
+                    .range(record::feed_start(None)..record::feed_key(&first))
+                    .next_back()
+                {
+                    Some(kv) => Some(record::feed_stamp(&kv?.0)?),
+                    None => None,
+                };
+                newest.max(*self.inner.feed_trimmed.lock())
+            }
+        };
+        Ok(FeedPage {
+            entries: vec![],
+            upto,
+            more: false,
+            trimmed: true,
+        })
+    }
+
+    /// Removes the feed's entries stamped at or before `through` (the change stays in its
+    /// document). Readers whose cursor is older than the newest entry removed are then answered
+    /// `trimmed`. Returns how many entries went.
+    pub fn trim_feed(&self, through: &Timestamp) -> Result<usize> {
+        let inner = &*self.inner;
+        let _one_at_a_time = inner.feed_trim.lock();
+        let newest = match inner
+            .tree
+            .range(record::feed_start(None)..record::feed_start(Some(through)))
+            .next_back()
+        {
+            Some(kv) => record::feed_stamp(&kv?.0)?,
+            None => return Ok(0),
+        };
+        if inner.feed_trimmed.lock().is_some_and(|m| newest <= m) {
+            return Ok(0);
+        }
+        // the mark first: a crash between leaves entries no reader will use, never a gap a
+        // reader would not notice
+        inner
+            .tree
+            .insert(record::meta_key(TRIMMED), record::feed_key(&newest))?;
+        *inner.feed_trimmed.lock() = Some(newest);
+        let mut n = 0;
+        for kv in inner
+            .tree
+            .range(record::feed_start(None)..=record::feed_key(&newest))
+        {
+            inner.tree.remove(kv?.0)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The newest local change's stamp and how many local changes follow `after` (counted up

@@ -14,7 +14,7 @@
 //! - `write`: the one commit path, and the three kinds of write on it.
 //! - `client`: automerge sync messages from and to clients.
 //! - `contracts`: each collection's contract, from its schema document.
-//! - `docids`: which document an automerge-repo id names.
+//! - `docids`: every document held: by automerge-repo id, and by digest leaf.
 //! - `read`: reads of documents and collections.
 //! - `feed`: the stamps of local changes, in flight and durable; the feed peers pull.
 //! - `events`: change events, as they became visible here, for the live change feed.
@@ -54,7 +54,7 @@ use feed::Stamps;
 
 pub use client::{ClientSynced, DocEvents, Missed};
 pub use contracts::{Contracts, SCHEMAS};
-pub use digest::DIGEST_BUCKETS;
+pub use digest::{DIGEST_BUCKETS, DIGEST_LEAVES, LEAVES_PER_BUCKET};
 pub use events::{EventBounds, EventWatch};
 pub use feed::Progress;
 pub use idempotency::Idempotency;
@@ -121,6 +121,10 @@ pub struct FeedPage {
     pub upto: Option<Timestamp>,
     /// The page stopped at its limit: more durable entries follow.
     pub more: bool,
+    /// `after` is older than the oldest entry the feed keeps (see [`Store::trim_feed`]): the
+    /// page is empty, and a reader holding everything this node held when it answered may go
+    /// on from `upto` (which every durable local change is at or before).
+    pub trimmed: bool,
 }
 
 /// What [`Store::merge_remote`] did.
@@ -200,7 +204,7 @@ struct Inner {
     feed_moved: tokio::sync::watch::Sender<u64>,
     /// Every document whose durable state changed (any kind of write), for sync connections.
     doc_changed: tokio::sync::broadcast::Sender<DocKey>,
-    /// Per bucket of document keys, the XOR of a digest of each document's key and version.
+    /// Per digest leaf, the XOR of a digest of each of its documents' key and version.
     digests: Mutex<Vec<u64>>,
     doc_ids: docids::DocIds,
     contracts: Mutex<contracts::Registry>,
@@ -208,6 +212,10 @@ struct Inner {
     epoch: String,
     /// Every change event at or below this sequence number was trimmed.
     events_trimmed: AtomicU64,
+    /// The newest feed entry trimmed: every entry at or before it is gone.
+    feed_trimmed: Mutex<Option<Timestamp>>,
+    /// One feed trim at a time.
+    feed_trim: Mutex<()>,
     replayed: u64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -252,7 +260,9 @@ impl Store {
         }
 
         let clock = Clock::with_physical(&node, config.max_drift, config.physical_clock);
-        let last = feed::last_stamp(&db)?;
+        let feed_trimmed = feed::trimmed(&db)?;
+        // the feed may be trimmed whole: its mark still holds the newest stamp it had
+        let last = feed::last_stamp(&db)?.max(feed_trimmed);
         if let Some(last) = last {
             clock.observe(&last).map_err(|_| {
                 Error::Unavailable(format!(
@@ -269,7 +279,7 @@ impl Store {
             .build();
         let blob_dir = db_path(&config.path).join("blobs");
         let doc_ids = docids::DocIds::default();
-        let digests = digest::initial(&db, |key| doc_ids.insert(key))?;
+        let digests = digest::initial(&db, |key, leaf| doc_ids.insert_in(key, leaf))?;
         let epoch = events::epoch(&config.path)?;
         let events_trimmed = AtomicU64::new(events::trimmed(&db)?);
         let commit = GroupCommit::start(db.clone(), blob_dir, sled_log, wal_dir, seq, documents)?;
@@ -294,6 +304,8 @@ impl Store {
                 contracts: Mutex::default(),
                 epoch,
                 events_trimmed,
+                feed_trimmed: Mutex::new(feed_trimmed),
+                feed_trim: Mutex::new(()),
                 replayed: replayed as u64,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),

@@ -639,15 +639,19 @@ async fn merged_changes_are_durable_and_digests_agree() {
         vec![("sync/x".into(), b"1".to_vec())]
     );
     assert_eq!(get_json(&b, "d1").await, get_json(&a, "d1").await);
-    // only the buckets asked for are listed
-    let all: BTreeSet<u32> = (0..DIGEST_BUCKETS as u32).collect();
-    assert_eq!(b.bucket_heads(&all).unwrap().len(), 7);
-    let one: BTreeSet<u32> = [digest::bucket_of(&key("d3")) as u32].into();
-    assert!(b
-        .bucket_heads(&one)
-        .unwrap()
-        .iter()
-        .any(|(k, _)| k == &key("d3")));
+    // only the leaves asked for are listed
+    let all: BTreeSet<u32> = (0..DIGEST_LEAVES as u32).collect();
+    assert_eq!(b.leaf_heads(&all).unwrap().len(), 7);
+    let one: BTreeSet<u32> = [digest::leaf_of(&key("d3")) as u32].into();
+    let listed = b.leaf_heads(&one).unwrap();
+    assert!(listed.iter().any(|(k, _)| k == &key("d3")));
+    assert!(listed.len() < 7);
+    // a bucket's digest is its leaves' folded; leaves of a bucket out of range are refused
+    let bucket = digest::bucket_of(&key("d3"));
+    let leaves = b.leaf_digests(&[bucket as u32]).unwrap();
+    assert_eq!(leaves.len(), LEAVES_PER_BUCKET);
+    assert_eq!(leaves.iter().fold(0, |x, d| x ^ d), b.digests()[bucket]);
+    assert_eq!(b.leaf_digests(&[DIGEST_BUCKETS as u32]), None);
 }
 
 #[tokio::test]
@@ -1102,4 +1106,61 @@ async fn a_changed_schema_is_in_force_once_its_write_returns_even_under_concurre
     for r in readers {
         r.await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_trimmed_feed_says_so_to_older_cursors_and_keeps_its_mark_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..6 {
+        s.write(
+            &key(&format!("d{i}")),
+            Edit::Put(obj(json!({"i": i}))),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let feed = s.feed(None, 100).unwrap().entries;
+    let (third, fourth) = (feed[2].0, feed[3].0);
+    // nothing older than the oldest entry: nothing to trim
+    assert_eq!(
+        s.trim_feed(&uhlc::Timestamp::new(uhlc::NTP64(1), *third.get_id()))
+            .unwrap(),
+        0
+    );
+    assert_eq!(s.trim_feed(&third).unwrap(), 3);
+    assert_eq!(s.trim_feed(&third).unwrap(), 0, "trimming is idempotent");
+    // a cursor at or after the mark reads on as before
+    let page = s.feed(Some(&third), 100).unwrap();
+    assert!(!page.trimmed);
+    assert_eq!(page.entries.len(), 3);
+    assert_eq!(page.entries[0].0, fourth);
+    // an older cursor, or none, is told to repair and where to go on from
+    for after in [None, Some(feed[1].0)] {
+        let page = s.feed(after.as_ref(), 100).unwrap();
+        assert!(page.trimmed && page.entries.is_empty());
+        assert!(page.upto >= Some(feed[5].0), "{page:?}");
+    }
+    // the documents keep every change
+    assert_eq!(get_json(&s, "d0").await, Some(json!({"i": 0})));
+    // trimmed whole, the newest stamp survives a restart in the mark
+    let last = s.last_local_stamp();
+    assert_eq!(s.trim_feed(&s.clock().now()).unwrap(), 3);
+    assert!(s.feed(Some(&feed[5].0), 100).unwrap().entries.is_empty());
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.last_local_stamp(), last);
+    assert!(s.feed(Some(&third), 100).unwrap().trimmed);
+    let page = s.feed(Some(&feed[5].0), 100).unwrap();
+    assert!(!page.trimmed && page.entries.is_empty());
+    s.write(&key("d9"), Edit::Put(obj(json!({"i": 9}))), None)
+        .await
+        .unwrap();
+    let page = s.feed(Some(&feed[5].0), 100).unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert!(
+        page.entries[0].0 > feed[5].0,
+        "new stamps follow the trimmed ones"
+    );
 }

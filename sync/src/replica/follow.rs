@@ -1,6 +1,7 @@
 //! Following peers: the request path, each peer's feed (a subscription, or long polls), and
 //! merging what arrives after checking it.
 
+use super::repair::Repaired;
 use super::*;
 
 impl<T: Transport> Replica<T> {
@@ -167,8 +168,13 @@ impl<T: Transport> Replica<T> {
             let mut batch: Vec<DocChanges> = Vec::new();
             let mut upto = None;
             let mut pages = 0;
+            let mut trimmed = None;
             while let Some(f) = frames.next_frame().map_err(|e| fail(e, progressed))? {
                 let page = wire::decode::<Response>(&f).map_err(|e| fail(e, progressed))?;
+                if let Response::Trimmed { upto } = page {
+                    trimmed = Some(upto);
+                    break;
+                }
                 let Response::Feed {
                     changes,
                     upto: page_upto,
@@ -191,19 +197,57 @@ impl<T: Transport> Replica<T> {
                 upto = page_upto.or(upto);
                 pages += 1;
             }
-            if pages == 0 {
+            if pages == 0 && trimmed.is_none() {
                 continue;
             }
             peer.status.lock().succeeded(Instant::now());
-            if self
-                .apply_feed(peer, batch, upto)
-                .await
-                .map_err(|e| fail(e, progressed))?
+            if pages > 0
+                && self
+                    .apply_feed(peer, batch, upto)
+                    .await
+                    .map_err(|e| fail(e, progressed))?
             {
                 return Ok(Followed::Refused);
             }
             progressed = true;
+            if let Some(upto) = trimmed {
+                // the stream ends here; the next one starts from where the repair left us
+                self.resume_after_trim(peer, upto)
+                    .await
+                    .map_err(|e| fail(e, progressed))?;
+                return Ok(Followed::Ended);
+            }
         }
+    }
+
+    /// The peer no longer keeps the feed entries after our cursor (see [`Store::trim_feed`]):
+    /// take everything we lack from it by one complete anti-entropy pass, then go on from
+    /// `upto`, which every change it had made when it answered is at or before.
+    pub(super) async fn resume_after_trim(
+        &self,
+        peer: &PeerState,
+        upto: Timestamp,
+    ) -> Result<(), crate::Error> {
+        tracing::info!(
+            peer = %peer.peer.id,
+            "the peer's feed no longer holds our cursor: catching up by anti-entropy"
+        );
+        let pass = self.anti_entropy(peer).await?;
+        if !pass.complete {
+            return Err(crate::Error::Unreachable(
+                "the repair after a trimmed feed was incomplete; trying again".into(),
+            ));
+        }
+        let _one_at_a_time = peer.apply.lock().await;
+        if peer.cursor.lock().is_some_and(|c| c >= upto) {
+            return Ok(());
+        }
+        let meta = vec![(cursor_name(peer.peer.id.as_str()), stamp_meta(&upto))];
+        self.merge(Checked::default(), meta).await?;
+        *peer.cursor.lock() = Some(upto);
+        peer.status.lock().trim_repairs += 1;
+        self.shared.cursor_moved.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     pub(super) async fn pull_once(
@@ -234,6 +278,13 @@ impl<T: Transport> Replica<T> {
                 }
                 let refused = self.apply_feed(peer, changes, upto).await?;
                 Ok(Pulled { more, refused })
+            }
+            Response::Trimmed { upto } => {
+                self.resume_after_trim(peer, upto).await?;
+                Ok(Pulled {
+                    more: true,
+                    refused: false,
+                })
             }
             other => Err(crate::Error::Protocol(format!(
                 "unexpected answer to a feed request: {other:?}"
@@ -349,12 +400,16 @@ impl<T: Transport> Replica<T> {
         &self,
         peer: &PeerState,
         changes: Vec<DocChanges>,
-    ) -> Result<usize, crate::Error> {
+    ) -> Result<Repaired, crate::Error> {
         let checked = self.check(changes, false)?;
+        let refused = checked.refused;
         let meta = checked.seen_meta(self);
         let merged = self.merge(checked, meta).await?;
         peer.status.lock().changes_repaired += merged.changes as u64;
-        Ok(merged.changes)
+        Ok(Repaired {
+            changes: merged.changes,
+            complete: !refused && merged.missing_deps.is_empty(),
+        })
     }
 }
 

@@ -14,6 +14,7 @@
 //! - `serve`: answering peers (feed pages, digests, repairs, subscriptions);
 //! - `follow`: asking peers, following each peer's feed, checking and merging what arrives;
 //! - `repair`: anti-entropy passes;
+//! - `trim`: trimming this node's feed once every peer has read it (or past a retention window);
 //! - `session`: session tokens, and waiting until this node covers one;
 //! - `status`: what this node knows of each peer's link, the reachability rule, `/v1/cluster`.
 
@@ -23,7 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_crdt::{ChangeHash, DocKey, NodeId, RemoteChange, Store, DIGEST_BUCKETS};
+use meridian_crdt::{
+    ChangeHash, DocKey, NodeId, RemoteChange, Store, DIGEST_BUCKETS, DIGEST_LEAVES,
+    LEAVES_PER_BUCKET,
+};
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
@@ -37,8 +41,10 @@ mod repair;
 mod serve;
 mod session;
 mod status;
+mod trim;
 
 use follow::Pulled;
+pub use repair::RepairPass;
 use status::PeerStatus;
 pub use status::{ClusterReport, Lag, PeerReport};
 
@@ -97,6 +103,9 @@ pub struct SyncConfig {
     /// How to follow a peer's feed: one long-lived streamed answer (the default), or one long
     /// poll per batch. Kept selectable so that the benchmark can compare them in one run.
     pub feed_mode: FeedMode,
+    /// How long this node's feed keeps changes for a peer that has not read them. A peer away
+    /// longer catches up by anti-entropy instead.
+    pub feed_retention: Duration,
 }
 
 /// See [`SyncConfig::feed_mode`].
@@ -119,6 +128,7 @@ impl SyncConfig {
             call_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_millis(500),
             feed_mode: FeedMode::Stream,
+            feed_retention: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -134,8 +144,10 @@ impl SyncConfig {
 
 /// Most bytes of changes one repair answer carries; the asker comes back for the rest.
 const REPAIR_BYTES: usize = 4 << 20;
-/// Digest buckets compared per repair request.
-const REPAIR_BUCKETS: usize = 256;
+/// Buckets whose leaves one request asks for (64 KiB of leaf digests).
+const LEAF_BUCKETS: usize = 128;
+/// Leaves whose documents one repair request lists (about 15,000 documents at 1,000,000).
+const REPAIR_LEAVES: usize = 1024;
 /// The longest a feed request may ask the answering node to wait.
 const MAX_FEED_WAIT: Duration = Duration::from_secs(30);
 /// A subscription ends after this long and the peer opens a new one (so no stream lives
@@ -279,8 +291,9 @@ impl<T: Transport> Replica<T> {
         &self.shared.store
     }
 
-    /// Starts, per peer, the feed puller and the anti-entropy worker.
+    /// Starts, per peer, the feed puller and the anti-entropy worker; and the feed trimmer.
     pub fn start(&self) {
+        tokio::spawn(self.clone().trim_loop());
         for peer in &self.shared.peers {
             tokio::spawn(self.clone().feed_loop(peer.clone()));
             tokio::spawn(self.clone().repair_loop(peer.clone()));
@@ -381,16 +394,22 @@ mod tests {
     async fn malformed_requests_are_refused_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         let r = replica(dir.path());
-        let bad_bucket = Request::Repair {
+        let bad_leaf = Request::Repair {
             from: "x".into(),
-            buckets: vec![DIGEST_BUCKETS as u32],
+            leaves: vec![DIGEST_LEAVES as u32],
             docs: vec![],
+        };
+        let e = error_of(&r.handle(&wire::encode(&bad_leaf)).await).unwrap();
+        assert!(e.contains("leaves"), "{e}");
+        let bad_bucket = Request::Leaves {
+            from: "x".into(),
+            buckets: vec![3, DIGEST_BUCKETS as u32],
         };
         let e = error_of(&r.handle(&wire::encode(&bad_bucket)).await).unwrap();
         assert!(e.contains("buckets"), "{e}");
         let bad_key = Request::Repair {
             from: "x".into(),
-            buckets: vec![],
+            leaves: vec![],
             docs: vec![DocHeads {
                 collection: "a/b".into(),
                 id: "c".into(),

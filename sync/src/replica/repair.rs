@@ -1,7 +1,31 @@
-//! Anti-entropy: compare digests with a peer and fetch the changes of the documents that
-//! differ (whatever the feeds missed).
+//! Anti-entropy: compare digests with a peer, level by level (buckets, then the leaves of the
+//! buckets that differ), and fetch the changes of the documents in the leaves that differ
+//! (whatever the feeds missed). A pass costs in proportion to the differences.
 
 use super::*;
+
+/// What one anti-entropy pass found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairPass {
+    /// Buckets whose digests differed.
+    pub buckets: usize,
+    /// Leaves whose digests differed.
+    pub leaves: usize,
+    /// Documents whose heads this node sent (those it holds in the differing leaves).
+    pub docs: usize,
+    /// Changes merged.
+    pub changes: usize,
+    /// Every difference found was repaired: this node holds every change the peer held as it
+    /// answered (false if a change was refused, waits for a dependency, or an answer was cut
+    /// without bringing anything).
+    pub complete: bool,
+}
+
+/// What merging one repair answer did.
+pub(super) struct Repaired {
+    pub(super) changes: usize,
+    pub(super) complete: bool,
+}
 
 impl<T: Transport> Replica<T> {
     pub(super) async fn repair_docs(
@@ -21,7 +45,7 @@ impl<T: Transport> Replica<T> {
         }
         let req = Request::Repair {
             from: self.shared.me.clone(),
-            buckets: vec![],
+            leaves: vec![],
             docs,
         };
         match self.call(peer, &req, Duration::ZERO).await? {
@@ -41,10 +65,11 @@ impl<T: Transport> Replica<T> {
                 return;
             }
             match self.anti_entropy(&peer).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(peer = %peer.peer.id, repaired = n, "anti-entropy repaired changes")
-                }
+                Ok(pass) if pass.changes == 0 => {}
+                Ok(pass) => tracing::info!(
+                    peer = %peer.peer.id, repaired = pass.changes, leaves = pass.leaves,
+                    "anti-entropy repaired changes"
+                ),
                 Err(e) => {
                     tracing::debug!(peer = %peer.peer.id, error = %e, "anti-entropy pass failed")
                 }
@@ -53,58 +78,101 @@ impl<T: Transport> Replica<T> {
         }
     }
 
-    /// One anti-entropy pass with `peer`: compare digests, then fetch, for the documents in
-    /// the buckets that differ, the changes this node lacks. Returns the changes merged.
-    pub(super) async fn anti_entropy(&self, peer: &PeerState) -> Result<usize, crate::Error> {
+    /// One anti-entropy pass with the peer `id`, now (for tools and tests; passes also run on
+    /// their own every [`SyncConfig::anti_entropy_every`]).
+    pub async fn repair_with(&self, id: &str) -> Result<RepairPass, crate::Error> {
+        let peer = self
+            .peer(id)
+            .ok_or_else(|| crate::Error::Refused(format!("{id} is not a peer of this node")))?
+            .clone();
+        self.anti_entropy(&peer).await
+    }
+
+    /// One anti-entropy pass with `peer`: compare bucket digests, then the leaves of the
+    /// buckets that differ, then fetch, for the documents in the leaves that differ, the
+    /// changes this node lacks.
+    pub(super) async fn anti_entropy(&self, peer: &PeerState) -> Result<RepairPass, crate::Error> {
+        let store = &self.shared.store;
         let req = Request::Digest {
             from: self.shared.me.clone(),
+            cursor: *peer.cursor.lock(),
         };
         let theirs = match self.call(peer, &req, Duration::ZERO).await? {
             Response::Digest { buckets } if buckets.len() == DIGEST_BUCKETS => buckets,
-            other => {
-                return Err(crate::Error::Protocol(format!(
-                    "unexpected answer to a digest request: {other:?}"
-                )))
-            }
+            other => return Err(unexpected("digest", &other)),
         };
-        let mine = self.shared.store.digests();
-        let differing: Vec<u32> = (0..DIGEST_BUCKETS)
+        let mine = store.digests();
+        let buckets: Vec<u32> = (0..DIGEST_BUCKETS)
             .filter(|b| mine[*b] != theirs[*b])
             .map(|b| b as u32)
             .collect();
-        let mut merged = 0;
-        for chunk in differing.chunks(REPAIR_BUCKETS) {
+        let mut pass = RepairPass {
+            buckets: buckets.len(),
+            complete: true,
+            ..RepairPass::default()
+        };
+        let mut leaves = Vec::new();
+        for chunk in buckets.chunks(LEAF_BUCKETS) {
+            let req = Request::Leaves {
+                from: self.shared.me.clone(),
+                buckets: chunk.to_vec(),
+            };
+            let theirs = match self.call(peer, &req, Duration::ZERO).await? {
+                Response::Leaves { digests }
+                    if digests.len() == chunk.len() * LEAVES_PER_BUCKET =>
+                {
+                    digests
+                }
+                other => return Err(unexpected("leaves", &other)),
+            };
+            let mine = store
+                .leaf_digests(chunk)
+                .expect("buckets below DIGEST_BUCKETS");
+            for (i, (m, t)) in mine.iter().zip(&theirs).enumerate() {
+                if m != t {
+                    let bucket = chunk[i / LEAVES_PER_BUCKET] as usize;
+                    leaves.push((bucket * LEAVES_PER_BUCKET + i % LEAVES_PER_BUCKET) as u32);
+                }
+            }
+        }
+        pass.leaves = leaves.len();
+        for chunk in leaves.chunks(REPAIR_LEAVES) {
+            let set: BTreeSet<u32> = chunk.iter().copied().collect();
             loop {
-                let set: BTreeSet<u32> = chunk.iter().copied().collect();
-                let docs = self
-                    .shared
-                    .store
-                    .bucket_heads(&set)?
+                let docs: Vec<DocHeads> = store
+                    .leaf_heads(&set)?
                     .iter()
                     .map(|(k, h)| doc_heads(k, h))
                     .collect();
+                pass.docs += docs.len();
                 let req = Request::Repair {
                     from: self.shared.me.clone(),
-                    buckets: chunk.to_vec(),
+                    leaves: chunk.to_vec(),
                     docs,
                 };
-                let Response::Repair { changes, more } =
-                    self.call(peer, &req, Duration::ZERO).await?
-                else {
-                    return Err(crate::Error::Protocol(
-                        "unexpected answer to a repair request".into(),
-                    ));
+                let (changes, more) = match self.call(peer, &req, Duration::ZERO).await? {
+                    Response::Repair { changes, more } => (changes, more),
+                    other => return Err(unexpected("repair", &other)),
                 };
-                let n = self.merge_checked(peer, changes).await?;
-                merged += n;
-                // stop if a cut answer brought nothing new (it would repeat itself)
-                if !more || n == 0 {
+                let repaired = self.merge_checked(peer, changes).await?;
+                pass.changes += repaired.changes;
+                pass.complete &= repaired.complete;
+                if !more {
+                    break;
+                }
+                // a cut answer that brought nothing new would repeat itself
+                if repaired.changes == 0 {
+                    pass.complete = false;
                     break;
                 }
             }
         }
-        Ok(merged)
+        Ok(pass)
     }
+}
+
+fn unexpected(what: &str, answer: &Response) -> crate::Error {
+    crate::Error::Protocol(format!("unexpected answer to a {what} request: {answer:?}"))
 }
 
 fn doc_heads(key: &DocKey, heads: &[ChangeHash]) -> DocHeads {

@@ -11,7 +11,8 @@ impl<T: Transport> Replica<T> {
                 let from = match &req {
                     Request::Feed { from, .. }
                     | Request::Subscribe { from, .. }
-                    | Request::Digest { from }
+                    | Request::Digest { from, .. }
+                    | Request::Leaves { from, .. }
                     | Request::Repair { from, .. } => from.clone(),
                 };
                 if let Some(p) = self.peer(&from) {
@@ -55,7 +56,9 @@ impl<T: Transport> Replica<T> {
                 limit,
             } => {
                 if let Some(p) = self.peer(&from) {
-                    p.status.lock().their_cursor = Some(after);
+                    let mut st = p.status.lock();
+                    st.their_cursor = Some(after);
+                    st.acked = Some(after);
                 }
                 let deadline =
                     Instant::now() + Duration::from_millis(wait_ms as u64).min(MAX_FEED_WAIT);
@@ -78,13 +81,27 @@ impl<T: Transport> Replica<T> {
             Request::Subscribe { .. } => Err(crate::Error::Protocol(
                 "a subscription is a stream: POST /internal/subscribe".into(),
             )),
-            Request::Digest { .. } => Ok(Response::Digest {
-                buckets: store.digests(),
-            }),
-            Request::Repair { buckets, docs, .. } => {
-                if buckets.iter().any(|b| *b as usize >= DIGEST_BUCKETS) {
+            Request::Digest { from, cursor } => {
+                if let Some(p) = self.peer(&from) {
+                    p.status.lock().acked = Some(cursor);
+                }
+                Ok(Response::Digest {
+                    buckets: store.digests(),
+                })
+            }
+            Request::Leaves { buckets, .. } => {
+                if buckets.len() > DIGEST_BUCKETS {
+                    return Err(crate::Error::Protocol("too many buckets".into()));
+                }
+                let digests = store.leaf_digests(&buckets).ok_or_else(|| {
+                    crate::Error::Protocol(format!("buckets are numbered below {DIGEST_BUCKETS}"))
+                })?;
+                Ok(Response::Leaves { digests })
+            }
+            Request::Repair { leaves, docs, .. } => {
+                if leaves.iter().any(|l| *l as usize >= DIGEST_LEAVES) {
                     return Err(crate::Error::Protocol(format!(
-                        "buckets are numbered below {DIGEST_BUCKETS}"
+                        "leaves are numbered below {DIGEST_LEAVES}"
                     )));
                 }
                 let mut theirs: HashMap<DocKey, Vec<ChangeHash>> = HashMap::new();
@@ -92,12 +109,9 @@ impl<T: Transport> Replica<T> {
                     let key = DocKey::new(&d.collection, &d.id)?;
                     theirs.insert(key, d.heads.into_iter().map(ChangeHash).collect());
                 }
-                let buckets: BTreeSet<u32> = buckets.into_iter().collect();
-                let mut mine: HashMap<DocKey, Vec<ChangeHash>> = if buckets.is_empty() {
-                    HashMap::new()
-                } else {
-                    store.bucket_heads(&buckets)?.into_iter().collect()
-                };
+                let leaves: BTreeSet<u32> = leaves.into_iter().collect();
+                let mut mine: HashMap<DocKey, Vec<ChangeHash>> =
+                    store.leaf_heads(&leaves)?.into_iter().collect();
                 for key in theirs.keys() {
                     if !mine.contains_key(key) {
                         if let Some(s) = store.read_state(key)? {
@@ -142,6 +156,12 @@ impl<T: Transport> Replica<T> {
         &self,
         page: meridian_crdt::FeedPage,
     ) -> Result<Response, crate::Error> {
+        if page.trimmed {
+            let upto = page.upto.ok_or_else(|| {
+                crate::Error::Protocol("a trimmed feed answer without a bound".into())
+            })?;
+            return Ok(Response::Trimmed { upto });
+        }
         // only a node that is behind needs to know by how much
         let (latest, behind) = if page.more {
             let (latest, n) = self
@@ -205,6 +225,7 @@ impl<T: Transport> Replica<T> {
             let mut st = p.status.lock();
             st.bytes_received += body.len() as u64;
             st.heard(Instant::now());
+            st.acked = Some(after);
         }
         let (tx, rx) = mpsc::channel(1);
         let this = self.clone();
@@ -230,8 +251,8 @@ impl<T: Transport> Replica<T> {
                     }
                 };
                 let beat_due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
-                if !page.entries.is_empty() || beat_due {
-                    let (more, upto) = (page.more, page.upto);
+                if !page.entries.is_empty() || beat_due || page.trimmed {
+                    let (more, upto, trimmed) = (page.more, page.upto, page.trimmed);
                     let Ok(answer) = this.feed_answer(page) else {
                         return;
                     };
@@ -244,6 +265,9 @@ impl<T: Transport> Replica<T> {
                         let mut st = p.status.lock();
                         st.bytes_sent += n;
                         st.delivered(Instant::now());
+                    }
+                    if trimmed {
+                        return; // the peer repairs, then subscribes again from where it is told
                     }
                     after = upto.or(after);
                     last_sent = Some(Instant::now());

@@ -49,6 +49,9 @@ pub struct PeerReport {
     /// many brought changes.
     pub feed_pages: u64,
     pub feed_batches: u64,
+    /// Times this node caught up by anti-entropy because the peer's feed no longer held the
+    /// changes after its cursor (it was away longer than the peer's retention window).
+    pub trimmed_feed_repairs: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -72,11 +75,15 @@ pub(super) struct PeerStatus {
     pub(super) changes_repaired: u64,
     pub(super) feed_pages: u64,
     pub(super) feed_batches: u64,
+    pub(super) trim_repairs: u64,
     /// From the peer's last feed answer: its newest change and how many were still to come.
     pub(super) their_latest: Option<Timestamp>,
     pub(super) their_backlog: u64,
     /// From the peer's last feed request: its cursor into this node's feed.
     pub(super) their_cursor: Option<Option<Timestamp>>,
+    /// The cursor the peer itself presented in its last feed request or subscription: it
+    /// held every change of this node's feed up to there (durably, or there were none).
+    pub(super) acked: Option<Option<Timestamp>>,
 }
 
 impl PeerStatus {
@@ -142,6 +149,7 @@ impl PeerStatus {
             changes_repaired: self.changes_repaired,
             feed_pages: self.feed_pages,
             feed_batches: self.feed_batches,
+            trimmed_feed_repairs: self.trim_repairs,
         }
     }
 }

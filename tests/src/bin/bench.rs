@@ -287,20 +287,28 @@ async fn main() {
         let dir = tempfile::tempdir().unwrap();
         let node = Process::start(dir.path(), &["--node-id", "million"]);
         let rate = fill(&node, args.million_docs, args.clients, "m").await;
-        let status: serde_json::Value = reqwest::get(node.url("/v1/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = |node: &Process| {
+            let url = node.url("/v1/status");
+            async move {
+                let s: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+                s
+            }
+        };
+        let mib =
+            |s: &serde_json::Value| s["bytes_on_disk"].as_f64().unwrap_or(0.0) / (1 << 20) as f64;
+        let filled = status(&node).await;
+        // the feed of a node without peers is trimmed every 10 s: show the disk after a trim
+        tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+        let trimmed = status(&node).await;
         println!();
         println!(
-            "stored {} documents at {:.0} docs/s; node RSS now {:.0} MiB, peak {:.0} MiB; {:.0} MiB on disk",
-            status["documents"],
+            "stored {} documents at {:.0} docs/s; node RSS now {:.0} MiB, peak {:.0} MiB; {:.0} MiB on disk at the end of the fill, {:.0} MiB 12 s later (feed trimmed)",
+            filled["documents"],
             rate,
             node.rss_kib() as f64 / 1024.0,
             peak_rss_mib(node.pid()),
-            status["bytes_on_disk"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
+            mib(&filled),
+            mib(&trimmed),
         );
     }
 }

@@ -155,6 +155,7 @@ async fn rpc(
 async fn digest(c: &reqwest::Client, m: &Mesh, id: &str) -> Vec<u64> {
     let req = meridian_sync::Request::Digest {
         from: "bench".into(),
+        cursor: None,
     };
     match rpc(c, m, id, &req).await {
         meridian_sync::Response::Digest { buckets } => buckets,
