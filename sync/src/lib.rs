@@ -1,17 +1,20 @@
 //! Replication between Meridian's regional nodes.
 //!
-//! Every node serves its own changes as a feed ordered by hybrid logical clock, and pulls each
-//! peer's feed (long poll) from a durable per-peer cursor; so a node gets exactly the changes it
-//! lacks, promptly, and a restart or a healed partition resumes where it stopped. A periodic
-//! anti-entropy pass compares bucketed digests of document heads and fetches, for the documents
-//! that differ, the changes the local heads lack: it repairs whatever the feeds missed (a change
-//! relayed by a third node, a lost message, a restored backup). Session tokens name, per node,
+//! Every node serves its own changes as a feed ordered by hybrid logical clock, and follows each
+//! peer's feed (a subscription, or long polls) from a durable per-peer cursor; so a node gets
+//! exactly the changes it lacks, promptly, and a restart or a healed partition resumes where it
+//! stopped. A periodic anti-entropy pass compares two levels of digests of document versions
+//! and fetches, for the documents that differ, the changes the local heads lack: it repairs
+//! whatever the feeds missed (a change relayed by a third node, a lost message, a restored
+//! backup), and catches a node up whose cursor a peer's trimmed feed no longer holds. Session tokens name, per node,
 //! the HLC time a client's session has seen; a node answers a request only from state covering
 //! its token, fetching from the named node (bounded in time) when behind.
 //!
-//! The protocol logic does no I/O of its own: a [`Transport`] moves request bytes to a peer and
-//! back (HTTP in the server, an in-memory faulty network in the tests), and the store does the
-//! disk work.
+//! The decisions about each peer (what to do next, how long to back off, when to repair, whether
+//! it is reachable) are pure functions and a state machine (`replica::engine`,
+//! `replica::status`) that tests drive without tokio, timers or a network. Around them, tokio
+//! tasks do the waiting; a [`Transport`] moves request bytes to a peer and back (HTTP in the
+//! server, an in-memory faulty network in the tests), and the store does the disk work.
 //!
 //! The same crate serves clients that sync documents themselves (automerge-repo): see [`repo`].
 //!
@@ -19,9 +22,10 @@
 //! - `error`: [`Error`], why an exchange with a peer failed.
 //! - `token`: session tokens (parse, print, merge).
 //! - `wire`: the node-to-node messages.
-//! - `replica`: one node's replication, a module per concept: `serve` (answering peers),
-//!   `follow` (following their feeds), `repair` (anti-entropy), `session` (token waits),
-//!   `status` (each peer's link, the reachability rule, `/v1/cluster`).
+//! - `replica`: one node's replication, a module per concept: `engine` (per-peer decisions),
+//!   `serve` (answering peers), `follow` (following their feeds), `repair` (anti-entropy),
+//!   `trim` (trimming this node's feed), `session` (token waits), `status` (each peer's link,
+//!   the reachability rule, `/v1/cluster`).
 //! - `repo`: the automerge-repo sync server for clients: messages, connections, the hub.
 //!
 //! Without the `node` feature (on by default) only `token` and `repo`'s messages remain, for

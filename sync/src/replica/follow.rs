@@ -1,6 +1,7 @@
 //! Following peers: the request path, each peer's feed (a subscription, or long polls), and
 //! merging what arrives after checking it.
 
+use super::engine::{Follower, Outcome, Step};
 use super::repair::Repaired;
 use super::*;
 
@@ -41,68 +42,48 @@ impl<T: Transport> Replica<T> {
         result
     }
 
-    /// Follows the peer's feed for as long as the node runs: a subscription from the cursor,
-    /// applying each page as it arrives; reopened after any failure, with backoff.
+    /// Follows the peer's feed for as long as the node runs, doing what the peer's
+    /// [`Follower`] decides: subscriptions (or long polls), catch-ups after a trimmed feed,
+    /// pauses after failures.
     pub(super) async fn feed_loop(self, peer: Arc<PeerState>) {
-        if self.shared.config.feed_mode == FeedMode::LongPoll {
-            return self.poll_loop(peer).await;
-        }
         let cfg = &self.shared.config;
-        let mut failures = 0;
+        let mut engine = Follower::new(cfg.feed_mode, cfg.feed_wait, cfg.max_backoff);
         while !self.stopped() {
-            let pause = match self.follow(&peer).await {
-                Ok(Followed::Ended) => None,
-                // a refused stamp will not be accepted again before our clock moves on
-                Ok(Followed::Refused) => Some(backoff(4, cfg.max_backoff)),
-                Err((e, progressed)) => {
-                    tracing::debug!(peer = %peer.peer.id, error = %e, "feed subscription failed");
-                    failures = if progressed { 1 } else { failures + 1 };
-                    peer.status.lock().failed(&e);
-                    Some(backoff(failures, cfg.max_backoff))
+            let outcome = match engine.next() {
+                Step::Pause(d) => {
+                    if self.pause(d, Some(&peer.wake)).await {
+                        return;
+                    }
+                    continue;
                 }
-            };
-            if let Some(d) = pause {
-                if self.pause(d, Some(&peer.wake)).await {
-                    return;
-                }
-            }
-        }
-    }
-
-    /// [`FeedMode::LongPoll`]: pulls the peer's feed page by page; long polls once caught up.
-    pub(super) async fn poll_loop(self, peer: Arc<PeerState>) {
-        let cfg = &self.shared.config;
-        let mut failures = 0;
-        let mut caught_up = false;
-        while !self.stopped() {
-            let wait = if caught_up {
-                cfg.feed_wait
-            } else {
-                Duration::ZERO
-            };
-            let pause = match self.pull_once(&peer, wait).await {
-                Ok(Pulled { more, refused }) => {
-                    failures = 0;
-                    caught_up = !more;
-                    refused.then(|| backoff(4, cfg.max_backoff))
-                }
-                Err(e) => {
+                Step::Subscribe => match self.follow(&peer).await {
+                    Ok(o) => o,
+                    Err((e, progressed)) => {
+                        tracing::debug!(peer = %peer.peer.id, error = %e, "feed subscription failed");
+                        peer.status.lock().failed(&e);
+                        Outcome::Failed { progressed }
+                    }
+                },
+                Step::Pull { wait } => self.pull_once(&peer, wait).await.unwrap_or_else(|e| {
                     tracing::debug!(peer = %peer.peer.id, error = %e, "feed pull failed");
-                    failures += 1;
-                    caught_up = false;
-                    Some(backoff(failures, cfg.max_backoff))
-                }
+                    Outcome::Failed { progressed: false }
+                }),
+                Step::CatchUp { upto } => match self.resume_after_trim(&peer, upto).await {
+                    Ok(complete) => Outcome::CaughtUp { complete },
+                    Err(e) => {
+                        tracing::debug!(peer = %peer.peer.id, error = %e, "catching up by repair failed");
+                        Outcome::Failed { progressed: false }
+                    }
+                },
             };
-            if let Some(d) = pause {
-                if self.pause(d, Some(&peer.wake)).await {
-                    return;
-                }
-            }
+            engine.on(outcome, rand::thread_rng().gen_range(0.5..1.5));
         }
     }
 
-    /// One subscription, until it ends. The error says whether any page arrived first.
-    pub(super) async fn follow(&self, peer: &PeerState) -> Result<Followed, (crate::Error, bool)> {
+    /// One subscription, until it ends: [`Outcome::Ended`], a refused stamp (after merging
+    /// what came before it), or [`Outcome::Trimmed`]. The error says whether any page arrived
+    /// first.
+    pub(super) async fn follow(&self, peer: &PeerState) -> Result<Outcome, (crate::Error, bool)> {
         let cfg = &self.shared.config;
         let req = Request::Subscribe {
             from: self.shared.me.clone(),
@@ -141,7 +122,7 @@ impl<T: Transport> Replica<T> {
                 }
                 // the answering node ended it (its lifetime); one that ends before its first
                 // frame (a node shutting down) is a failure, retried with backoff, not at once
-                Ok(None) if progressed => return Ok(Followed::Ended),
+                Ok(None) if progressed => return Ok(Outcome::Ended),
                 Ok(None) => {
                     return Err(fail(
                         crate::Error::Unreachable("the subscription ended at once".into()),
@@ -207,54 +188,55 @@ impl<T: Transport> Replica<T> {
                     .await
                     .map_err(|e| fail(e, progressed))?
             {
-                return Ok(Followed::Refused);
+                return Ok(Outcome::Merged {
+                    more: false,
+                    refused: true,
+                });
             }
             progressed = true;
             if let Some(upto) = trimmed {
-                // the stream ends here; the next one starts from where the repair left us
-                self.resume_after_trim(peer, upto)
-                    .await
-                    .map_err(|e| fail(e, progressed))?;
-                return Ok(Followed::Ended);
+                // the answering node ends the stream after this frame
+                return Ok(Outcome::Trimmed { upto });
             }
         }
     }
 
     /// The peer no longer keeps the feed entries after our cursor (see [`Store::trim_feed`]):
-    /// take everything we lack from it by one complete anti-entropy pass, then go on from
-    /// `upto`, which every change it had made when it answered is at or before.
+    /// take everything we lack from it by one anti-entropy pass and, if that was complete, go
+    /// on from `upto`, which every change it had made when it answered is at or before.
+    /// Returns whether the pass was complete (the cursor moved).
     pub(super) async fn resume_after_trim(
         &self,
         peer: &PeerState,
         upto: Timestamp,
-    ) -> Result<(), crate::Error> {
+    ) -> Result<bool, crate::Error> {
         tracing::info!(
             peer = %peer.peer.id,
             "the peer's feed no longer holds our cursor: catching up by anti-entropy"
         );
         let pass = self.anti_entropy(peer).await?;
         if !pass.complete {
-            return Err(crate::Error::Unreachable(
-                "the repair after a trimmed feed was incomplete; trying again".into(),
-            ));
+            tracing::warn!(peer = %peer.peer.id, ?pass, "the repair after a trimmed feed was incomplete");
+            return Ok(false);
         }
         let _one_at_a_time = peer.apply.lock().await;
         if peer.cursor.lock().is_some_and(|c| c >= upto) {
-            return Ok(());
+            return Ok(true);
         }
         let meta = vec![(cursor_name(peer.peer.id.as_str()), stamp_meta(&upto))];
         self.merge(Checked::default(), meta).await?;
         *peer.cursor.lock() = Some(upto);
         peer.status.lock().trim_repairs += 1;
         self.shared.cursor_moved.send_modify(|n| *n += 1);
-        Ok(())
+        Ok(true)
     }
 
+    /// One feed page from the cursor: [`Outcome::Merged`] or [`Outcome::Trimmed`].
     pub(super) async fn pull_once(
         &self,
         peer: &PeerState,
         wait: Duration,
-    ) -> Result<Pulled, crate::Error> {
+    ) -> Result<Outcome, crate::Error> {
         let req = Request::Feed {
             from: self.shared.me.clone(),
             after: *peer.cursor.lock(),
@@ -277,15 +259,9 @@ impl<T: Transport> Replica<T> {
                     st.feed_batches += !changes.is_empty() as u64;
                 }
                 let refused = self.apply_feed(peer, changes, upto).await?;
-                Ok(Pulled { more, refused })
+                Ok(Outcome::Merged { more, refused })
             }
-            Response::Trimmed { upto } => {
-                self.resume_after_trim(peer, upto).await?;
-                Ok(Pulled {
-                    more: true,
-                    refused: false,
-                })
-            }
+            Response::Trimmed { upto } => Ok(Outcome::Trimmed { upto }),
             other => Err(crate::Error::Protocol(format!(
                 "unexpected answer to a feed request: {other:?}"
             ))),
@@ -411,18 +387,6 @@ impl<T: Transport> Replica<T> {
             complete: !refused && merged.missing_deps.is_empty(),
         })
     }
-}
-
-pub(super) enum Followed {
-    /// The answering node ended the stream (its lifetime, its shutdown).
-    Ended,
-    /// A change's stamp was refused: stop, and come back later.
-    Refused,
-}
-
-pub(super) struct Pulled {
-    pub(super) more: bool,
-    pub(super) refused: bool,
 }
 
 #[derive(Default)]

@@ -12,7 +12,9 @@
 //! - this file: the settings, the transport a node reaches peers through, the replica's state,
 //!   start and stop;
 //! - `serve`: answering peers (feed pages, digests, repairs, subscriptions);
-//! - `follow`: asking peers, following each peer's feed, checking and merging what arrives;
+//! - `engine`: what to do next toward a peer (subscribe, pull, catch up, pause), as a state
+//!   machine without I/O or timers that tests drive step by step; and the repair schedule;
+//! - `follow`: asking peers, carrying out the engine's steps, checking and merging what arrives;
 //! - `repair`: anti-entropy passes;
 //! - `trim`: trimming this node's feed once every peer has read it (or past a retention window);
 //! - `session`: session tokens, and waiting until this node covers one;
@@ -36,6 +38,7 @@ use uhlc::Timestamp;
 use crate::token::SessionToken;
 use crate::wire::{self, DocChanges, DocHeads, Request, Response};
 
+mod engine;
 mod follow;
 mod repair;
 mod serve;
@@ -43,7 +46,6 @@ mod session;
 mod status;
 mod trim;
 
-use follow::Pulled;
 pub use repair::RepairPass;
 use status::PeerStatus;
 pub use status::{ClusterReport, Lag, PeerReport};
@@ -228,14 +230,6 @@ fn parse_meta(v: &[u8]) -> Option<Timestamp> {
 fn secs_between(later: &Timestamp, earlier: Option<&Timestamp>) -> f64 {
     let earlier = earlier.map(|t| t.get_time().as_secs_f64()).unwrap_or(0.0);
     (later.get_time().as_secs_f64() - earlier).max(0.0)
-}
-
-/// A pause of about `base * 2^failures`, capped, times a random factor in [0.5, 1.5), so that
-/// nodes retrying the same peer spread out.
-fn backoff(failures: u32, max: Duration) -> Duration {
-    let base = Duration::from_millis(50) * 2u32.pow(failures.min(10));
-    base.min(max)
-        .mul_f64(rand::thread_rng().gen_range(0.5..1.5))
 }
 
 impl<T: Transport> Replica<T> {
@@ -432,16 +426,5 @@ mod tests {
         assert!(
             matches!(answer, Response::Feed { ref changes, more: false, .. } if changes.is_empty())
         );
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let max = Duration::from_millis(500);
-        for f in 0..20 {
-            let d = backoff(f, max);
-            assert!(d <= max.mul_f64(1.5), "{d:?}");
-            assert!(d >= Duration::from_millis(25), "{d:?}");
-        }
-        assert!(backoff(0, max) < Duration::from_millis(76));
     }
 }

@@ -2,6 +2,7 @@
 //! buckets that differ), and fetch the changes of the documents in the leaves that differ
 //! (whatever the feeds missed). A pass costs in proportion to the differences.
 
+use super::engine;
 use super::*;
 
 /// What one anti-entropy pass found and did.
@@ -58,8 +59,7 @@ impl<T: Transport> Replica<T> {
 
     pub(super) async fn repair_loop(self, peer: Arc<PeerState>) {
         let every = self.shared.config.anti_entropy_every;
-        // the first pass soon after start-up (restored backups, changes missed while down)
-        let mut next = every.mul_f64(rand::thread_rng().gen_range(0.05..0.3));
+        let mut next = engine::first_repair(every, rand::thread_rng().gen());
         loop {
             if self.pause(next, None).await {
                 return;
@@ -74,7 +74,7 @@ impl<T: Transport> Replica<T> {
                     tracing::debug!(peer = %peer.peer.id, error = %e, "anti-entropy pass failed")
                 }
             }
-            next = every.mul_f64(rand::thread_rng().gen_range(0.75..1.25));
+            next = engine::next_repair(every, rand::thread_rng().gen());
         }
     }
 

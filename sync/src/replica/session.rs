@@ -1,5 +1,6 @@
 //! Session tokens: this node's part of one, and waiting until this node covers a client's.
 
+use super::engine::Outcome;
 use super::*;
 
 impl<T: Transport> Replica<T> {
@@ -97,11 +98,20 @@ impl<T: Transport> Replica<T> {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            while let Ok(Pulled {
-                more: true,
-                refused: false,
-            }) = this.pull_once(&peer, Duration::ZERO).await
-            {}
+            loop {
+                match this.pull_once(&peer, Duration::ZERO).await {
+                    Ok(Outcome::Merged {
+                        more: true,
+                        refused: false,
+                    }) => {}
+                    Ok(Outcome::Trimmed { upto }) => {
+                        if !matches!(this.resume_after_trim(&peer, upto).await, Ok(true)) {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
             peer.catching_up.store(false, Ordering::Release);
         });
     }
