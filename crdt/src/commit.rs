@@ -2,8 +2,9 @@
 //!
 //! A writer queues its batch under [`GroupCommit::submit`], which hands out the next sequence
 //! number. A single flusher thread takes everything queued, appends it to the write-ahead log,
-//! `fdatasync`s it, and only then applies the group to sled (then the document count under
-//! `M/count` and the group's last sequence number under `M/seq`), and publishes the durable
+//! `fdatasync`s it, and only then applies the group to sled (each record to its database, see
+//! [`crate::dbs`]; then the document count under `M/count` and the group's last sequence number
+//! under `M/seq` in each), and publishes the durable
 //! watermark. So sled only ever holds durable writes: readers never need to wait, and sled never
 //! needs to sync on the write path. Every few seconds the flusher checkpoints: it flushes
 //! sled, syncs sled's log file, and drops the log segments sled now covers.
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::watch;
 
+use crate::dbs::{read_u64, Dbs};
 use crate::error::{Error, Result};
 use crate::record;
 use crate::wal::{self, Op, Wal};
@@ -30,19 +32,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// ...or once the current log segment is this large.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 
-fn seq_key() -> Vec<u8> {
-    record::meta_key("seq")
-}
-
 fn count_key() -> Vec<u8> {
     record::meta_key("count")
-}
-
-fn read_u64(db: &sled::Db, key: Vec<u8>) -> Result<u64> {
-    Ok(db
-        .get(key)?
-        .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
-        .unwrap_or(0))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -64,12 +55,7 @@ struct Pending {
 
 #[derive(Debug)]
 struct Shared {
-    db: sled::Db,
-    /// sled's blob directory: pages over about 128 KiB live there, in files sled never syncs.
-    blob_dir: PathBuf,
-    /// sled's own log file, synced at checkpoints: sled's flush ends in `sync_file_range`,
-    /// which does not reach the disk's write cache.
-    sled_log: Option<std::fs::File>,
+    dbs: Dbs,
     pending: Mutex<Pending>,
     wake: Condvar,
     durable: watch::Sender<Watermark>,
@@ -97,43 +83,58 @@ impl Drop for InProgress<'_> {
     }
 }
 
-/// Applies batches to sled in sequence order, then the bookkeeping keys (`M/count`, and
-/// `M/seq` last).
+/// Applies batches to sled in sequence order, each record to its database, skipping in each
+/// database the batches it has already applied (`applied`: main, streams); then the
+/// bookkeeping keys (`M/count` in main, and `M/seq` last in each).
 ///
 /// Plain inserts, not one `sled::Batch`: sled's `apply_batch` writes out an I/O buffer (with
 /// `sync_file_range`) every time, which the log makes unnecessary. Atomicity still holds across
 /// a crash: a group reaches sled only after its log record is synced, and sled recovers a prefix
-/// of its log, so if `M/seq` survived, everything before it did; if not, recovery replays the
-/// whole group from the log (puts and removes of whole values, so replaying is idempotent).
-fn apply_group(db: &sled::Db, batches: &[wal::Batch], count: u64) -> Result<u64> {
+/// of its log, so if a database's `M/seq` survived, everything before it did; if not, recovery
+/// replays the whole group from the log (puts and removes of whole values, so replaying is
+/// idempotent).
+fn apply_group(dbs: &Dbs, batches: &[wal::Batch], count: u64, applied: (u64, u64)) -> Result<u64> {
     let mut count = count as i64;
     for batch in batches {
         for (k, v) in &batch.ops {
+            let (db, done) = if Dbs::in_streams(k) {
+                (&dbs.streams, applied.1)
+            } else {
+                (&dbs.main, applied.0)
+            };
+            if batch.seq <= done {
+                continue;
+            }
             match v {
                 Some(v) => db.insert(k.as_slice(), v.as_slice())?,
                 None => db.remove(k.as_slice())?,
             };
         }
-        count += batch.docs_delta;
+        if batch.seq > applied.0 {
+            count += batch.docs_delta;
+        }
     }
     let count = count.max(0) as u64;
     if let Some(last) = batches.last() {
-        db.insert(count_key(), &count.to_be_bytes())?;
-        db.insert(seq_key(), &last.seq.to_be_bytes())?;
+        if last.seq > applied.1 {
+            Dbs::set_applied(&dbs.streams, last.seq)?;
+        }
+        if last.seq > applied.0 {
+            dbs.main.insert(count_key(), &count.to_be_bytes())?;
+            Dbs::set_applied(&dbs.main, last.seq)?;
+        }
     }
     Ok(count)
 }
 
-/// Replays the log records sled lacks and flushes. sled recovers a prefix of its batches, and
-/// each group stored its last sequence number, so the records to replay are exactly those after
-/// it. Returns (last sequence number, document count, records replayed).
-pub(crate) fn recover(
-    db: &sled::Db,
-    sled_log: Option<&std::fs::File>,
-    wal_dir: &Path,
-) -> Result<(u64, u64, usize)> {
-    let mut seq = read_u64(db, seq_key())?;
-    let mut count = read_u64(db, count_key())?;
+/// Replays the log records sled lacks and makes them durable. sled recovers a prefix of its
+/// batches, and each group stored its last sequence number in each database, so the records to
+/// replay are exactly those after the older of the two. Returns (last sequence number,
+/// document count, records replayed).
+pub(crate) fn recover(dbs: &Dbs, wal_dir: &Path) -> Result<(u64, u64, usize)> {
+    let applied = dbs.applied()?;
+    let count = read_u64(&dbs.main, &count_key())?.unwrap_or(0);
+    let mut seq = applied.0.min(applied.1);
     let mut replay = Vec::new();
     for b in wal::recover(wal_dir)? {
         if b.seq <= seq {
@@ -148,29 +149,18 @@ pub(crate) fn recover(
         seq = b.seq;
         replay.push(b);
     }
-    count = apply_group(db, &replay, count)?;
-    db.flush()?;
-    if let Some(f) = sled_log {
-        f.sync_data().map_err(Error::from)?;
-    }
-    Ok((seq, count, replay.len()))
+    let count = apply_group(dbs, &replay, count, applied)?;
+    dbs.flush_and_sync()?;
+    let replayed = replay.iter().filter(|b| b.seq > applied.0).count();
+    Ok((seq.max(applied.0).max(applied.1), count, replayed))
 }
 
 impl GroupCommit {
     /// Starts the flusher with a fresh log segment, after [`recover`].
-    pub(crate) fn start(
-        db: sled::Db,
-        blob_dir: PathBuf,
-        sled_log: Option<std::fs::File>,
-        wal_dir: PathBuf,
-        seq: u64,
-        documents: u64,
-    ) -> Result<Self> {
+    pub(crate) fn start(dbs: Dbs, wal_dir: PathBuf, seq: u64, documents: u64) -> Result<Self> {
         let wal = Wal::start(&wal_dir, seq + 1)?;
         let shared = Arc::new(Shared {
-            db,
-            blob_dir,
-            sled_log,
+            dbs,
             pending: Mutex::new(Pending {
                 seq,
                 ..Default::default()
@@ -292,7 +282,7 @@ fn fail(s: &Shared, what: &str, e: impl std::fmt::Display) {
 }
 
 fn flush_loop(s: &Shared, mut wal: Wal, mut flushed: u64) {
-    let mut synced_blobs = BTreeSet::new();
+    let mut synced_blobs = [BTreeSet::new(), BTreeSet::new()];
     let mut checkpointed = flushed;
     let mut last_checkpoint = Instant::now();
     let mut records = Vec::new();
@@ -330,7 +320,12 @@ fn flush_loop(s: &Shared, mut wal: Wal, mut flushed: u64) {
                 return fail(s, "write-ahead log sync", e);
             }
             let publishing = s.publishing.write();
-            match apply_group(&s.db, &batches, s.documents.load(Ordering::Relaxed)) {
+            match apply_group(
+                &s.dbs,
+                &batches,
+                s.documents.load(Ordering::Relaxed),
+                (0, 0),
+            ) {
                 Ok(count) => s.documents.store(count, Ordering::Relaxed),
                 Err(e) => return fail(s, "applying a group to sled", e),
             }
@@ -360,15 +355,13 @@ fn checkpoint(
     s: &Shared,
     wal: &mut Wal,
     flushed: u64,
-    synced_blobs: &mut BTreeSet<OsString>,
+    synced_blobs: &mut [BTreeSet<OsString>; 2],
 ) -> Result<()> {
     let old = wal.rotate(flushed + 1)?;
-    s.db.flush()?;
-    let io = |e: std::io::Error| Error::from(e);
-    if let Some(f) = &s.sled_log {
-        f.sync_data().map_err(io)?;
+    s.dbs.flush_and_sync()?;
+    for (dir, synced) in s.dbs.blob_dirs().iter().zip(synced_blobs.iter_mut()) {
+        sync_new_blobs(dir, synced).map_err(Error::from)?;
     }
-    sync_new_blobs(&s.blob_dir, synced_blobs).map_err(io)?;
     wal.remove(&old)
 }
 

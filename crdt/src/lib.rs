@@ -14,6 +14,8 @@
 //!   delete), client changes, rendering with HLC-ordered conflict resolution.
 //! - `record`: on-disk record formats and key layout.
 //! - `wal`: the write-ahead log (records, segments, recovery).
+//! - `dbs`: the two sled databases (documents; the trimmed feed and events) and what routes a
+//!   record to one.
 //! - `commit`: group commit (one log sync for many writers) and checkpoints.
 //! - `store`: the durable store: one commit path for local writes, merges and client changes;
 //!   cache, reads that never see undurable writes, the feed, change events (the live change
@@ -25,6 +27,8 @@
 #[cfg(feature = "store")]
 mod commit;
 mod contract;
+#[cfg(feature = "store")]
+mod dbs;
 mod doc;
 mod docid;
 mod error;

@@ -30,6 +30,11 @@ pub(crate) const IDEM: u8 = b'K';
 pub(crate) const META: u8 = b'M';
 pub(crate) const EVENT: u8 = b'E';
 
+/// `M/feed-trimmed` (in `streams`): the feed key of the newest feed entry trimmed.
+pub(crate) const FEED_TRIMMED: &str = "feed-trimmed";
+/// `M/events-trimmed` (in `streams`): every event at or below this sequence number is gone.
+pub(crate) const EVENTS_TRIMMED: &str = "events-trimmed";
+
 pub(crate) fn doc_key(prefix: u8, key: &DocKey) -> Vec<u8> {
     let mut k = vec![prefix];
     k.extend_from_slice(&key.encode());

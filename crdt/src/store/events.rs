@@ -17,8 +17,7 @@ use super::{Inner, Store};
 use crate::error::{Error, Result};
 use crate::record::{self, ChangeEvent};
 
-/// `M/events-trimmed`: every event at or below this sequence number is gone.
-const TRIMMED: &str = "events-trimmed";
+use record::EVENTS_TRIMMED as TRIMMED;
 /// The file in the data dir that holds its epoch.
 const EPOCH_FILE: &str = "epoch";
 
@@ -109,7 +108,7 @@ impl Store {
         }
         let mut out = Vec::new();
         let range = record::event_key(after.saturating_add(1))..=record::event_key(upto);
-        for kv in inner.tree.range(range).take(max) {
+        for kv in inner.streams.range(range).take(max) {
             let (k, v) = kv?;
             out.push((record::event_seq(&k)?, record::decode(&v)?));
         }
@@ -130,14 +129,14 @@ impl Store {
         // the mark first: a crash between leaves events a reader will not use, never a gap
         // a reader would not notice
         inner
-            .tree
+            .streams
             .insert(record::meta_key(TRIMMED), &below.to_be_bytes())?;
         inner.events_trimmed.store(below, Ordering::Release);
         let mut n = 0;
         let range = record::event_key(0)..=record::event_key(below);
-        for kv in inner.tree.range(range) {
+        for kv in inner.streams.range(range) {
             let (k, _) = kv?;
-            inner.tree.remove(k)?;
+            inner.streams.remove(k)?;
             n += 1;
         }
         Ok(n)

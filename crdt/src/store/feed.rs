@@ -20,8 +20,7 @@ use crate::record::{self, FeedEntry};
 
 /// Longest run of feed entries one page holds, in change bytes.
 const FEED_PAGE_BYTES: usize = 1 << 20;
-/// `M/feed-trimmed`: the feed key of the newest entry trimmed.
-const TRIMMED: &str = "feed-trimmed";
+use record::FEED_TRIMMED as TRIMMED;
 
 /// The feed's trimmed mark, as stored.
 pub(super) fn trimmed(db: &sled::Db) -> Result<Option<Timestamp>> {
@@ -117,7 +116,7 @@ impl Store {
         let mut bytes = 0;
         let mut more = false;
         let range = record::feed_start(after)..record::feed_key(&below);
-        for kv in self.inner.tree.range(range) {
+        for kv in self.inner.streams.range(range) {
             if entries.len() >= limit || bytes >= FEED_PAGE_BYTES {
                 more = true;
                 break;
@@ -163,7 +162,7 @@ impl Store {
             Err(first) => {
                 let newest = match self
                     .inner
-                    .tree
+                    .streams
                     .range(record::feed_start(None)..record::feed_key(&first))
                     .next_back()
                 {
@@ -188,7 +187,7 @@ impl Store {
         let inner = &*self.inner;
         let _one_at_a_time = inner.feed_trim.lock();
         let newest = match inner
-            .tree
+            .streams
             .range(record::feed_start(None)..record::feed_start(Some(through)))
             .next_back()
         {
@@ -201,15 +200,15 @@ impl Store {
         // the mark first: a crash between leaves entries no reader will use, never a gap a
         // reader would not notice
         inner
-            .tree
+            .streams
             .insert(record::meta_key(TRIMMED), record::feed_key(&newest))?;
         *inner.feed_trimmed.lock() = Some(newest);
         let mut n = 0;
         for kv in inner
-            .tree
+            .streams
             .range(record::feed_start(None)..=record::feed_key(&newest))
         {
-            inner.tree.remove(kv?.0)?;
+            inner.streams.remove(kv?.0)?;
             n += 1;
         }
         Ok(n)
@@ -222,10 +221,10 @@ impl Store {
         after: Option<&Timestamp>,
         cap: usize,
     ) -> Result<(Option<Timestamp>, usize)> {
-        let latest = last_stamp(&self.inner.tree)?;
+        let latest = last_stamp(&self.inner.streams)?;
         let n = self
             .inner
-            .tree
+            .streams
             .range(record::feed_start(after)..record::feed_end())
             .keys()
             .take(cap)

@@ -33,7 +33,7 @@ mod read;
 mod write;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -188,7 +188,10 @@ impl std::fmt::Debug for Store {
 }
 
 struct Inner {
+    /// Documents and bookkeeping.
     tree: sled::Db,
+    /// The feed and change events (see [`crate::dbs`]).
+    streams: sled::Db,
     node: NodeId,
     clock: Clock,
     config: StoreConfig,
@@ -228,13 +231,8 @@ const DOC_EVENTS: usize = 16_384;
 impl Store {
     /// Opens (or creates) the store in `config.path`. Fails if another process has it open.
     pub fn open(config: StoreConfig) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(db_path(&config.path))
-            .cache_capacity(config.sled_cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            // durability comes from the write-ahead log; sled is flushed at checkpoints
-            .flush_every_ms(None)
-            .open()?;
+        let dbs = crate::dbs::Dbs::open(&config.path, config.sled_cache_bytes)?;
+        let db = dbs.main.clone();
 
         let node = match (get_meta(&db, "node")?, &config.node_id) {
             (Some(stored), Some(wanted)) if stored != *wanted => {
@@ -247,22 +245,16 @@ impl Store {
             (None, None) => NodeId::random(),
         };
         db.insert(record::meta_key("node"), node.as_str().as_bytes())?;
-        let sled_log = std::fs::File::open(db_path(&config.path).join("db")).ok();
-        if sled_log.is_none() {
-            tracing::warn!(
-                "cannot open sled's log file to sync it; checkpoints rely on sled's flush alone"
-            );
-        }
         let wal_dir = config.path.join("wal");
-        let (seq, documents, replayed) = crate::commit::recover(&db, sled_log.as_ref(), &wal_dir)?;
+        let (seq, documents, replayed) = crate::commit::recover(&dbs, &wal_dir)?;
         if replayed > 0 {
             tracing::info!(replayed, "recovered writes from the write-ahead log");
         }
 
         let clock = Clock::with_physical(&node, config.max_drift, config.physical_clock);
-        let feed_trimmed = feed::trimmed(&db)?;
+        let feed_trimmed = feed::trimmed(&dbs.streams)?;
         // the feed may be trimmed whole: its mark still holds the newest stamp it had
-        let last = feed::last_stamp(&db)?.max(feed_trimmed);
+        let last = feed::last_stamp(&dbs.streams)?.max(feed_trimmed);
         if let Some(last) = last {
             clock.observe(&last).map_err(|_| {
                 Error::Unavailable(format!(
@@ -277,15 +269,16 @@ impl Store {
             .max_capacity(config.cache_bytes)
             .weigher(|_k, slot: &Arc<Slot>| slot.weight.load(Ordering::Relaxed) as u32)
             .build();
-        let blob_dir = db_path(&config.path).join("blobs");
         let doc_ids = docids::DocIds::default();
         let digests = digest::initial(&db, |key, leaf| doc_ids.insert_in(key, leaf))?;
         let epoch = events::epoch(&config.path)?;
-        let events_trimmed = AtomicU64::new(events::trimmed(&db)?);
-        let commit = GroupCommit::start(db.clone(), blob_dir, sled_log, wal_dir, seq, documents)?;
+        let events_trimmed = AtomicU64::new(events::trimmed(&dbs.streams)?);
+        let streams = dbs.streams.clone();
+        let commit = GroupCommit::start(dbs, wal_dir, seq, documents)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 tree: db,
+                streams,
                 node,
                 clock,
                 config,
@@ -332,7 +325,8 @@ impl Store {
             node_id: inner.node.to_string(),
             hlc: crate::hlc::display_stamp(&inner.clock.now()),
             documents: inner.commit.documents(),
-            bytes_on_disk: inner.tree.size_on_disk().unwrap_or(0),
+            bytes_on_disk: inner.tree.size_on_disk().unwrap_or(0)
+                + inner.streams.size_on_disk().unwrap_or(0),
             cache_hits: inner.hits.load(Ordering::Relaxed),
             cache_misses: inner.misses.load(Ordering::Relaxed),
             cache_bytes: inner.cache.weighted_size(),
@@ -355,12 +349,9 @@ impl Store {
     pub fn close(&self) -> Result<()> {
         self.inner.commit.stop();
         self.inner.tree.flush()?;
+        self.inner.streams.flush()?;
         Ok(())
     }
-}
-
-fn db_path(dir: &Path) -> PathBuf {
-    dir.join("db")
 }
 
 fn get_meta(db: &sled::Db, name: &str) -> Result<Option<String>> {

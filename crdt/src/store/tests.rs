@@ -284,6 +284,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Both sled databases of a data dir as they are now (as of start-up: the last checkpoint).
+fn sled_image(dir: &Path, image: &Path) {
+    for name in ["db", "streams"] {
+        copy_dir(&dir.join(name), &image.join(name));
+    }
+}
+
 /// What power loss can leave behind: sled as of its last checkpoint (here, start-up) and the
 /// write-ahead log as synced. Every acknowledged write must come back from the log.
 #[tokio::test]
@@ -291,7 +298,7 @@ async fn a_crash_image_recovers_every_acknowledged_write_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let image = tempfile::tempdir().unwrap();
-    copy_dir(&dir.path().join("db"), &image.path().join("db"));
+    sled_image(dir.path(), image.path());
     for i in 0..30 {
         s.write(
             &key(&format!("d{i}")),
@@ -423,7 +430,7 @@ mod crash_images {
                 let dir = tempfile::tempdir().unwrap();
                 let s = open(dir.path());
                 let image = tempfile::tempdir().unwrap();
-                super::copy_dir(&dir.path().join("db"), &image.path().join("db"));
+                super::sled_image(dir.path(), image.path());
                 for w in &ws {
                     let (d, edit, idem) = match w {
                         W::Put(d, v) => (d, Edit::Put(obj(json!({"v": v, "d": d}))), None),
@@ -498,7 +505,7 @@ async fn pipelined_writes_to_one_document_recover_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let image = tempfile::tempdir().unwrap();
-    copy_dir(&dir.path().join("db"), &image.path().join("db"));
+    sled_image(dir.path(), image.path());
     let mut tasks = vec![];
     for t in 0..16 {
         let s = s.clone();
@@ -1163,4 +1170,72 @@ async fn a_trimmed_feed_says_so_to_older_cursors_and_keeps_its_mark_across_resta
         page.entries[0].0 > feed[5].0,
         "new stamps follow the trimmed ones"
     );
+}
+
+#[tokio::test]
+async fn a_data_dir_from_before_the_streams_database_moves_its_feed_and_events_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..5 {
+        s.write(
+            &key(&format!("d{i}")),
+            Edit::Put(obj(json!({"i": i}))),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.trim_events(3).unwrap(), 2);
+    let feed = s.feed(None, 100).unwrap().entries;
+    let bounds = s.event_bounds();
+    let events = s
+        .events(bounds.trimmed, bounds.visible, 100)
+        .unwrap()
+        .unwrap();
+    assert_eq!(events.len(), 3);
+    s.close().unwrap();
+    drop(s);
+    // --- the layout of earlier releases: feed, events and their marks in `db`, no `streams`
+    let raw = |name: &str| loop {
+        match sled::open(dir.path().join(name)) {
+            Ok(db) => break db,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    {
+        let (main, streams) = (raw("db"), raw("streams"));
+        for kv in streams.iter() {
+            let (k, v) = kv.unwrap();
+            if k.as_ref() != record::meta_key("seq").as_slice() {
+                main.insert(k, v).unwrap();
+            }
+        }
+        main.flush().unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join("streams")).unwrap();
+    // --- opened by this release: everything moved over, nothing left behind
+    let s = open(dir.path());
+    assert_eq!(s.feed(None, 100).unwrap().entries, feed);
+    assert_eq!(s.event_bounds(), bounds);
+    assert_eq!(
+        s.events(bounds.trimmed, bounds.visible, 100).unwrap(),
+        Some(events)
+    );
+    assert!(
+        s.events(0, bounds.visible, 100).unwrap().is_none(),
+        "the trim mark moved too"
+    );
+    let left = s.inner.tree.iter().keys().filter(|k| {
+        let k = k.as_ref().unwrap();
+        crate::dbs::Dbs::in_streams(k)
+            || k.as_ref() == record::meta_key(record::EVENTS_TRIMMED).as_slice()
+    });
+    assert_eq!(left.count(), 0);
+    // and goes on: a new write lands in the feed after the old ones
+    s.write(&key("new"), Edit::Put(obj(json!({"i": 9}))), None)
+        .await
+        .unwrap();
+    let now = s.feed(None, 100).unwrap().entries;
+    assert_eq!(now.len(), 6);
+    assert_eq!(now[..5], feed[..]);
 }

@@ -1,0 +1,158 @@
+//! The two sled databases of a data dir: `db` holds documents and bookkeeping; `streams` holds
+//! the records that are trimmed, the feed (`F`) and change events (`E`), with their trim marks.
+//!
+//! Why two: sled reuses the space of a log segment only once at most half of it is live. With
+//! feed entries and events interleaved with the documents they were written beside, trimming
+//! them left every segment mostly live, so the file kept its size and sled's removals made it
+//! grow (1,000,000 documents: 1,760 MiB with trimming against 1,672 without, and the next
+//! 250,000 documents took 1,879 bytes each against 1,768). In a database of their own, trimmed
+//! records free whole segments.
+//!
+//! Each database stores the last write-ahead-log batch it applied (`M/seq`), so recovery
+//! replays into each exactly what it lacks; writes are routed by their key's prefix.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::record;
+
+/// The sled databases, and the files a checkpoint syncs.
+#[derive(Debug, Clone)]
+pub(crate) struct Dbs {
+    pub(crate) main: sled::Db,
+    pub(crate) streams: sled::Db,
+    dir: PathBuf,
+    /// Each one's sled log file, synced at checkpoints.
+    logs: std::sync::Arc<[Option<std::fs::File>; 2]>,
+}
+
+/// sled's page cache for `streams`: its reads are of recent records, mostly.
+const STREAMS_CACHE_BYTES: u64 = 16 << 20;
+
+fn open_one(path: PathBuf, cache_bytes: u64) -> Result<sled::Db> {
+    Ok(sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        // durability comes from the write-ahead log; sled is flushed at checkpoints
+        .flush_every_ms(None)
+        .open()?)
+}
+
+fn seq_key() -> Vec<u8> {
+    record::meta_key("seq")
+}
+
+pub(crate) fn read_u64(db: &sled::Db, key: &[u8]) -> Result<Option<u64>> {
+    Ok(db
+        .get(key)?
+        .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+}
+
+impl Dbs {
+    /// Opens both (fails with [`crate::Error::InUse`] if another process has them), moving
+    /// the feed and events of a data dir made before `streams` existed into it.
+    pub(crate) fn open(dir: &Path, cache_bytes: u64) -> Result<Dbs> {
+        let main = open_one(dir.join("db"), cache_bytes)?;
+        let streams = open_one(dir.join("streams"), STREAMS_CACHE_BYTES)?;
+        let log = |name: &str| {
+            let f = std::fs::File::open(dir.join(name).join("db")).ok();
+            if f.is_none() {
+                tracing::warn!(
+                    "cannot open sled's log file {name}/db to sync it; checkpoints rely on sled's flush alone"
+                );
+            }
+            f
+        };
+        let dbs = Dbs {
+            main,
+            streams,
+            dir: dir.to_owned(),
+            logs: std::sync::Arc::new([log("db"), log("streams")]),
+        };
+        if read_u64(&dbs.streams, &seq_key())?.is_none() {
+            dbs.move_streams()?;
+        }
+        Ok(dbs)
+    }
+
+    /// The first open of a data dir with `streams`: its `F` and `E` records and their trim
+    /// marks move over, and `streams` starts at the batch `db` has applied. Copied and synced
+    /// before they are removed, so a crash midway leaves them in `db` and the move starts over.
+    fn move_streams(&self) -> Result<()> {
+        let marks = [
+            record::meta_key(record::FEED_TRIMMED),
+            record::meta_key(record::EVENTS_TRIMMED),
+        ];
+        let mut moved = Vec::new();
+        for prefix in [[record::FEED], [record::EVENT]] {
+            for kv in self.main.scan_prefix(prefix) {
+                let (k, v) = kv?;
+                self.streams.insert(&k, v)?;
+                moved.push(k);
+            }
+        }
+        for k in marks {
+            if let Some(v) = self.main.get(&k)? {
+                self.streams.insert(k.as_slice(), v)?;
+                moved.push(k.into());
+            }
+        }
+        let seq = read_u64(&self.main, &seq_key())?.unwrap_or(0);
+        self.streams.insert(seq_key(), &seq.to_be_bytes())?;
+        self.flush_and_sync()?;
+        if !moved.is_empty() {
+            tracing::info!(
+                records = moved.len(),
+                "moved the feed and change events to their own database"
+            );
+            for k in moved {
+                self.main.remove(k)?;
+            }
+            self.flush_and_sync()?;
+        }
+        Ok(())
+    }
+
+    /// Whether a record belongs in `streams`, by its key.
+    pub(crate) fn in_streams(key: &[u8]) -> bool {
+        matches!(key.first(), Some(&record::FEED) | Some(&record::EVENT))
+    }
+
+    /// The last write-ahead-log batch each has applied: (main, streams).
+    pub(crate) fn applied(&self) -> Result<(u64, u64)> {
+        Ok((
+            read_u64(&self.main, &seq_key())?.unwrap_or(0),
+            read_u64(&self.streams, &seq_key())?.unwrap_or(0),
+        ))
+    }
+
+    /// Notes the last batch applied to `db`.
+    pub(crate) fn set_applied(db: &sled::Db, seq: u64) -> Result<()> {
+        db.insert(seq_key(), &seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Makes both durable: sled's flush, then an fsync of each one's log file (sled's flush ends
+    /// in `sync_file_range`, which does not reach the disk's write cache).
+    pub(crate) fn flush_and_sync(&self) -> Result<()> {
+        for (db, log) in [&self.main, &self.streams]
+            .into_iter()
+            .zip(self.logs.iter())
+        {
+            db.flush()?;
+            if let Some(f) = log {
+                f.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// sled's blob directories: values over about 128 KiB live there, in files sled never syncs.
+    pub(crate) fn blob_dirs(&self) -> [PathBuf; 2] {
+        [
+            self.dir.join("db").join("blobs"),
+            self.dir.join("streams").join("blobs"),
+        ]
+    }
+}
