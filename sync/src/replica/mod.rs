@@ -144,12 +144,13 @@ impl SyncConfig {
     }
 }
 
-/// Most bytes of changes one repair answer carries; the asker comes back for the rest.
+/// Most bytes of changes one repair answer carries (it is also cut after a quarter of the
+/// call timeout); the asker comes back for the rest.
 const REPAIR_BYTES: usize = 4 << 20;
 /// Buckets whose leaves one request asks for (64 KiB of leaf digests).
 const LEAF_BUCKETS: usize = 128;
-/// Leaves whose documents one repair request lists (about 15,000 documents at 1,000,000).
-const REPAIR_LEAVES: usize = 1024;
+/// Leaves whose documents one repair request lists (about 4,000 documents at 1,000,000).
+const REPAIR_LEAVES: usize = 256;
 /// The longest a feed request may ask the answering node to wait.
 const MAX_FEED_WAIT: Duration = Duration::from_secs(30);
 /// A subscription ends after this long and the peer opens a new one (so no stream lives

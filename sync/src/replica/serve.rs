@@ -119,6 +119,7 @@ impl<T: Transport> Replica<T> {
                         }
                     }
                 }
+                let (started, budget) = (Instant::now(), self.shared.config.call_timeout / 4);
                 let mut keys: Vec<DocKey> = mine.keys().cloned().collect();
                 keys.sort();
                 let (mut changes, mut bytes, mut more) = (Vec::new(), 0, false);
@@ -131,7 +132,10 @@ impl<T: Transport> Replica<T> {
                     if mine_sorted == theirs_sorted {
                         continue;
                     }
-                    if bytes >= REPAIR_BYTES {
+                    // cut by size and by time (after at least one document, so every answer
+                    // brings something), so the asker's call does not time out on it
+                    let late = !changes.is_empty() && started.elapsed() >= budget;
+                    if bytes >= REPAIR_BYTES || late {
                         more = true;
                         break;
                     }
