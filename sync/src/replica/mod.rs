@@ -359,6 +359,46 @@ mod tests {
         Replica::new(store, NoNet, SyncConfig::new(vec![])).unwrap()
     }
 
+    #[tokio::test]
+    async fn a_repair_answer_is_cut_by_time_and_still_brings_something() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = meridian_crdt::StoreConfig::new(dir.path());
+        c.node_id = Some("n1".into());
+        let store = Store::open(c).unwrap();
+        for i in 0..200 {
+            let doc: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_value(serde_json::json!({ "i": i })).unwrap();
+            store
+                .write(
+                    &DocKey::new("users", &format!("u{i}")).unwrap(),
+                    meridian_crdt::Edit::Put(doc),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        let mut config = SyncConfig::new(vec![]);
+        // a budget of 250 µs: far less than 200 documents' changes take to gather
+        config.call_timeout = Duration::from_millis(1);
+        let r = Replica::new(store, NoNet, config).unwrap();
+        let ask = Request::Repair {
+            from: "x".into(),
+            leaves: (0..DIGEST_LEAVES as u32).collect(),
+            docs: vec![],
+        };
+        match wire::decode::<Response>(&r.handle(&wire::encode(&ask)).await).unwrap() {
+            Response::Repair { changes, more } => {
+                assert!(more);
+                assert!(
+                    !changes.is_empty() && changes.len() < 200,
+                    "{}",
+                    changes.len()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn error_of(answer: &[u8]) -> Option<String> {
         match wire::decode::<Response>(answer).unwrap() {
             Response::Error { message } => Some(message),
