@@ -71,47 +71,57 @@ impl Dbs {
             logs: std::sync::Arc::new([log("db"), log("streams")]),
         };
         if read_u64(&dbs.streams, &seq_key())?.is_none() {
-            dbs.move_streams()?;
+            dbs.copy_streams()?;
         }
+        // after the copy is durable; also what a crash midway through this left behind
+        dbs.drop_copied()?;
         Ok(dbs)
     }
 
-    /// The first open of a data dir with `streams`: its `F` and `E` records and their trim
-    /// marks move over, and `streams` starts at the batch `db` has applied. Copied and synced
-    /// before they are removed, so a crash midway leaves them in `db` and the move starts over.
-    fn move_streams(&self) -> Result<()> {
-        let marks = [
-            record::meta_key(record::FEED_TRIMMED),
-            record::meta_key(record::EVENTS_TRIMMED),
-        ];
-        let mut moved = Vec::new();
+    /// The `F` and `E` records and their trim marks, as `db` holds them in a data dir of an
+    /// earlier release.
+    fn in_main(&self) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+        let mut found = Vec::new();
         for prefix in [[record::FEED], [record::EVENT]] {
             for kv in self.main.scan_prefix(prefix) {
-                let (k, v) = kv?;
-                self.streams.insert(&k, v)?;
-                moved.push(k);
+                found.push(kv?);
             }
         }
-        for k in marks {
+        for name in [record::FEED_TRIMMED, record::EVENTS_TRIMMED] {
+            let k = record::meta_key(name);
             if let Some(v) = self.main.get(&k)? {
-                self.streams.insert(k.as_slice(), v)?;
-                moved.push(k.into());
+                found.push((k.into(), v));
             }
+        }
+        Ok(found)
+    }
+
+    /// The first open of a data dir with `streams`: `db`'s feed, events and their marks are
+    /// copied over, and `streams` starts at the batch `db` has applied; synced before anything
+    /// is removed from `db` (see [`Dbs::drop_copied`]).
+    fn copy_streams(&self) -> Result<()> {
+        for (k, v) in self.in_main()? {
+            self.streams.insert(k, v)?;
         }
         let seq = read_u64(&self.main, &seq_key())?.unwrap_or(0);
         self.streams.insert(seq_key(), &seq.to_be_bytes())?;
-        self.flush_and_sync()?;
-        if !moved.is_empty() {
-            tracing::info!(
-                records = moved.len(),
-                "moved the feed and change events to their own database"
-            );
-            for k in moved {
-                self.main.remove(k)?;
-            }
-            self.flush_and_sync()?;
+        self.flush_and_sync()
+    }
+
+    /// Removes from `db` what was copied to `streams`.
+    fn drop_copied(&self) -> Result<()> {
+        let copied = self.in_main()?;
+        if copied.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        tracing::info!(
+            records = copied.len(),
+            "moved the feed and change events to their own database"
+        );
+        for (k, _) in copied {
+            self.main.remove(k)?;
+        }
+        self.flush_and_sync()
     }
 
     /// Whether a record belongs in `streams`, by its key.

@@ -1238,4 +1238,22 @@ async fn a_data_dir_from_before_the_streams_database_moves_its_feed_and_events_o
     let now = s.feed(None, 100).unwrap().entries;
     assert_eq!(now.len(), 6);
     assert_eq!(now[..5], feed[..]);
+    // --- a crash after the copy but before the removal leaves copies in `db`: dropped at open
+    s.close().unwrap();
+    drop(s);
+    {
+        let (main, streams) = (raw("db"), raw("streams"));
+        for kv in streams.scan_prefix([record::FEED]) {
+            let (k, v) = kv.unwrap();
+            main.insert(k, v).unwrap();
+        }
+        main.flush().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.feed(None, 100).unwrap().entries, now);
+    assert_eq!(
+        s.inner.tree.scan_prefix([record::FEED]).count(),
+        0,
+        "the leftover copies are gone"
+    );
 }
