@@ -26,6 +26,18 @@ fn digests_agree(c: &SimCluster) -> bool {
     c.nodes[1..].iter().all(|n| n.store().digests() == first)
 }
 
+/// Waits until every node holds the same versions of the same documents.
+async fn converge(c: &SimCluster, what: &str, within: Duration) {
+    eventually(what, within, || async { digests_agree(c) }).await
+}
+
+fn parsed(changes: Vec<Vec<u8>>) -> Vec<RemoteChange> {
+    changes
+        .into_iter()
+        .map(|b| RemoteChange::parse(b).unwrap())
+        .collect()
+}
+
 #[test]
 fn a_feed_every_peer_has_read_is_trimmed_and_replication_goes_on() {
     rt().block_on(async {
@@ -39,12 +51,7 @@ fn a_feed_every_peer_has_read_is_trimmed_and_replication_goes_on() {
         for i in 0..100 {
             put(a.store(), &key(&format!("p{i}")), i).await;
         }
-        eventually(
-            "b and c have a's writes",
-            Duration::from_secs(10),
-            || async { digests_agree(&c) },
-        )
-        .await;
+        converge(&c, "b and c have a's writes", Duration::from_secs(10)).await;
         // nothing is trimmed that a peer has not said it holds
         let held = a.store().feed(None, 1000).unwrap().entries.len();
         assert_eq!(held, 100);
@@ -59,12 +66,7 @@ fn a_feed_every_peer_has_read_is_trimmed_and_replication_goes_on() {
         for i in 0..20 {
             put(a.store(), &key(&format!("q{i}")), i).await;
         }
-        eventually(
-            "later writes replicate",
-            Duration::from_secs(10),
-            || async { digests_agree(&c) },
-        )
-        .await;
+        converge(&c, "later writes replicate", Duration::from_secs(10)).await;
         for id in ["b", "c"] {
             let report = c.node(id).replica.report();
             assert_eq!(report.peers[0].id, "a");
@@ -90,12 +92,7 @@ fn a_peer_away_longer_than_the_retention_window_catches_up_by_anti_entropy() {
         for i in 0..20 {
             put(a.store(), &key(&format!("p{i}")), i).await;
         }
-        eventually(
-            "everyone has the first writes",
-            Duration::from_secs(10),
-            || async { digests_agree(&c) },
-        )
-        .await;
+        converge(&c, "everyone has the first writes", Duration::from_secs(10)).await;
         // --- c is cut off while a and b write
         c.cut("a", "c");
         c.cut("b", "c");
@@ -120,10 +117,7 @@ fn a_peer_away_longer_than_the_retention_window_catches_up_by_anti_entropy() {
             .await_token(&token, Duration::from_secs(10))
             .await
             .expect("c covers the session once it has caught up");
-        eventually("c converges", Duration::from_secs(10), || async {
-            digests_agree(&c)
-        })
-        .await;
+        converge(&c, "c converges", Duration::from_secs(10)).await;
         for k in ["p7", "b3"] {
             assert_eq!(
                 cn.store().read_state(&key(k)).unwrap().map(|s| s.json),
@@ -155,10 +149,7 @@ fn a_repair_pass_touches_only_the_documents_that_differ() {
         for i in 0..3000 {
             put(a.store(), &key(&format!("d{i}")), i).await;
         }
-        eventually("b has a's writes", Duration::from_secs(30), || async {
-            digests_agree(&c)
-        })
-        .await;
+        converge(&c, "b has a's writes", Duration::from_secs(30)).await;
         // --- 10 new documents and 10 changed ones reach a from a node outside the cluster,
         // so they are in no feed: only anti-entropy can bring them to b
         let dir = tempfile::tempdir().unwrap();
@@ -169,11 +160,7 @@ fn a_repair_pass_touches_only_the_documents_that_differ() {
         for i in 0..10 {
             let changed = key(&format!("d{}", i * 300));
             let history = a.store().changes_since(&changed, &[]).await.unwrap();
-            let parsed = history
-                .into_iter()
-                .map(|b| RemoteChange::parse(b).unwrap())
-                .collect();
-            x.merge_remote(vec![(changed.clone(), parsed)], vec![])
+            x.merge_remote(vec![(changed.clone(), parsed(history))], vec![])
                 .await
                 .unwrap();
             x.write(&changed, Edit::Patch(obj(json!({"by": "x"}))), None)
@@ -192,13 +179,7 @@ fn a_repair_pass_touches_only_the_documents_that_differ() {
                 .map(|s| s.heads)
                 .unwrap_or_default();
             let changes = x.changes_since(k, &heads).await.unwrap();
-            from_x.push((
-                k.clone(),
-                changes
-                    .into_iter()
-                    .map(|b| RemoteChange::parse(b).unwrap())
-                    .collect(),
-            ));
+            from_x.push((k.clone(), parsed(changes)));
         }
         a.store().merge_remote(from_x, vec![]).await.unwrap();
         assert!(!digests_agree(&c));
