@@ -157,7 +157,7 @@ pub(crate) struct DocRecord {
     /// Incremental changes `I … n` for n in `incr_base .. incr_base + incr_count`.
     pub incr_base: u64,
     pub incr_count: u64,
-    /// Bytes of snapshot plus increments, for the cache's weight.
+    /// Bytes of snapshot plus increments stored (the cache weighs what is in memory instead).
     pub stored_bytes: u64,
 }
 

@@ -127,6 +127,11 @@ impl Document {
         self.am.get_heads()
     }
 
+    /// How many changes the history holds (genesis included).
+    pub fn change_count(&self) -> u64 {
+        self.am.stats().num_changes
+    }
+
     pub fn actor(&self) -> &ActorId {
         self.am.get_actor()
     }

@@ -105,7 +105,7 @@ impl<'a> DocWrite<'a> {
         extra: impl FnOnce(&DocRecord) -> Vec<Op>,
     ) -> Result<Queued<'a>> {
         self.dirty = true; // from here on a failure leaves the document ahead of the queue
-        let (mut ops, rec, docs_delta, event) = {
+        let (mut ops, rec, docs_delta, event, weight) = {
             let doc = self.slot.doc.lock();
             let (ops, rec, delta) =
                 self.inner
@@ -113,7 +113,8 @@ impl<'a> DocWrite<'a> {
             let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash).collect();
             let event =
                 (!changes.is_empty()).then(|| Inner::change_event(&self.key, &doc, &rec, &hashes));
-            (ops, rec, delta, event)
+            let weight = weight(&doc, rec.json.len());
+            (ops, rec, delta, event, weight)
         };
         ops.extend(extra(&rec));
         if ops.is_empty() {
@@ -125,9 +126,7 @@ impl<'a> DocWrite<'a> {
             }
             ops
         })?;
-        self.slot
-            .weight
-            .store(weight(rec.stored_bytes), Ordering::Relaxed);
+        self.slot.weight.store(weight, Ordering::Relaxed);
         *self.slot.rec.lock() = Some(rec.clone());
         self.inner
             .pending
