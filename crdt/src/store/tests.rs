@@ -74,6 +74,34 @@ async fn writes_survive_reopen_and_compaction() {
 }
 
 #[tokio::test]
+async fn a_long_history_is_compacted_less_often() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()); // compact_every 8
+    let (mut compactions, mut incr_count) = (0, 0);
+    for i in 0..640 {
+        s.write(&key("a"), Edit::Patch(obj(json!({"n": i}))), None)
+            .await
+            .unwrap();
+        let rec = s.inner.read_record(&key("a")).unwrap().unwrap();
+        if rec.incr_count < incr_count {
+            compactions += 1;
+        }
+        incr_count = rec.incr_count;
+        // a load reads at most a sixteenth of the history one change at a time
+        assert!(
+            incr_count <= 8.max((i + 3) / 16),
+            "{incr_count} increments after {i}"
+        );
+    }
+    // every 8 writes would be 80 snapshots, each of the whole history
+    assert!((30..50).contains(&compactions), "{compactions} snapshots");
+    s.close().unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(get_json(&s, "a").await, Some(json!({"n": 639})));
+}
+
+#[tokio::test]
 async fn a_failed_edit_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());

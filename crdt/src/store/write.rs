@@ -238,7 +238,7 @@ impl Inner {
         }
         let mut ops: Vec<Op> = Vec::with_capacity(4 + 2 * changes.len());
         let mut rec = was.clone();
-        if rec.incr_count + changes.len() as u64 >= self.config.compact_every {
+        if rec.incr_count + changes.len() as u64 >= compaction_due(self.config.compact_every, doc) {
             let snapshot = doc.save();
             for n in rec.incr_base..rec.incr_base + rec.incr_count {
                 ops.push((record::increment_key(key, n), None));
@@ -471,6 +471,16 @@ fn new_changes(
             })
         })
         .collect()
+}
+
+/// How many increments a document collects before a write stores a snapshot instead:
+/// `compact_every`, or a sixteenth of its history if that is more. A snapshot costs time in
+/// proportion to the whole history, so a fixed count would make every write to a document with
+/// a long history pay for it again and again (a document with 20,000 changes would save them
+/// all every 32 writes); this way each write pays for at most 16 changes' worth, and a load
+/// still reads at most a sixteenth of the history one change at a time.
+fn compaction_due(compact_every: u64, doc: &Document) -> u64 {
+    compact_every.max(doc.change_count() / 16)
 }
 
 /// What a write answers, from the document's state before and its record after.
