@@ -85,6 +85,16 @@ pub struct ServeArgs {
     #[arg(long = "peer", env = "MERIDIAN_PEERS", value_delimiter = ',')]
     #[serde(default)]
     pub peers: Vec<String>,
+    /// Where clients reach a node, as ID=URL (repeat for each; the same list on every node may
+    /// name this node too): the `url` a 503 session_unavailable names. Default: the node's
+    /// --peer URL, which on a private network between regions clients cannot reach.
+    #[arg(
+        long = "peer-public-url",
+        env = "MERIDIAN_PEER_PUBLIC_URLS",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub peer_public_urls: Vec<String>,
     /// The secret every node of the cluster shares; required with --peer.
     #[arg(long, env = "MERIDIAN_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
@@ -175,6 +185,8 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub request_timeout_ms: u64,
     pub peers: Vec<Peer>,
+    /// Where clients reach nodes, when not at their peer URLs.
+    pub peer_public_urls: Vec<Peer>,
     pub cluster_secret: Option<String>,
     pub session_wait_ms: u64,
     pub anti_entropy_secs: u64,
@@ -217,6 +229,7 @@ impl Default for Settings {
             max_in_flight: limits.max_in_flight,
             request_timeout_ms: limits.request_timeout.as_millis() as u64,
             peers: vec![],
+            peer_public_urls: vec![],
             cluster_secret: None,
             session_wait_ms: limits.session_wait.as_millis() as u64,
             anti_entropy_secs: sync.anti_entropy_every.as_secs(),
@@ -243,18 +256,18 @@ impl Default for Settings {
     }
 }
 
-/// `ID=URL`, with an http or https URL.
-fn parse_peer(s: &str) -> anyhow::Result<Peer> {
+/// `ID=URL`, with an http or https URL; `flag` names the setting in errors.
+fn parse_peer(flag: &str, s: &str) -> anyhow::Result<Peer> {
     let (id, url) = s
         .split_once('=')
-        .ok_or_else(|| anyhow::anyhow!("peer {s:?} must be ID=URL"))?;
-    let id = meridian_crdt::NodeId::new(id).map_err(|e| anyhow::anyhow!("peer {s:?}: {e}"))?;
+        .ok_or_else(|| anyhow::anyhow!("{flag} {s:?} must be ID=URL"))?;
+    let id = meridian_crdt::NodeId::new(id).map_err(|e| anyhow::anyhow!("{flag} {s:?}: {e}"))?;
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
     anyhow::ensure!(
         rest.is_some_and(|r| !r.is_empty()),
-        "peer {s:?}: the URL must start with http:// or https://"
+        "{flag} {s:?}: the URL must start with http:// or https://"
     );
     Ok(Peer {
         id,
@@ -295,12 +308,21 @@ impl ServeArgs {
         } else {
             self.peers
         };
+        let public_urls = if self.peer_public_urls.is_empty() {
+            file.peer_public_urls
+        } else {
+            self.peer_public_urls
+        };
         let s = Settings {
             node_id: self.node_id.or(file.node_id),
+            peer_public_urls: public_urls
+                .iter()
+                .map(|p| parse_peer("--peer-public-url", p))
+                .collect::<anyhow::Result<_>>()?,
             cluster_secret: self.cluster_secret.or(file.cluster_secret),
             peers: peers
                 .iter()
-                .map(|p| parse_peer(p))
+                .map(|p| parse_peer("--peer", p))
                 .collect::<anyhow::Result<_>>()?,
             feed_mode: match self.feed_mode.or(file.feed_mode) {
                 Some(m) => parse_feed_mode(&m)?,
@@ -358,6 +380,16 @@ impl Settings {
                 ids.len() == self.peers.len(),
                 "--peer lists a node id twice"
             );
+        }
+        let mut named: Vec<&str> = vec![];
+        for p in &self.peer_public_urls {
+            let id = p.id.as_str();
+            anyhow::ensure!(
+                self.node_id.as_deref() == Some(id) || self.peers.iter().any(|q| q.id == p.id),
+                "--peer-public-url names {id:?}, which is neither this node nor a --peer"
+            );
+            anyhow::ensure!(!named.contains(&id), "--peer-public-url names {id:?} twice");
+            named.push(id);
         }
         anyhow::ensure!(
             !self.fault_controls || self.cluster_secret.is_some(),
@@ -645,6 +677,34 @@ mod tests {
             ),
         ] {
             let err = a.resolve().unwrap_err().to_string();
+            assert!(err.contains(wanted), "{err} should mention {wanted}");
+        }
+    }
+    #[test]
+    fn public_urls_name_this_node_or_a_peer_once_each() {
+        let args = |public: &[&str]| ServeArgs {
+            peers: vec!["us=http://10.0.0.2:7070".into()],
+            peer_public_urls: public.iter().map(|s| s.to_string()).collect(),
+            cluster_secret: Some("s3cret-s3cret".into()),
+            node_id: Some("eu".into()),
+            ..Default::default()
+        };
+        // the same list on every node: this node's own entry is allowed
+        let ok = args(&["us=https://us.example.com/", "eu=https://eu.example.com"])
+            .resolve()
+            .unwrap();
+        assert_eq!(ok.peer_public_urls[0].addr, "https://us.example.com");
+        assert_eq!(ok.peers[0].addr, "http://10.0.0.2:7070");
+        for (public, wanted) in [
+            (
+                &["ap=https://ap.example.com"][..],
+                "neither this node nor a --peer",
+            ),
+            (&["us=https://a", "us=https://b"][..], "twice"),
+            (&["us=ftp://h"][..], "http:// or https://"),
+            (&["us"][..], "ID=URL"),
+        ] {
+            let err = args(public).resolve().unwrap_err().to_string();
             assert!(err.contains(wanted), "{err} should mention {wanted}");
         }
     }

@@ -68,7 +68,9 @@ impl Node {
         .with_client_limits(settings.clients())
         .with_feed_limits(settings.feed());
         state = state.with_auth(auth_for(&settings, keys, listener.local_addr()?)?);
-        state = state.with_tls(tls.is_some());
+        state = state
+            .with_tls(tls.is_some())
+            .with_public_urls(&settings.peer_public_urls);
         if settings.fault_controls {
             tracing::warn!(
                 "fault controls are on: /internal/faults can cut links and pause this node"

@@ -1,11 +1,12 @@
 //! What every handler shares: the store, replication, the sync hub, limits and metrics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_crdt::Store;
 use meridian_sync::repo::{Hub, SyncLimits};
-use meridian_sync::{Replica, SyncConfig};
+use meridian_sync::{Peer, Replica, SyncConfig};
 
 use crate::auth::Auth;
 use crate::changes::{ChangeFeed, FeedLimits};
@@ -78,6 +79,8 @@ pub struct Shared {
     pub tls: bool,
     /// Compiles collections' schemas for the store, once per version.
     pub schemas: Arc<crate::schema::Compiler>,
+    /// Where clients reach other nodes, by node id, when not at their peer URLs.
+    pub public_urls: Arc<HashMap<String, String>>,
 }
 
 impl AppState {
@@ -122,6 +125,7 @@ impl AppState {
             peer_tls: Arc::new(peer_tls),
             tls: false,
             schemas,
+            public_urls: Arc::default(),
             faults,
             fault_controls: false,
             replica: Replica::new(store.clone(), transport, sync)?,
@@ -168,13 +172,25 @@ impl AppState {
         self
     }
 
+    /// The same node, telling clients these URLs (`--peer-public-url`) for other nodes.
+    pub fn with_public_urls(mut self, urls: &[Peer]) -> Self {
+        self.shared().public_urls = Arc::new(
+            urls.iter()
+                .map(|p| (p.id.as_str().to_owned(), p.addr.clone()))
+                .collect(),
+        );
+        self
+    }
+
     /// For the builders above, before the state is shared.
     fn shared(&mut self) -> &mut Shared {
         Arc::make_mut(&mut self.0)
     }
 
-    /// The URL of a peer, to tell a client where the data is.
+    /// The URL of a peer, to tell a client where the data is: its public URL if one is set,
+    /// else the one this node reaches it at.
     pub(crate) fn peer_url(&self, id: &str) -> Option<String> {
-        self.replica.peer_url(id)
+        let public = self.public_urls.get(id).cloned();
+        public.or_else(|| self.replica.peer_url(id))
     }
 }

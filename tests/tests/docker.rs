@@ -186,6 +186,8 @@ async fn the_docker_demo_partitions_heals_survives_a_kill_and_cleans_up() {
         "{v}"
     );
     assert_eq!(v["error"]["region"], "us");
+    // named as a client on the host reaches it, not as the regions do
+    assert_eq!(v["error"]["url"], url("us", ""), "{v}");
     let (s, v) = get(&c, &url("eu", "/v1/users/ada"), None).await;
     assert_eq!((s, &v["value"]["city"]), (200, &json!("Osaka")));
     assert_eq!(

@@ -129,7 +129,13 @@ async fn a_partition_that_drops_packets_shows_as_unreachable_within_two_seconds(
 async fn fault_controls_cut_heal_and_pause_a_node_behind_the_secret() {
     let _one = ONE_MESH_AT_A_TIME.lock().await;
     let c = http_client();
-    let cl = Mesh::start(&["--fault-controls"]).await;
+    // the public URLs every node tells clients, the same list on each
+    let cl = Mesh::start(&[
+        "--fault-controls",
+        "--peer-public-url",
+        "a=https://a.example.com,b=https://b.example.com,c=https://c.example.com",
+    ])
+    .await;
     let (a, b) = (cl.node("a"), cl.node("b"));
     patch(&c, a, "/v1/p/x", json!({"n": 1})).await;
     wait_all_reachable(&c, &cl, "all reachable").await;
@@ -164,6 +170,8 @@ async fn fault_controls_cut_heal_and_pause_a_node_behind_the_secret() {
     let (s, v) = get(&c, b, "/v1/p/x", Some(&token)).await;
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "session_unavailable");
+    // where a's data is, as clients reach it (not the peer URL b replicates over)
+    assert_eq!(v["error"]["url"], "https://a.example.com", "{v}");
     let (s, v) = get(&c, b, "/v1/p/x", None).await;
     assert_eq!((s, &v["value"]["side"]), (200, &json!("b")));
     tokio::time::sleep(Duration::from_millis(500)).await;
