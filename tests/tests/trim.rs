@@ -31,6 +31,19 @@ async fn converge(c: &SimCluster, what: &str, within: Duration) {
     eventually(what, within, || async { digests_agree(c) }).await
 }
 
+/// Waits until `follower`'s cursor on `leader`'s feed has passed every change `leader` made.
+/// Converged is not enough: a follower's merged changes are visible before its cursor moves
+/// past them, and a cursor presented in between holds back the trim.
+async fn read_all(c: &SimCluster, follower: &str, leader: &str) {
+    let last = c.node(leader).store().last_local_stamp();
+    eventually(
+        &format!("{follower} has read {leader}'s feed"),
+        Duration::from_secs(10),
+        || async { c.node(follower).replica.cursor(leader) >= last },
+    )
+    .await
+}
+
 fn parsed(changes: Vec<Vec<u8>>) -> Vec<RemoteChange> {
     changes
         .into_iter()
@@ -44,14 +57,21 @@ fn a_feed_every_peer_has_read_is_trimmed_and_replication_goes_on() {
         let c = SimCluster::start_with(
             11,
             &[("a", clock_exact), ("b", clock_exact), ("c", clock_exact)],
-            // only the feeds and explicit passes move changes here
-            |cfg| cfg.anti_entropy_every = Duration::from_secs(3600),
+            // only the feeds and explicit passes move changes, and only explicit trims trim: the
+            // periodic trimmer would rightly trim what both peers have presented cursors past
+            // (a stream reopened under load presents one), and the count below would not hold
+            |cfg| {
+                cfg.anti_entropy_every = Duration::from_secs(3600);
+                cfg.trim_every = Duration::from_secs(3600);
+            },
         );
         let a = c.node("a");
         for i in 0..100 {
             put(a.store(), &key(&format!("p{i}")), i).await;
         }
         converge(&c, "b and c have a's writes", Duration::from_secs(10)).await;
+        read_all(&c, "b", "a").await;
+        read_all(&c, "c", "a").await;
         // nothing is trimmed that a peer has not said it holds
         let held = a.store().feed(None, 1000).unwrap().entries.len();
         assert_eq!(held, 100);
@@ -72,6 +92,43 @@ fn a_feed_every_peer_has_read_is_trimmed_and_replication_goes_on() {
             assert_eq!(report.peers[0].id, "a");
             assert_eq!(report.peers[0].trimmed_feed_repairs, 0, "{id}");
         }
+        c.stop();
+    });
+}
+
+#[test]
+fn the_periodic_trimmer_trims_only_what_every_peer_has_presented() {
+    rt().block_on(async {
+        let c = SimCluster::start_with(
+            14,
+            &[("a", clock_exact), ("b", clock_exact), ("c", clock_exact)],
+            |cfg| {
+                cfg.anti_entropy_every = Duration::from_secs(3600);
+                cfg.trim_every = Duration::from_millis(50);
+            },
+        );
+        let a = c.node("a");
+        // c is cut off before a writes, so it can have presented no cursor past a's writes
+        c.cut("a", "c");
+        for i in 0..30 {
+            put(a.store(), &key(&format!("p{i}")), i).await;
+        }
+        read_all(&c, "b", "a").await;
+        // b presents its cursor; the trimmer keeps what c lacks however often it runs
+        c.node("b").replica.repair_with("a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(a.store().feed(None, 1000).unwrap().entries.len(), 30);
+        c.heal_all();
+        converge(&c, "c has a's writes", Duration::from_secs(10)).await;
+        read_all(&c, "c", "a").await;
+        // once c presents its cursor too, the trimmer empties the feed by itself
+        c.node("c").replica.repair_with("a").await.unwrap();
+        eventually(
+            "the trimmer trims a's feed",
+            Duration::from_secs(10),
+            || async { a.store().feed(None, 1000).unwrap().entries.is_empty() },
+        )
+        .await;
         c.stop();
     });
 }

@@ -108,6 +108,8 @@ pub struct SyncConfig {
     /// How long this node's feed keeps changes for a peer that has not read them. A peer away
     /// longer catches up by anti-entropy instead.
     pub feed_retention: Duration,
+    /// Time between trims of this node's feed (see `trim`).
+    pub trim_every: Duration,
 }
 
 /// See [`SyncConfig::feed_mode`].
@@ -131,6 +133,7 @@ impl SyncConfig {
             max_backoff: Duration::from_millis(500),
             feed_mode: FeedMode::Stream,
             feed_retention: Duration::from_secs(24 * 3600),
+            trim_every: Duration::from_secs(10),
         }
     }
 

@@ -7,9 +7,6 @@
 
 use super::*;
 
-/// How often the feed is trimmed.
-const TRIM_EVERY: Duration = Duration::from_secs(10);
-
 /// How far the feed may be trimmed, given each peer's presented cursor (`None`: it has not
 /// asked since start-up, or holds nothing) and the clock's `now`: through the oldest cursor,
 /// and at least through `now - retention`. A node without peers needs no feed at all.
@@ -48,7 +45,7 @@ impl<T: Transport> Replica<T> {
     }
 
     pub(super) async fn trim_loop(self) {
-        while !self.pause(TRIM_EVERY, None).await {
+        while !self.pause(self.shared.config.trim_every, None).await {
             let this = self.clone();
             match tokio::task::spawn_blocking(move || this.trim_feed()).await {
                 Ok(Ok(0)) => {}
