@@ -9,7 +9,7 @@
 //! `/v1/_schemas/{collection}` is left out: its body is a JSON Schema, which an OpenAPI 3.0
 //! schema cannot describe (a JSON object that is not a valid JSON Schema is 400
 //! `invalid_schema`), and a stored schema changes which later writes to that collection are
-//! accepted. Its contract is tested in `server/tests/schemas.rs`.
+//! accepted. Its contract is tested in `server/http/tests/schemas.rs`.
 //!
 //! Two things are held fixed rather than generated, and why:
 //! - `Accept: application/json`: `text/event-stream` answers a stream that does not end (the

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_crdt::{DocKey, Edit, Store, SCHEMAS};
-use meridian_server::schema::Compiler;
+use meridian_schema::Compiler;
 use meridian_tests::cluster::{obj, profile as key, rt, skewed_clocks, Faults, SimCluster};
 use meridian_tests::eventually;
 use rand::Rng;

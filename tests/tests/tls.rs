@@ -115,7 +115,7 @@ async fn a_tls_node_serves_https_only_to_clients_that_trust_its_certificate() {
 #[tokio::test]
 async fn an_expired_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = meridian_server::cert::DevCa::new().unwrap();
+    let ca = meridian_node::cert::DevCa::new().unwrap();
     let day = Duration::from_secs(86_400);
     let now = SystemTime::now();
     let (cert, key) = ca.issue("us", &[], now - 30 * day, now - day).unwrap();

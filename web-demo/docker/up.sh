@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 bin="${MERIDIAN_BIN:-}"
 if [ -z "$bin" ]; then
-    (cd "$ROOT" && cargo build --release --locked -p meridian-server)
+    (cd "$ROOT" && cargo build --release --locked -p meridian-node)
     bin="$ROOT/target/release/meridian"
 fi
 

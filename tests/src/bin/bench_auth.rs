@@ -46,7 +46,7 @@ async fn main() {
     // a file of 100 keys: the lookup compares against every one
     let mut file = String::new();
     for i in 0..99 {
-        let (_, e) = meridian_server::auth::generate();
+        let (_, e) = meridian_http::auth::generate();
         file += &format!(
             "[[keys]]\nname = \"k{i}\"\nhash = \"{e}\"\naccess = {{ bench = \"read\" }}\n"
         );

@@ -25,7 +25,7 @@ async fn main() {
     );
     match (args.get(1), args.get(2)) {
         (Some(cert), Some(key)) => {
-            let tls = meridian_server::tls::ServerTls::new(cert.as_ref(), key.as_ref(), None)
+            let tls = meridian_net::tls::ServerTls::new(cert.as_ref(), key.as_ref(), None)
                 .expect("certificate");
             axum::serve(tls.listen(listener).expect("listen"), app)
                 .await

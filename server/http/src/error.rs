@@ -1,0 +1,215 @@
+//! The one place where errors become HTTP statuses and error codes.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use meridian_crdt::Error as CrdtError;
+
+/// Every error the API can answer with. The body is `{"error":{"code","message"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    InvalidId(String),
+    #[error("{0}")]
+    BadSession(String),
+    /// No key, a malformed one, an unknown or expired one (or no cluster secret).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key without the access the request needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many failed authentications from this address; retry after the wait.
+    #[error("too many failed authentications from this address; retry in {} s", retry_secs(*.0))]
+    TooManyRequests(std::time::Duration),
+    #[error("{0}")]
+    NotFound(String),
+    /// Not a schema Meridian can enforce (not JSON Schema 2020-12, a bad `x-merge`).
+    #[error("{0}")]
+    InvalidSchema(String),
+    /// The write would leave a document that breaks its collection's schema.
+    #[error("the document would break its collection's schema ({} rule(s))", .0.len())]
+    SchemaViolation(Vec<meridian_crdt::Violation>),
+    /// A new schema version that would refuse documents the old one accepted.
+    #[error("the new schema is not compatible with the current one: {}; send ?force=true to store it anyway", reasons.join("; "))]
+    IncompatibleSchema {
+        reasons: Vec<String>,
+        broken: usize,
+        ids: Vec<String>,
+    },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("the body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// `/v1/sync` without a WebSocket upgrade.
+    #[error("{0}")]
+    UpgradeRequired(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("too many requests in flight; retry shortly")]
+    Overloaded,
+    /// A bound on open sockets or streams is reached.
+    #[error("{0}")]
+    LimitReached(String),
+    #[error("the request took longer than the server's timeout")]
+    Timeout,
+    /// This node cannot cover the session token in time: `node` has the data.
+    #[error("{}", session_message(node, *unknown))]
+    SessionUnavailable {
+        node: String,
+        url: Option<String>,
+        unknown: bool,
+    },
+    /// Storage has failed; internal details are logged, not sent.
+    #[error("storage unavailable")]
+    Unavailable(String),
+    /// The demo page could not reach a region (`meridian demo`'s proxy).
+    #[error("{0}")]
+    BadGateway(String),
+    /// A fault control holds the request back (a cut link, a paused node); said as it is.
+    #[error("{0}")]
+    Faulted(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_)
+            | ApiError::InvalidId(_)
+            | ApiError::BadSession(_)
+            | ApiError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
+            ApiError::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IncompatibleSchema { .. } => StatusCode::CONFLICT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Overloaded
+            | ApiError::LimitReached(_)
+            | ApiError::Timeout
+            | ApiError::Unavailable(_)
+            | ApiError::Faulted(_)
+            | ApiError::SessionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidId(_) => "invalid_id",
+            ApiError::BadSession(_) => "invalid_session_token",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::SessionUnavailable { .. } => "session_unavailable",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::InvalidSchema(_) => "invalid_schema",
+            ApiError::SchemaViolation(_) => "schema_violation",
+            ApiError::IncompatibleSchema { .. } => "incompatible_schema",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::UpgradeRequired(_) => "upgrade_required",
+            ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::Overloaded | ApiError::LimitReached(_) => "overloaded",
+            ApiError::Timeout => "timeout",
+            ApiError::Unavailable(_) | ApiError::Faulted(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+            ApiError::BadGateway(_) => "unreachable",
+        }
+    }
+}
+
+/// Whole seconds, rounded up, at least 1 (`Retry-After`).
+fn retry_secs(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+fn session_message(node: &str, unknown: bool) -> String {
+    if unknown {
+        format!("the session token names node {node:?}, which is not in this cluster")
+    } else {
+        format!("this node has not yet caught up with the session's changes from {node:?}; retry, or ask {node:?}")
+    }
+}
+
+impl From<CrdtError> for ApiError {
+    fn from(e: CrdtError) -> Self {
+        match e {
+            CrdtError::BadRequest(m) => ApiError::BadRequest(m),
+            CrdtError::InvalidId(m) => ApiError::InvalidId(m),
+            CrdtError::NotFound => ApiError::NotFound("document not found".into()),
+            CrdtError::Unprocessable(m) | CrdtError::Refused(m) => ApiError::Unprocessable(m),
+            CrdtError::SchemaViolation(v) => ApiError::SchemaViolation(v),
+            CrdtError::Unavailable(m) => ApiError::Unavailable(m),
+            CrdtError::InUse => ApiError::Unavailable("the data dir is in use".into()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<meridian_schema::StoredJsonError> for ApiError {
+    fn from(e: meridian_schema::StoredJsonError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(detail) | ApiError::Unavailable(detail) => {
+                tracing::error!(%status, detail, "request failed")
+            }
+            _ => tracing::debug!(%status, error = %self, "request refused"),
+        }
+        let mut error = serde_json::json!({"code": self.code(), "message": self.to_string()});
+        if let ApiError::SessionUnavailable { node, url, .. } = &self {
+            // where the client can go instead
+            error["region"] = node.clone().into();
+            error["url"] = url.clone().into();
+        }
+        if let ApiError::SchemaViolation(errors) = &self {
+            error["errors"] = serde_json::to_value(errors).expect("violations serialize");
+        }
+        if let ApiError::IncompatibleSchema {
+            reasons,
+            broken,
+            ids,
+        } = &self
+        {
+            error["reasons"] = serde_json::to_value(reasons).expect("strings serialize");
+            error["broken"] = serde_json::json!({"count": broken, "ids": ids});
+        }
+        let body = serde_json::json!({ "error": error });
+        let mut resp = (status, axum::Json(body)).into_response();
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"meridian\""),
+                );
+            }
+            ApiError::TooManyRequests(wait) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(*wait)));
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

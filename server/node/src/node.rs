@@ -1,0 +1,268 @@
+//! A running node: open the store and bind ([`Node::open`]), then serve until told to stop
+//! ([`Node::serve`]). `meridian serve` runs one until SIGINT or SIGTERM; `meridian demo` runs
+//! three in one process, each with its own store, clock and listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meridian_crdt::Store;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use meridian_http::auth::Auth;
+use meridian_http::AppState;
+use meridian_net::tls::{ConnInfo, PlainListener, ServerTls};
+
+/// A node whose store is open and whose port is bound, not yet serving.
+#[derive(Debug)]
+pub struct Node {
+    settings: Settings,
+    store: Store,
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<ServerTls>,
+}
+
+/// Opens the store, binds, and serves until SIGINT or SIGTERM; then finishes in-flight
+/// requests, closes sync sockets and flushes.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    Node::open(settings)
+        .await?
+        .serve(crate::shutdown_signal())
+        .await
+}
+
+impl Node {
+    /// Opens the data dir and binds the listen address; errors say which failed and why.
+    pub async fn open(settings: Settings) -> anyhow::Result<Node> {
+        // a broken auth file stops the start before the data dir is touched
+        let keys = match &settings.auth_file {
+            Some(path) => Some(Auth::from_file(path).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                ServerTls::new(cert, key, settings.peer_ca.as_deref())
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            _ => None,
+        };
+        let data_dir = &settings.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create the data dir {}: {e}", data_dir.display())
+        })?;
+        let store = Store::open(settings.store()).map_err(|e| open_error(data_dir, e))?;
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+        let mut state = AppState::clustered_tls(
+            store.clone(),
+            &settings.region,
+            settings.limits(),
+            settings.replication(),
+            settings.cluster_secret.as_deref(),
+            settings.peer_tls(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot start replication: {e:#}"))?
+        .with_client_limits(settings.clients())
+        .with_feed_limits(settings.feed());
+        state = state.with_auth(auth_for(&settings, keys, listener.local_addr()?)?);
+        state = state
+            .with_tls(tls.is_some())
+            .with_public_urls(&settings.peer_public_urls);
+        if settings.fault_controls {
+            tracing::warn!(
+                "fault controls are on: /internal/faults can cut links and pause this node"
+            );
+            state = state.with_fault_controls();
+        }
+        Ok(Node {
+            settings,
+            store,
+            listener,
+            state,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves; then finishes in-flight requests, closes sync sockets
+    /// and change streams, and flushes.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Node {
+            settings,
+            store,
+            listener,
+            state,
+            tls,
+        } = self;
+        // installed before the node says it serves: SIGHUP's default action is to terminate
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let replica = state.replica.clone();
+        let hub = state.hub.clone();
+        let changes = state.changes.clone();
+        replica.start();
+        tracing::info!(
+            node = %store.node_id(),
+            region = %settings.region,
+            listen = %listener.local_addr()?,
+            tls = tls.is_some(),
+            data_dir = %settings.data_dir.display(),
+            peers = settings.peers.len(),
+            "meridian is serving"
+        );
+        let purge = spawn_purge(store.clone());
+        let reload = spawn_reload(hup, state.auth.clone(), tls.clone());
+        let trim = spawn_trim(store.clone(), settings.feed().retention);
+
+        let stop = replica.clone();
+        let stop_clients = hub.clone();
+        let stop_changes = changes.clone();
+        let app = meridian_http::app(state).into_make_service_with_connect_info::<ConnInfo>();
+        let shutdown = async move {
+            shutdown.await;
+            // ends the long polls peers are waiting on, so the shutdown does not wait
+            stop.stop();
+            stop_clients.shutdown();
+            stop_changes.shutdown();
+        };
+        match &tls {
+            Some(tls) => {
+                axum::serve(tls.listen(listener)?, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await?
+            }
+            None => {
+                axum::serve(PlainListener(listener), app)
+                    .with_graceful_shutdown(shutdown)
+                    .await?
+            }
+        }
+        replica.stop();
+        hub.shutdown();
+        purge.abort();
+        reload.abort();
+        trim.abort();
+        store
+            .close()
+            .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;
+        tracing::info!(node = %store.node_id(), "stopped cleanly");
+        Ok(())
+    }
+}
+
+/// The auth file's keys; without one, open on a loopback address only, unless
+/// `--insecure-no-auth` says otherwise (and then the log says so at every start).
+fn auth_for(settings: &Settings, keys: Option<Auth>, addr: SocketAddr) -> anyhow::Result<Auth> {
+    if let Some(auth) = keys {
+        tracing::info!(file = ?settings.auth_file, "API keys required");
+        return Ok(auth);
+    }
+    if addr.ip().is_loopback() {
+        return Ok(Auth::open());
+    }
+    anyhow::ensure!(
+        settings.insecure_no_auth,
+        "refusing to serve {addr} without API keys: anyone who reaches it could read and \
+         change everything. Give --auth-file (see `meridian key create`), listen on a loopback \
+         address, or say --insecure-no-auth"
+    );
+    tracing::warn!(
+        %addr,
+        "INSECURE: serving WITHOUT API KEYS on a non-loopback address (--insecure-no-auth): \
+         anyone who reaches this port can read, change and delete every document"
+    );
+    Ok(Auth::insecure())
+}
+
+/// Re-reads the auth file and the TLS certificate on SIGHUP; a broken file keeps what is in
+/// force.
+fn spawn_reload(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    auth: std::sync::Arc<Auth>,
+    tls: Option<ServerTls>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut hup) = hup else {
+            tracing::warn!(
+                "cannot listen for SIGHUP: keys and certificates reload only on restart"
+            );
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match auth.reload() {
+                Ok(n) if matches!(auth.mode(), meridian_http::auth::Mode::Keys(_)) => {
+                    tracing::info!(keys = n, "SIGHUP: reloaded the auth file")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the auth file is broken; the keys in force stay"
+                ),
+            }
+            match tls.as_ref().map(ServerTls::reload) {
+                Some(Ok(())) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
+                Some(Err(e)) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the TLS certificate or key is broken; the one in force stays"
+                ),
+                None => {}
+            }
+        }
+    })
+}
+
+/// Forgets idempotency keys past their TTL, off the request path.
+fn spawn_purge(store: Store) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.purge_idempotency_keys()).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired idempotency keys"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "idempotency key purge failed"),
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Keeps the change events of the last `retention` batches, for streams that resume: trims
+/// once before serving (so that a stream never resumes from what is due to go), then every
+/// 10 s.
+fn spawn_trim(store: Store, retention: u64) -> tokio::task::JoinHandle<()> {
+    if let Err(e) = store.trim_events(retention) {
+        tracing::warn!(error = %e, "trimming change events failed");
+    }
+    tokio::spawn(async move {
+        let period = Duration::from_secs(10);
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            every.tick().await;
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.trim_events(retention)).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "trimming change events failed"),
+                Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "trimmed change events"),
+                _ => {}
+            }
+        }
+    })
+}
+
+fn open_error(dir: &std::path::Path, e: meridian_crdt::Error) -> anyhow::Error {
+    match e {
+        meridian_crdt::Error::InUse => anyhow::anyhow!(
+            "the data dir {} is in use by another process",
+            dir.display()
+        ),
+        e => anyhow::anyhow!("cannot open the data dir {}: {e}", dir.display()),
+    }
+}
