@@ -144,7 +144,13 @@ class Column {
         log(`${this.region.id} received a change from ${data.node} (${clock(data.hlc)})`, "replicated");
       }
     }
-    this.refresh();
+    // an event of a document that does not exist (yet, or any more) says all there is to
+    // show: a read would only be answered 404
+    if ((kind === "document" || kind === "change") && data && data.value === null) {
+      this.render({value: null, conflicts: []});
+    } else {
+      this.refresh();
+    }
   }
 
   // Replication lag as the page sees it: first sighting in the writing region to this one.
@@ -241,6 +247,20 @@ class Column {
   }
 }
 
+// Whether `path` (`/v1/{collection}/{id}`) exists in `region`, by paging through the list.
+async function exists(region, path) {
+  const [, , collection, id] = path.split("/");
+  let after = null;
+  for (;;) {
+    const q = after === null ? "" : `&after=${encodeURIComponent(after)}`;
+    const r = await region.get(`/v1/${collection}?limit=1000${q}`, {carry: false});
+    if (r.status !== 200) return false;
+    if (r.body.items.some((d) => d.id === id)) return true;
+    if (r.body.next == null) return false;
+    after = r.body.next;
+  }
+}
+
 async function main() {
   const cfg = await (await fetch("config.json")).json();
   const ids = cfg.regions.map((r) => r.id);
@@ -259,9 +279,10 @@ async function main() {
   });
   if (!cfg.controls) document.body.classList.add("no-controls");
 
-  // the profile every column edits: created once, in the first region
+  // the profile every column edits: created once, in the first region (asked by listing the
+  // collection, which answers 200 either way, so a first load makes no failed request)
   const first = regions[0];
-  if ((await first.get(DOC, {carry: false})).status === 404) {
+  if (!(await exists(first, DOC))) {
     log(`created the profile in ${first.id}: ${describe(await first.put(DOC, SAMPLE))}`, "write");
   }
   const columns = regions.map((r) => new Column(r, ids.filter((id) => id !== r.id)));

@@ -156,6 +156,18 @@ async fn the_page_shows_replication_a_partition_and_a_conflict_resolved_by_the_u
         },
     )
     .await;
+    // and made no failed request on the way (the browser logs each 4xx and 5xx as an error);
+    // Chromium's resource timings carry each answer's status, EventSource streams included
+    let failed = b
+        .execute(
+            "return performance.getEntriesByType('resource')\
+               .filter((e) => e.responseStatus === 0 || e.responseStatus >= 400)\
+               .map((e) => e.responseStatus + ' ' + e.name)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed, serde_json::json!([]), "failed requests on the first load");
 
     // a write in us is in eu's column within 2 s
     write_name(&b, "us", "Grace").await;
