@@ -44,9 +44,7 @@ impl Connector for SimConnector {
             if !self.up.load(Ordering::SeqCst) {
                 return Err(Error::Unreachable("the client is offline".into()));
             }
-            let mut conn = self
-                .hub
-                .connect()
+            let mut conn = meridian_sync::repo::Connection::open(&self.hub)
                 .map_err(|_| Error::Unreachable("the node is full or stopping".into()))?;
             let (to_client, rx) = mpsc::channel::<Vec<u8>>(64);
             let (tx, mut from_client) = mpsc::channel::<Vec<u8>>(64);

@@ -167,7 +167,11 @@ async fn the_page_shows_replication_a_partition_and_a_conflict_resolved_by_the_u
         )
         .await
         .unwrap();
-    assert_eq!(failed, serde_json::json!([]), "failed requests on the first load");
+    assert_eq!(
+        failed,
+        serde_json::json!([]),
+        "failed requests on the first load"
+    );
 
     // a write in us is in eu's column within 2 s
     write_name(&b, "us", "Grace").await;

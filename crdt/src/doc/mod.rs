@@ -4,9 +4,11 @@
 //! - `layout`: genesis, the root keys `v` and `d`, and the check that client changes keep them.
 //! - `order`: which concurrent value wins (HLC stamps; client changes take the stamp of the node
 //!   that accepted them).
+//! - `remote`: a change received from another node, parsed and checked once.
 //! - `render`: the document as JSON, and its conflicts.
-//! - `edit`: PUT, merge patch and delete as minimal changes, each field merging as the
-//!   collection's contract says (lww, counter, text, list).
+//! - `writer`: an open transaction writing values as minimal changes, each field merging as
+//!   the collection's contract says (lww, counter, text, list); PUT and merge patch.
+//! - `edit`: the [`Edit`] a write asks for, dispatched to the writer.
 //! - `ops`: the ops API.
 //! - `counter`: counters created alike on every replica, so concurrent first increments add up.
 //! - `client`: a node's side of client sync: client changes checked on a copy, then stamped.
@@ -23,7 +25,9 @@ mod edit;
 mod layout;
 mod ops;
 mod order;
+mod remote;
 mod render;
+mod writer;
 
 use std::collections::HashSet;
 
@@ -38,6 +42,7 @@ use crate::contract::Contract;
 use crate::error::{Error, Result};
 use layout::{load_options, user_obj, DELETED};
 use order::{Adopted, Ranker};
+pub use remote::RemoteChange;
 use render::Renderer;
 
 pub use client::{sync_message_carries_changes, ClientChanges, SyncState};
@@ -377,39 +382,6 @@ impl Document {
     }
 }
 
-/// A change received from another node, parsed and checked (checksum included) once: its
-/// author and HLC stamp can be read before it is merged, and merging does not parse it again.
-#[derive(Debug, Clone)]
-pub struct RemoteChange {
-    change: automerge::Change,
-    /// The node id of the author (`None` for genesis or a client's change).
-    pub node: Option<String>,
-    /// The stamp in the change's message (`None` for genesis or a client's change).
-    pub stamp: Option<Timestamp>,
-}
-
-impl RemoteChange {
-    pub fn parse(bytes: Vec<u8>) -> Result<Self> {
-        let change = layout::change_from_bytes(bytes).map_err(Error::bad)?;
-        let actor = change.actor_id().to_bytes();
-        let stamp = order::node_stamp(actor, change.message());
-        let node = stamp.map(|_| String::from_utf8_lossy(actor).into_owned());
-        Ok(RemoteChange {
-            change,
-            node,
-            stamp,
-        })
-    }
-
-    pub fn hash(&self) -> ChangeHash {
-        self.change.hash()
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        self.change.raw_bytes()
-    }
-}
-
 /// Whether `am` holds a document.
 fn state_of(am: &Automerge) -> State {
     if am.get_heads() == [genesis_hash()] {
@@ -450,7 +422,7 @@ fn write_edit(
 ) -> Result<(Option<ChangeHash>, Vec<Creation>)> {
     let user = user_obj(am);
     let mut tx = am.transaction();
-    let mut w = edit::Writer::new(&mut tx, adopted, contract);
+    let mut w = writer::Writer::new(&mut tx, adopted, contract);
     w.plain_counters = plain;
     let result = w.edit(&user, before, edit);
     let creations = std::mem::take(&mut w.creations);

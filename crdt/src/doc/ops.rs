@@ -6,7 +6,7 @@ use automerge::{ObjId, ObjType, Prop, ReadDoc, ScalarValue};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::edit::{Current, Writer};
+use super::writer::{Current, Writer};
 use crate::error::{Error, Result};
 use crate::json::{self, MAX_DEPTH};
 use crate::pointer;

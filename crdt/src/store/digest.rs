@@ -3,7 +3,7 @@
 //! documents' key and version, a bucket's is the XOR of its leaves'. Both are kept up to date by
 //! every write and equal on two nodes when (barring hash collisions) they hold the same
 //! versions of the same documents. Two nodes compare buckets, then the leaves of the buckets
-//! that differ, then the documents of the leaves that differ (listed in [`super::docids`]), so a
+//! that differ, then the documents of the leaves that differ (listed by the `docids` module), so a
 //! pass costs in proportion to the differences, not to the number of documents.
 
 use std::collections::BTreeSet;

@@ -41,7 +41,7 @@ pub(crate) async fn sync_or_list(
     }
     // a full node says so before it looks at the handshake
     let access = caller.map_or(Caller::Anyone, |c| c.0).sync_access();
-    let conn = st.hub.connect_as(access).map_err(|_| {
+    let conn = Connection::open_as(&st.hub, access).map_err(|_| {
         ApiError::LimitReached(format!(
             "this node serves at most {} sync connections at once; retry shortly",
             st.hub.limits().max_connections

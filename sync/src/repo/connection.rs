@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use meridian_crdt::{DocKey, DocumentId, SyncState};
 
-use super::hub::{EphemeralNote, Hub, Mailbox};
+use super::hub::{EphemeralNote, Full, Hub, Mailbox};
 use super::message::{Message, PeerMetadata, PROTOCOL};
 
 /// What the caller does next.
@@ -66,21 +66,23 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(
-        hub: Arc<Hub>,
-        id: u64,
-        mailbox: Arc<Mailbox>,
-        access: Arc<dyn super::Access>,
-    ) -> Self {
-        Connection {
-            hub,
+    /// A new connection without restrictions, or [`Full`] (answer 503 before upgrading).
+    pub fn open(hub: &Arc<Hub>) -> Result<Self, Full> {
+        Self::open_as(hub, Arc::new(super::Open))
+    }
+
+    /// A new connection whose client may do what `access` allows, or [`Full`].
+    pub fn open_as(hub: &Arc<Hub>, access: Arc<dyn super::Access>) -> Result<Self, Full> {
+        let (id, mailbox) = hub.register()?;
+        Ok(Connection {
+            hub: hub.clone(),
             id,
             mailbox,
             phase: Phase::WaitingForJoin,
             docs: HashMap::new(),
             by_key: HashMap::new(),
             access,
-        }
+        })
     }
 
     pub fn is_closed(&self) -> bool {

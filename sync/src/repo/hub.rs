@@ -11,8 +11,6 @@ use meridian_crdt::{DocKey, Store};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::connection::Connection;
-
 /// Limits of the sync server.
 #[derive(Debug, Clone)]
 pub struct SyncLimits {
@@ -147,16 +145,9 @@ impl Hub {
         &self.limits
     }
 
-    /// A new connection without restrictions, or [`Full`] (answer 503 before upgrading).
-    pub fn connect(self: &Arc<Self>) -> Result<Connection, Full> {
-        self.connect_as(Arc::new(super::Open))
-    }
-
-    /// A new connection whose client may do what `access` allows, or [`Full`].
-    pub fn connect_as(
-        self: &Arc<Self>,
-        access: Arc<dyn super::Access>,
-    ) -> Result<Connection, Full> {
+    /// Registers a new connection's mailbox, or [`Full`] (answer 503 before upgrading).
+    /// `Connection::open` calls it.
+    pub(super) fn register(&self) -> Result<(u64, Arc<Mailbox>), Full> {
         let mut r = self.registry.lock();
         if r.conns.len() >= self.limits.max_connections || self.closing.load(Ordering::SeqCst) {
             self.counters
@@ -168,7 +159,7 @@ impl Hub {
         let id = r.next;
         let mailbox = Arc::new(Mailbox::default());
         r.conns.insert(id, mailbox.clone());
-        Ok(Connection::new(self.clone(), id, mailbox, access))
+        Ok((id, mailbox))
     }
 
     /// The node is shutting down: every connection closes (going away), and no new one opens.

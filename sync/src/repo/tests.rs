@@ -69,7 +69,7 @@ impl Client {
     }
 
     async fn join_as(hub: &Arc<Hub>, me: &str, access: Arc<dyn Access>) -> Client {
-        let mut conn = hub.connect_as(access).unwrap();
+        let mut conn = Connection::open_as(&hub, access).unwrap();
         let out = conn
             .receive(
                 &Message::Join {
@@ -147,7 +147,7 @@ impl Client {
 #[tokio::test]
 async fn the_handshake_comes_first_and_speaks_protocol_1() {
     let n = node();
-    let mut c = n.hub.connect().unwrap();
+    let mut c = Connection::open(&n.hub).unwrap();
     let doc = DocumentId::of(&key("x"));
     let sync = Message::Sync {
         sender: "c".into(),
@@ -159,7 +159,7 @@ async fn the_handshake_comes_first_and_speaks_protocol_1() {
     assert!(matches!(&frames(&out)[..], [Message::Error { message }] if message.contains("join")));
     assert!(closed(&out) && c.is_closed());
 
-    let mut c = n.hub.connect().unwrap();
+    let mut c = Connection::open(&n.hub).unwrap();
     let join2 = Message::Join {
         sender: "c".into(),
         versions: vec!["2".into()],
@@ -420,8 +420,8 @@ async fn connections_and_open_documents_are_bounded() {
     put(&n, "a", json!({})).await;
     put(&n, "b", json!({})).await;
     let mut c = Client::join(&n.hub, "c").await;
-    let _second = n.hub.connect().unwrap();
-    assert_eq!(n.hub.connect().unwrap_err(), Full);
+    let _second = Connection::open(&n.hub).unwrap();
+    assert_eq!(Connection::open(&n.hub).unwrap_err(), Full);
     assert_eq!(n.hub.stats().connections_refused, 1);
     c.sync(DocumentId::of(&key("a")), &n.hub).await;
     let out = c.send(DocumentId::of(&key("b")), &n.hub).await;
@@ -429,7 +429,7 @@ async fn connections_and_open_documents_are_bounded() {
     // closing a connection frees its place and its documents
     drop(c);
     assert_eq!(n.hub.stats().documents_open, 0);
-    assert!(n.hub.connect().is_ok());
+    assert!(Connection::open(&n.hub).is_ok());
 }
 
 proptest! {

@@ -9,12 +9,14 @@
 //!   jitter; a `Retry-After` is honoured. A connection error, or a region that cannot cover the
 //!   session, moves the client to the next region of its list (it keeps its token, so
 //!   read-your-writes holds across the move).
+//!
+//! `answers`: the node's answers as types; `tls`: the client's TLS roots.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_crdt::{Conflict, DocKey};
+use meridian_crdt::DocKey;
 use meridian_sync::SessionToken;
 use parking_lot::Mutex;
 use rand::Rng;
@@ -24,6 +26,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+
+mod answers;
+mod tls;
+
+pub use answers::{Deleted, Doc, Item, Page, Written};
+use tls::tls_config;
 
 const SESSION: &str = "meridian-session";
 
@@ -56,56 +64,6 @@ impl Retry {
         let d = self.base.saturating_mul(1 << attempt.min(16)).min(self.max);
         d.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
     }
-}
-
-/// A document as the node answers it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Doc {
-    pub collection: String,
-    pub id: String,
-    pub value: Value,
-    pub version: String,
-    /// Its automerge-repo URL: open it offline with [`crate::Replicas::open_doc`].
-    pub automerge_url: String,
-    /// With [`Client::get_with_conflicts`]: fields with concurrent values, winner first.
-    #[serde(default)]
-    pub conflicts: Vec<Conflict>,
-}
-
-/// The answer to a PUT, PATCH or ops.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Written {
-    pub doc: Doc,
-    /// The write made the document exist.
-    pub created: bool,
-    /// A retry got the stored answer of an earlier try (the write applied once).
-    pub replayed: bool,
-}
-
-/// The answer to a DELETE.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Deleted {
-    pub collection: String,
-    pub id: String,
-    pub version: String,
-    pub automerge_url: String,
-}
-
-/// One document of a list.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Item {
-    pub id: String,
-    pub value: Value,
-    pub version: String,
-    pub automerge_url: String,
-}
-
-/// One page of a collection.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Page {
-    pub items: Vec<Item>,
-    /// The cursor for the next page, if there may be one.
-    pub next: Option<String>,
 }
 
 #[derive(Debug)]
@@ -201,36 +159,6 @@ impl ClientBuilder {
             }),
         })
     }
-}
-
-/// TLS that trusts `ca_pem`'s certificates, or else the public CAs (webpki-roots).
-fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            for c in CertificateDer::pem_slice_iter(pem) {
-                let c =
-                    c.map_err(|e| Error::Invalid(format!("ca_pem: not PEM certificates: {e}")))?;
-                roots
-                    .add(c)
-                    .map_err(|e| Error::Invalid(format!("ca_pem: not a usable CA: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(Error::Invalid("ca_pem holds no certificate".into()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Invalid(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(config)
 }
 
 /// One request, as sent on every try.

@@ -8,6 +8,8 @@
 //! pump or the writers. A stream that resumes (`Last-Event-ID`) first reads what it missed from
 //! the store, then continues with what the pump hands it: it registers before it reads, and the
 //! pump only hands it events after the point it registered at, so nothing falls between.
+//!
+//! `events`: what a stream says (cursors in, SSE events and their JSON out), without I/O.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -15,14 +17,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use meridian_crdt::{ChangeEvent, DocKey, DocState, DocumentId, Store};
+use meridian_crdt::{ChangeEvent, DocKey, Store};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
+
+mod events;
+
+use events::{change, cursor, render, render_state, reset};
+pub(crate) use events::{requested, resume_of, Resume};
 
 /// Bounds of the change feed.
 #[derive(Debug, Clone)]
@@ -62,61 +68,6 @@ impl Filter {
             Filter::Collection(c) => *c == e.collection,
         }
     }
-}
-
-/// Where a stream starts, from its `Last-Event-ID`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Resume {
-    /// No cursor: from now on (a document stream first gets the document as it is).
-    Now,
-    /// After this event of this node's data dir.
-    After(u64),
-    /// A cursor of another node or of an earlier data dir: start over.
-    Foreign,
-}
-
-/// True if the request asks for an event stream (`Accept: text/event-stream`).
-pub(crate) fn requested(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().starts_with("text/event-stream"))
-        })
-}
-
-/// Where the request's stream starts.
-pub(crate) fn resume_of(headers: &HeaderMap, epoch: &str) -> Result<Resume, ApiError> {
-    match headers.get("last-event-id") {
-        None => Ok(Resume::Now),
-        Some(v) => {
-            let v = v
-                .to_str()
-                .map_err(|_| ApiError::BadRequest("Last-Event-ID is not visible ASCII".into()))?;
-            parse_cursor(v, epoch)
-        }
-    }
-}
-
-/// Parses a `Last-Event-ID`: `<epoch>-<sequence>`, as this node hands them out.
-pub(crate) fn parse_cursor(value: &str, epoch: &str) -> Result<Resume, ApiError> {
-    let bad = || {
-        ApiError::BadRequest(format!(
-            "Last-Event-ID {value:?} is not a cursor of this feed (16 hex digits, '-', a number)"
-        ))
-    };
-    let (e, seq) = value.trim().split_once('-').ok_or_else(bad)?;
-    if e.len() != 16 || !e.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad());
-    }
-    let seq: u64 = seq.parse().map_err(|_| bad())?;
-    Ok(if e.eq_ignore_ascii_case(epoch) {
-        Resume::After(seq)
-    } else {
-        Resume::Foreign
-    })
 }
 
 /// An event rendered once for every stream that wants it.
@@ -443,103 +394,5 @@ impl StreamState {
 impl Drop for StreamState {
     fn drop(&mut self) {
         self.feed.unsubscribe(&self.filter, self.id);
-    }
-}
-
-fn cursor(epoch: &str, seq: u64) -> String {
-    format!("{epoch}-{seq}")
-}
-
-fn change(epoch: &str, seq: u64, data: String) -> Event {
-    Event::default()
-        .event("change")
-        .id(cursor(epoch, seq))
-        .data(data)
-}
-
-fn reset(epoch: &str, from: u64) -> Event {
-    Event::default().event("reset").id(cursor(epoch, from)).data(
-        r#"{"message":"the stream cannot continue from Last-Event-ID (too old, or from another node); read the current state again"}"#,
-    )
-}
-
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
-}
-
-/// The data of a `change` event: the document answer after the change, and who made it.
-fn render(e: &ChangeEvent) -> String {
-    // stored keys were valid when written; a damaged one still renders, without its url
-    let url = DocKey::new(&e.collection, &e.id)
-        .map(|k| quote(&DocumentId::of(&k).url()))
-        .unwrap_or_else(|_| "null".into());
-    let deleted = e.state == meridian_crdt::State::Deleted;
-    let (node, hlc) = match e.stamps.last() {
-        Some((n, h)) => (quote(n), quote(h)),
-        None => ("null".into(), "null".into()),
-    };
-    let stamps: Vec<String> = e
-        .stamps
-        .iter()
-        .map(|(n, h)| format!(r#"{{"node":{},"hlc":{}}}"#, quote(n), quote(h)))
-        .collect();
-    format!(
-        r#"{{"collection":{},"id":{},"value":{},"version":{},"deleted":{deleted},"automerge_url":{},"node":{node},"hlc":{hlc},"changes":[{}]}}"#,
-        quote(&e.collection),
-        quote(&e.id),
-        if deleted { "null" } else { &e.json },
-        quote(&e.version),
-        url,
-        stamps.join(",")
-    )
-}
-
-/// The data of a `document` event: the document as it is.
-fn render_state(key: &DocKey, state: Option<&DocState>) -> String {
-    let (value, version, deleted) = match state {
-        Some(s) if s.state == meridian_crdt::State::Live => {
-            (s.json.as_str(), quote(&s.version), false)
-        }
-        Some(s) if s.state == meridian_crdt::State::Deleted => ("null", quote(&s.version), true),
-        _ => ("null", "null".into(), false),
-    };
-    format!(
-        r#"{{"collection":{},"id":{},"value":{value},"version":{version},"deleted":{deleted},"automerge_url":{}}}"#,
-        quote(key.collection()),
-        quote(key.id()),
-        quote(&DocumentId::of(key).url()),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_parse_or_are_refused() {
-        let epoch = "00112233aabbccdd";
-        assert_eq!(
-            parse_cursor("00112233aabbccdd-42", epoch).unwrap(),
-            Resume::After(42)
-        );
-        assert_eq!(
-            parse_cursor("00112233AABBCCDD-0", epoch).unwrap(),
-            Resume::After(0)
-        );
-        assert_eq!(
-            parse_cursor("ffffffffffffffff-42", epoch).unwrap(),
-            Resume::Foreign
-        );
-        for bad in [
-            "",
-            "42",
-            "00112233aabbccdd-",
-            "00112233aabbccdd--1",
-            "0011-42",
-            "zz112233aabbccdd-1",
-            "00112233aabbccdd-1x",
-        ] {
-            assert!(parse_cursor(bad, epoch).is_err(), "{bad:?}");
-        }
     }
 }

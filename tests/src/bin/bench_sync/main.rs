@@ -19,15 +19,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
-use meridian_crdt::{ActorId, DocKey, Document, DocumentId, Edit, SyncState};
-use meridian_sync::repo::Message;
+use futures_util::StreamExt;
+use meridian_crdt::{DocKey, DocumentId, Edit, SyncState};
 use meridian_tests::percentile;
 use meridian_tests::proxy::Proxy;
 use meridian_tests::Process;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Ws;
+
+mod peer;
+use peer::Peer;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -53,107 +55,8 @@ struct Args {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// One protocol client: a socket, and per document a replica and its sync state.
-struct Peer {
-    ws: Socket,
-    me: String,
-    node: String,
-    docs: HashMap<DocumentId, (Document, SyncState)>,
-}
-
 fn key(collection: &str, i: usize) -> DocKey {
     DocKey::new(collection, &format!("d{i}")).unwrap()
-}
-
-impl Peer {
-    async fn connect(addr: &str, me: String) -> Peer {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sync"))
-            .await
-            .expect("connect");
-        let join = Message::Join {
-            sender: me.clone(),
-            versions: vec!["1".into()],
-            metadata: None,
-        };
-        ws.send(Ws::Binary(join.encode().into()))
-            .await
-            .expect("join");
-        let node = loop {
-            match ws.next().await {
-                Some(Ok(Ws::Binary(b))) => match Message::decode(&b).expect("a message") {
-                    Message::Peer { sender, .. } => break sender,
-                    other => panic!("expected peer, got {other:?}"),
-                },
-                Some(Ok(_)) => continue,
-                other => panic!("no peer message: {other:?}"),
-            }
-        };
-        Peer {
-            ws,
-            me,
-            node,
-            docs: HashMap::new(),
-        }
-    }
-
-    fn replica(&mut self, doc: DocumentId) -> &mut (Document, SyncState) {
-        self.docs.entry(doc).or_insert_with(|| {
-            let mut a = rand::random::<[u8; 16]>();
-            a[0] |= 0x80;
-            (Document::new(ActorId::from(a.as_slice())), SyncState::new())
-        })
-    }
-
-    /// Sends this peer's next sync message for `doc`, if it has one.
-    async fn offer(&mut self, doc: DocumentId) {
-        let (me, node) = (self.me.clone(), self.node.clone());
-        let (d, st) = self.replica(doc);
-        if let Some(data) = d.generate_sync(st) {
-            let m = Message::Sync {
-                sender: me,
-                target: node,
-                doc,
-                data,
-            };
-            self.ws
-                .send(Ws::Binary(m.encode().into()))
-                .await
-                .expect("send");
-        }
-    }
-
-    /// Takes one frame; returns the document it was about.
-    async fn take(&mut self, frame: &[u8]) -> Option<DocumentId> {
-        match Message::decode(frame).expect("a message") {
-            Message::Sync { doc, data, .. } => {
-                let msg = automerge::sync::Message::decode(&data).expect("a sync message");
-                let (d, st) = self.replica(doc);
-                d.receive_sync(st, msg).expect("applies");
-                self.offer(doc).await;
-                Some(doc)
-            }
-            Message::Error { message } => panic!("the node refused: {message}"),
-            _ => None,
-        }
-    }
-
-    async fn next_frame(&mut self, wait: Duration) -> Option<Vec<u8>> {
-        loop {
-            match tokio::time::timeout(wait, self.ws.next()).await {
-                Ok(Some(Ok(Ws::Binary(b)))) => return Some(b.to_vec()),
-                Ok(Some(Ok(_))) => continue,
-                Ok(other) => panic!("the socket ended: {other:?}"),
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// In sync on `doc`: the node's last heads are this replica's heads.
-    fn in_sync(&self, doc: &DocumentId) -> bool {
-        self.docs
-            .get(doc)
-            .is_some_and(|(d, st)| st.their_heads.as_deref() == Some(&d.heads()[..]))
-    }
 }
 
 fn ms(d: Duration) -> f64 {
