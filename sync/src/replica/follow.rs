@@ -2,6 +2,7 @@
 //! merging what arrives after checking it.
 
 use super::engine::{Follower, Outcome, Step};
+use super::page::{self, Effect, PageFacts};
 use super::repair::Repaired;
 use super::*;
 
@@ -279,31 +280,53 @@ impl<T: Transport> Replica<T> {
     ) -> Result<bool, crate::Error> {
         let _one_at_a_time = peer.apply.lock().await;
         let checked = self.check(changes, true)?;
-        let cursor = if checked.refused {
-            checked.last_stamp
-        } else {
-            upto.or(checked.last_stamp)
+        let facts = PageFacts {
+            changes: checked.changes,
+            docs: checked.docs.len(),
+            last_accepted: checked.last_stamp,
+            refused: checked.refused,
+            upto,
         };
-        let old = *peer.cursor.lock();
-        let cursor = cursor.filter(|c| old.is_none_or(|o| *c > o));
-        let mut meta = checked.seen_meta(self);
-        // An empty page moves the cursor in memory only: persisting it would cost a sync per
-        // idle long poll, and after a restart the older cursor only re-reads nothing.
-        if let Some(c) = cursor.as_ref().filter(|_| !checked.docs.is_empty()) {
-            meta.push((cursor_name(peer.peer.id.as_str()), stamp_meta(c)));
+        let cursor = *peer.cursor.lock();
+        let mut checked = Some(checked);
+        let mut missing = Vec::new();
+        for effect in page::on_page(cursor, &facts) {
+            match effect {
+                Effect::Merge { persist_cursor } => {
+                    let Some(c) = checked.as_mut() else { continue };
+                    let mut meta = c.seen_meta(self);
+                    if let Some(t) = persist_cursor {
+                        meta.push((cursor_name(peer.peer.id.as_str()), stamp_meta(&t)));
+                    }
+                    let docs = std::mem::take(&mut c.docs);
+                    missing = self
+                        .shared
+                        .store
+                        .merge_remote(docs, meta)
+                        .await?
+                        .missing_deps;
+                }
+                Effect::RaiseSeen => {
+                    if let Some(c) = checked.take() {
+                        self.raise_seen(c.seen);
+                    }
+                }
+                Effect::Count { changes } => {
+                    peer.status.lock().changes_received += changes as u64;
+                }
+                Effect::MoveCursor(t) => {
+                    *peer.cursor.lock() = Some(t);
+                    self.shared.cursor_moved.send_modify(|n| *n += 1);
+                }
+                Effect::Repair(_) => unreachable!("a repair follows the merge"),
+            }
         }
-        let (n, refused) = (checked.changes, checked.refused);
-        let merged = self.merge(checked, meta).await?;
-        peer.status.lock().changes_received += n as u64;
-        if let Some(c) = cursor {
-            *peer.cursor.lock() = Some(c);
-            self.shared.cursor_moved.send_modify(|n| *n += 1);
+        for effect in page::after_merge(missing) {
+            if let Effect::Repair(docs) = effect {
+                self.repair_docs(peer, docs).await?;
+            }
         }
-        if !merged.missing_deps.is_empty() {
-            // their dependencies reached the peer by another path: ask it for what we lack
-            self.repair_docs(peer, merged.missing_deps).await?;
-        }
-        Ok(refused)
+        Ok(facts.refused)
     }
 
     /// Decodes and checks received changes: each must parse, and its stamp must be within the
@@ -362,13 +385,18 @@ impl<T: Transport> Replica<T> {
         meta: Vec<(String, Vec<u8>)>,
     ) -> Result<meridian_crdt::Merged, crate::Error> {
         let merged = self.shared.store.merge_remote(checked.docs, meta).await?;
+        self.raise_seen(checked.seen);
+        Ok(merged)
+    }
+
+    /// Raises the seen stamps in memory, once the changes that carry them are durable.
+    fn raise_seen(&self, seen: HashMap<String, Timestamp>) {
         let mut all = self.shared.seen.lock();
-        for (node, ts) in checked.seen {
+        for (node, ts) in seen {
             let s = all.entry(node).or_insert(ts);
             *s = (*s).max(ts);
         }
         self.shared.seen_epoch.fetch_add(1, Ordering::Release);
-        Ok(merged)
     }
 
     /// Merges changes from a repair answer (any author), with their bookkeeping.

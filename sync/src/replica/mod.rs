@@ -14,6 +14,8 @@
 //! - `serve`: answering peers (feed pages, digests, repairs, subscriptions);
 //! - `engine`: what to do next toward a peer (subscribe, pull, catch up, pause), as a state
 //!   machine without I/O or timers that tests drive step by step; and the repair schedule;
+//! - `page`: what a feed page means, as effects (cursor, seen stamps, merge, repair), without
+//!   I/O;
 //! - `follow`: asking peers, carrying out the engine's steps, checking and merging what arrives;
 //! - `repair`: anti-entropy passes;
 //! - `trim`: trimming this node's feed once every peer has read it (or past a retention window);
@@ -40,6 +42,7 @@ use crate::wire::{self, DocChanges, DocHeads, Request, Response};
 
 mod engine;
 mod follow;
+mod page;
 mod repair;
 mod serve;
 mod session;
