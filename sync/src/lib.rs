@@ -23,10 +23,13 @@
 //! - `token`: session tokens (parse, print, merge).
 //! - `wire`: the node-to-node messages.
 //! - `replica`: one node's replication, a module per concept: `engine` (per-peer decisions),
+//!   `page` (what a feed page means, as effects),
 //!   `serve` (answering peers), `follow` (following their feeds), `repair` (anti-entropy),
 //!   `trim` (trimming this node's feed), `session` (token waits), `status` (each peer's link,
 //!   the reachability rule, `/v1/cluster`).
 //! - `repo`: the automerge-repo sync server for clients: messages, connections, the hub.
+//! - `workers`: [`Workers`], the one runner of a node's background loops, with one stop signal
+//!   and an exit deadline.
 //!
 //! Without the `node` feature (on by default) only `token` and `repo`'s messages remain, for
 //! clients.
@@ -40,6 +43,8 @@ pub mod repo;
 mod token;
 #[cfg(feature = "node")]
 mod wire;
+#[cfg(feature = "node")]
+pub mod workers;
 
 #[cfg(feature = "node")]
 pub use error::{Error, Result};
@@ -54,3 +59,5 @@ pub use wire::{
     decode, encode, frame, DocChanges, DocHeads, FrameReader, Request, Response, MAX_FRAME,
     WIRE_VERSION,
 };
+#[cfg(feature = "node")]
+pub use workers::{Stop, Workers};

@@ -236,8 +236,9 @@ impl SimCluster {
             };
             let mut config = test_sync_config(peers.clone());
             tune(&mut config);
-            let hub = meridian_sync::repo::Hub::start(store.clone(), Default::default());
-            let replica = Replica::new(store, transport, config).expect("replica");
+            let workers = meridian_sync::Workers::new();
+            let hub = meridian_sync::repo::Hub::start(store.clone(), Default::default(), &workers);
+            let replica = Replica::new(store, transport, config, &workers).expect("replica");
             net.nodes.write().insert((*id).to_owned(), replica.clone());
             out.push(SimNode {
                 id: (*id).to_owned(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use meridian_crdt::Store;
 use meridian_sync::repo::{Hub, SyncLimits};
-use meridian_sync::{Peer, Replica, SyncConfig};
+use meridian_sync::{Peer, Replica, SyncConfig, Workers};
 
 use crate::auth::Auth;
 use crate::changes::{ChangeFeed, FeedLimits};
@@ -56,6 +56,9 @@ impl std::ops::Deref for AppState {
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub store: Store,
+    /// Every background loop of the node (replication, the pumps, the node's periodic jobs),
+    /// with one stop signal.
+    pub workers: Workers,
     pub replica: Replica<HttpTransport>,
     /// automerge-repo clients (`/v1/sync`).
     pub hub: Arc<Hub>,
@@ -112,6 +115,7 @@ impl AppState {
         peer_tls: PeerTls,
     ) -> anyhow::Result<Self> {
         let faults = Arc::new(Faults::default());
+        let workers = Workers::new();
         let schemas = Arc::new(meridian_schema::Compiler::default());
         store.set_contracts(schemas.clone());
         let transport = HttpTransport::new(
@@ -128,9 +132,10 @@ impl AppState {
             public_urls: Arc::default(),
             faults,
             fault_controls: false,
-            replica: Replica::new(store.clone(), transport, sync)?,
-            hub: Hub::start(store.clone(), SyncLimits::default()),
-            changes: ChangeFeed::start(store.clone(), FeedLimits::default()),
+            replica: Replica::new(store.clone(), transport, sync, &workers)?,
+            hub: Hub::start(store.clone(), SyncLimits::default(), &workers),
+            changes: ChangeFeed::start(store.clone(), FeedLimits::default(), &workers),
+            workers,
             store,
             cluster_secret: secret.map(Into::into),
             region: region.into(),
@@ -142,14 +147,14 @@ impl AppState {
 
     /// The same node with other limits for sync clients.
     pub fn with_client_limits(mut self, limits: SyncLimits) -> Self {
-        let hub = Hub::start(self.store.clone(), limits);
+        let hub = Hub::start(self.store.clone(), limits, &self.workers);
         self.shared().hub = hub;
         self
     }
 
     /// The same node with other limits for change streams.
     pub fn with_feed_limits(mut self, limits: FeedLimits) -> Self {
-        let changes = ChangeFeed::start(self.store.clone(), limits);
+        let changes = ChangeFeed::start(self.store.clone(), limits, &self.workers);
         self.shared().changes = changes;
         self
     }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use meridian_crdt::Store;
+use meridian_sync::Workers;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -105,10 +106,8 @@ impl Node {
         } = self;
         // installed before the node says it serves: SIGHUP's default action is to terminate
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-        let replica = state.replica.clone();
-        let hub = state.hub.clone();
-        let changes = state.changes.clone();
-        replica.start();
+        let workers = state.workers.clone();
+        state.replica.start();
         tracing::info!(
             node = %store.node_id(),
             region = %settings.region,
@@ -118,20 +117,17 @@ impl Node {
             peers = settings.peers.len(),
             "meridian is serving"
         );
-        let purge = spawn_purge(store.clone());
-        let reload = spawn_reload(hup, state.auth.clone(), tls.clone());
-        let trim = spawn_trim(store.clone(), settings.feed().retention);
+        spawn_purge(&workers, store.clone());
+        spawn_reload(&workers, hup, state.auth.clone(), tls.clone());
+        spawn_trim(&workers, store.clone(), settings.feed().retention);
 
-        let stop = replica.clone();
-        let stop_clients = hub.clone();
-        let stop_changes = changes.clone();
+        let stop = workers.clone();
         let app = meridian_http::app(state).into_make_service_with_connect_info::<ConnInfo>();
         let shutdown = async move {
             shutdown.await;
-            // ends the long polls peers are waiting on, so the shutdown does not wait
+            // every worker ends: the long polls peers wait on, client-sync sockets and change
+            // streams close, so the shutdown does not wait on them
             stop.stop();
-            stop_clients.shutdown();
-            stop_changes.shutdown();
         };
         match &tls {
             Some(tls) => {
@@ -145,11 +141,10 @@ impl Node {
                     .await?
             }
         }
-        replica.stop();
-        hub.shutdown();
-        purge.abort();
-        reload.abort();
-        trim.abort();
+        let late = workers.join(EXIT_DEADLINE).await;
+        if !late.is_empty() {
+            tracing::warn!(workers = ?late, "background workers still running at the exit deadline were aborted");
+        }
         store
             .close()
             .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;
@@ -157,6 +152,10 @@ impl Node {
         Ok(())
     }
 }
+
+/// How long the background workers get to end after the listener has stopped, before they
+/// are aborted (the store is flushed after them either way).
+const EXIT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The auth file's keys; without one, open on a loopback address only, unless
 /// `--insecure-no-auth` says otherwise (and then the log says so at every start).
@@ -185,18 +184,23 @@ fn auth_for(settings: &Settings, keys: Option<Auth>, addr: SocketAddr) -> anyhow
 /// Re-reads the auth file and the TLS certificate on SIGHUP; a broken file keeps what is in
 /// force.
 fn spawn_reload(
+    workers: &Workers,
     hup: std::io::Result<tokio::signal::unix::Signal>,
     auth: std::sync::Arc<Auth>,
     tls: Option<ServerTls>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) {
+    workers.spawn("SIGHUP reload", |mut stop| async move {
         let Ok(mut hup) = hup else {
             tracing::warn!(
                 "cannot listen for SIGHUP: keys and certificates reload only on restart"
             );
             return;
         };
-        while hup.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                got = hup.recv() => if got.is_none() { return },
+                _ = stop.wait() => return,
+            }
             match auth.reload() {
                 Ok(n) if matches!(auth.mode(), meridian_http::auth::Mode::Keys(_)) => {
                     tracing::info!(keys = n, "SIGHUP: reloaded the auth file")
@@ -216,45 +220,39 @@ fn spawn_reload(
                 None => {}
             }
         }
-    })
+    });
 }
 
-/// Forgets idempotency keys past their TTL, off the request path.
-fn spawn_purge(store: Store) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(600));
-        loop {
-            every.tick().await;
-            let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.purge_idempotency_keys()).await {
-                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired idempotency keys"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "idempotency key purge failed"),
-                _ => {}
-            }
-        }
-    })
+/// Forgets idempotency keys past their TTL, off the request path: at start, then every 10 min.
+fn spawn_purge(workers: &Workers, store: Store) {
+    let every = Duration::from_secs(600);
+    workers.every(
+        "idempotency purge",
+        Duration::ZERO,
+        every,
+        move || match store.purge_idempotency_keys() {
+            Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "idempotency key purge failed"),
+            _ => {}
+        },
+    );
 }
 
 /// Keeps the change events of the last `retention` batches, for streams that resume: trims
 /// once before serving (so that a stream never resumes from what is due to go), then every
 /// 10 s.
-fn spawn_trim(store: Store, retention: u64) -> tokio::task::JoinHandle<()> {
+fn spawn_trim(workers: &Workers, store: Store, retention: u64) {
     if let Err(e) = store.trim_events(retention) {
         tracing::warn!(error = %e, "trimming change events failed");
     }
-    tokio::spawn(async move {
-        let period = Duration::from_secs(10);
-        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            every.tick().await;
-            let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.trim_events(retention)).await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "trimming change events failed"),
-                Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "trimmed change events"),
-                _ => {}
-            }
+    let period = Duration::from_secs(10);
+    workers.every("change event trim", period, period, move || {
+        match store.trim_events(retention) {
+            Err(e) => tracing::warn!(error = %e, "trimming change events failed"),
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "trimmed change events"),
+            _ => {}
         }
-    })
+    });
 }
 
 fn open_error(dir: &std::path::Path, e: meridian_crdt::Error) -> anyhow::Error {

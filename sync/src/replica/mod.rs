@@ -215,7 +215,8 @@ struct Shared<T> {
     /// Bumped whenever a cursor moves, for session waits.
     cursor_moved: watch::Sender<u64>,
     drift_refusals: AtomicU64,
-    shutdown: watch::Sender<bool>,
+    /// The node's background workers: this replica's loops run there and end with them.
+    workers: crate::Workers,
 }
 
 fn cursor_name(peer: &str) -> String {
@@ -241,8 +242,13 @@ fn secs_between(later: &Timestamp, earlier: Option<&Timestamp>) -> f64 {
 
 impl<T: Transport> Replica<T> {
     /// Loads the cursors and seen stamps from the store. Call [`Replica::start`] to begin
-    /// pulling from peers.
-    pub fn new(store: Store, transport: T, config: SyncConfig) -> meridian_crdt::Result<Self> {
+    /// pulling from peers, on `workers`.
+    pub fn new(
+        store: Store,
+        transport: T,
+        config: SyncConfig,
+        workers: &crate::Workers,
+    ) -> meridian_crdt::Result<Self> {
         let me = store.node_id().to_string();
         let mut cursors = HashMap::new();
         let mut seen = HashMap::new();
@@ -283,7 +289,7 @@ impl<T: Transport> Replica<T> {
                 token_cache: Mutex::new(None),
                 cursor_moved: watch::Sender::new(0),
                 drift_refusals: AtomicU64::new(0),
-                shutdown: watch::Sender::new(false),
+                workers: workers.clone(),
             }),
         })
     }
@@ -294,20 +300,24 @@ impl<T: Transport> Replica<T> {
 
     /// Starts, per peer, the feed puller and the anti-entropy worker; and the feed trimmer.
     pub fn start(&self) {
-        tokio::spawn(self.clone().trim_loop());
+        let workers = &self.shared.workers;
+        let this = self.clone();
+        workers.spawn("feed trim", |_| this.trim_loop());
         for peer in &self.shared.peers {
-            tokio::spawn(self.clone().feed_loop(peer.clone()));
-            tokio::spawn(self.clone().repair_loop(peer.clone()));
+            let (this, p) = (self.clone(), peer.clone());
+            workers.spawn("replication feed", |_| this.feed_loop(p));
+            let (this, p) = (self.clone(), peer.clone());
+            workers.spawn("anti-entropy", |_| this.repair_loop(p));
         }
     }
 
     /// Stops the workers (at their next wait) and any long poll being served.
     pub fn stop(&self) {
-        self.shared.shutdown.send_replace(true);
+        self.shared.workers.stop();
     }
 
     fn stopped(&self) -> bool {
-        *self.shared.shutdown.borrow()
+        self.shared.workers.is_stopping()
     }
 
     fn reachable(&self, p: &PeerState) -> bool {
@@ -321,8 +331,8 @@ impl<T: Transport> Replica<T> {
 
     /// Sleeps, or returns early: true on shutdown, false if `wake` fires.
     async fn pause(&self, d: Duration, wake: Option<&tokio::sync::Notify>) -> bool {
-        let mut rx = self.shared.shutdown.subscribe();
-        if *rx.borrow() {
+        let mut stop = self.shared.workers.stop_signal();
+        if stop.is_set() {
             return true;
         }
         let woken = async {
@@ -333,7 +343,7 @@ impl<T: Transport> Replica<T> {
         };
         tokio::select! {
             _ = tokio::time::sleep(d) => self.stopped(),
-            _ = rx.changed() => true,
+            _ = stop.wait() => true,
             _ = woken => self.stopped(),
         }
     }
@@ -362,7 +372,13 @@ mod tests {
         let mut c = meridian_crdt::StoreConfig::new(dir);
         c.node_id = Some("n1".into());
         let store = Store::open(c).unwrap();
-        Replica::new(store, NoNet, SyncConfig::new(vec![])).unwrap()
+        Replica::new(
+            store,
+            NoNet,
+            SyncConfig::new(vec![]),
+            &crate::Workers::new(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -386,7 +402,7 @@ mod tests {
         let mut config = SyncConfig::new(vec![]);
         // a budget of 250 µs: far less than 200 documents' changes take to gather
         config.call_timeout = Duration::from_millis(1);
-        let r = Replica::new(store, NoNet, config).unwrap();
+        let r = Replica::new(store, NoNet, config, &crate::Workers::new()).unwrap();
         let ask = Request::Repair {
             from: "x".into(),
             leaves: (0..DIGEST_LEAVES as u32).collect(),

@@ -64,7 +64,7 @@ impl<T: Transport> Replica<T> {
                     Instant::now() + Duration::from_millis(wait_ms as u64).min(MAX_FEED_WAIT);
                 let limit = limit.clamp(1, 10_000) as usize;
                 let mut news = store.subscribe();
-                let mut stop = self.shared.shutdown.subscribe();
+                let mut stop = self.shared.workers.stop_signal();
                 let page = loop {
                     let page = store.feed(after.as_ref(), limit)?;
                     if !page.entries.is_empty() || Instant::now() >= deadline || self.stopped() {
@@ -73,7 +73,7 @@ impl<T: Transport> Replica<T> {
                     tokio::select! {
                         _ = news.changed() => {}
                         _ = tokio::time::sleep_until(deadline.into()) => {}
-                        _ = stop.changed() => {}
+                        _ = stop.wait() => {}
                     }
                 };
                 self.feed_answer(page)
@@ -235,7 +235,7 @@ impl<T: Transport> Replica<T> {
         let this = self.clone();
         tokio::spawn(async move {
             let store = &this.shared.store;
-            let mut stop = this.shared.shutdown.subscribe();
+            let mut stop = this.shared.workers.stop_signal();
             let end = Instant::now() + STREAM_LIFETIME;
             let mut last_sent: Option<Instant> = None;
             while !this.stopped() && Instant::now() < end {
@@ -283,7 +283,7 @@ impl<T: Transport> Replica<T> {
                 tokio::select! {
                     _ = news.changed() => {}
                     _ = tokio::time::sleep_until(next_beat.into()) => {}
-                    _ = stop.changed() => {}
+                    _ = stop.wait() => {}
                 }
             }
         });

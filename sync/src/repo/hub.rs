@@ -111,8 +111,9 @@ pub struct Hub {
 pub struct Full;
 
 impl Hub {
-    /// A hub for `store`, following its document changes from now on.
-    pub fn start(store: Store, limits: SyncLimits) -> Arc<Hub> {
+    /// A hub for `store`, following its document changes from now on, on a worker of
+    /// `workers`; their stop closes every connection (see [`Hub::shutdown`]).
+    pub fn start(store: Store, limits: SyncLimits, workers: &crate::Workers) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             peer_id: format!("meridian-{}", store.node_id()),
             store,
@@ -123,8 +124,18 @@ impl Hub {
         });
         let mut events = hub.store.watch();
         let weak: Weak<Hub> = Arc::downgrade(&hub);
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
+        workers.spawn("client sync pump", |mut stop| async move {
+            loop {
+                let event = tokio::select! {
+                    e = events.next() => e,
+                    _ = stop.wait() => {
+                        if let Some(hub) = weak.upgrade() {
+                            hub.shutdown();
+                        }
+                        return;
+                    }
+                };
+                let Some(event) = event else { return };
                 let Some(hub) = weak.upgrade() else { return };
                 match event {
                     Ok(key) => hub.changed(&key),

@@ -20,7 +20,7 @@ fn node_with(limits: SyncLimits) -> Node {
     let mut c = StoreConfig::new(dir.path());
     c.node_id = Some("eu".into());
     let store = Store::open(c).unwrap();
-    let hub = Hub::start(store.clone(), limits);
+    let hub = Hub::start(store.clone(), limits, &crate::Workers::new());
     Node {
         store,
         hub,
@@ -69,7 +69,7 @@ impl Client {
     }
 
     async fn join_as(hub: &Arc<Hub>, me: &str, access: Arc<dyn Access>) -> Client {
-        let mut conn = Connection::open_as(&hub, access).unwrap();
+        let mut conn = Connection::open_as(hub, access).unwrap();
         let out = conn
             .receive(
                 &Message::Join {

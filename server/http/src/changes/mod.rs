@@ -113,9 +113,13 @@ pub struct FeedStats {
 }
 
 impl ChangeFeed {
-    /// Starts the pump (needs a tokio runtime). It stops when the feed is dropped or the store
-    /// closes.
-    pub fn start(store: Store, limits: FeedLimits) -> Arc<ChangeFeed> {
+    /// Starts the pump on a worker of `workers` (needs a tokio runtime). It stops when the
+    /// feed is dropped, the store closes, or the workers stop (which closes every stream).
+    pub fn start(
+        store: Store,
+        limits: FeedLimits,
+        workers: &meridian_sync::Workers,
+    ) -> Arc<ChangeFeed> {
         let position = store.event_bounds().visible;
         let feed = Arc::new(ChangeFeed {
             store,
@@ -129,7 +133,16 @@ impl ChangeFeed {
         });
         let weak = Arc::downgrade(&feed);
         let watch = feed.store.watch_events();
-        tokio::spawn(pump(weak, watch, position));
+        workers.spawn("change stream pump", move |mut stop| async move {
+            tokio::select! {
+                _ = pump(weak.clone(), watch, position) => {}
+                _ = stop.wait() => {
+                    if let Some(feed) = weak.upgrade() {
+                        feed.shutdown();
+                    }
+                }
+            }
+        });
         feed
     }
 
