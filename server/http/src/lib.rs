@@ -8,7 +8,7 @@
 //! - `extract`: path, body, query and header parsing with the project's error format.
 //! - `api`: the `/v1` document handlers.
 //! - `session`: session tokens in and out of `/v1` requests.
-//! - `changes`: the live change feed (Server-Sent Events on the document routes).
+//! - `changes`: change streams (Server-Sent Events on the document routes).
 //! - `clients`: `/v1/sync`, the WebSocket automerge-repo clients sync over.
 //! - `schemas`: `/v1/_schemas/{collection}`, over the `meridian-schema` compiler.
 //! - `internal`: the node-to-node endpoints (`/internal/rpc`, `/internal/subscribe`) and the
@@ -39,7 +39,7 @@ use axum::routing::get;
 use axum::{BoxError, Json, Router};
 use tower::ServiceBuilder;
 
-pub use changes::{ChangeFeed, FeedLimits, FeedStats};
+pub use changes::{ChangeStreams, StreamLimits, StreamStats};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use state::{AppState, Limits, Shared};

@@ -209,7 +209,7 @@ impl Metrics {
         s: &StoreStats,
         r: ReplicationStats,
         y: SyncStats,
-        f: crate::FeedStats,
+        f: crate::StreamStats,
     ) -> String {
         self.documents.set(s.documents as i64);
         self.bytes_on_disk.set(s.bytes_on_disk as i64);

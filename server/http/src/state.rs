@@ -9,7 +9,7 @@ use meridian_sync::repo::{Hub, SyncLimits};
 use meridian_sync::{Peer, Replica, SyncConfig, Workers};
 
 use crate::auth::Auth;
-use crate::changes::{ChangeFeed, FeedLimits};
+use crate::changes::{ChangeStreams, StreamLimits};
 use crate::metrics::Metrics;
 use meridian_net::tls::PeerTls;
 use meridian_net::Faults;
@@ -62,8 +62,8 @@ pub struct Shared {
     pub replica: Replica<HttpTransport>,
     /// automerge-repo clients (`/v1/sync`).
     pub hub: Arc<Hub>,
-    /// The live change feed (`Accept: text/event-stream`).
-    pub changes: Arc<ChangeFeed>,
+    /// The change streams (`Accept: text/event-stream`).
+    pub changes: Arc<ChangeStreams>,
     /// Required on `/internal/`; `None` refuses every internal request.
     pub cluster_secret: Option<Arc<str>>,
     pub region: Arc<str>,
@@ -134,7 +134,7 @@ impl AppState {
             fault_controls: false,
             replica: Replica::new(store.clone(), transport, sync, &workers)?,
             hub: Hub::start(store.clone(), SyncLimits::default(), &workers),
-            changes: ChangeFeed::start(store.clone(), FeedLimits::default(), &workers),
+            changes: ChangeStreams::start(store.clone(), StreamLimits::default(), &workers),
             workers,
             store,
             cluster_secret: secret.map(Into::into),
@@ -153,8 +153,8 @@ impl AppState {
     }
 
     /// The same node with other limits for change streams.
-    pub fn with_feed_limits(mut self, limits: FeedLimits) -> Self {
-        let changes = ChangeFeed::start(self.store.clone(), limits, &self.workers);
+    pub fn with_stream_limits(mut self, limits: StreamLimits) -> Self {
+        let changes = ChangeStreams::start(self.store.clone(), limits, &self.workers);
         self.shared().changes = changes;
         self
     }

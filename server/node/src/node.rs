@@ -67,7 +67,7 @@ impl Node {
         )
         .map_err(|e| anyhow::anyhow!("cannot start replication: {e:#}"))?
         .with_client_limits(settings.clients())
-        .with_feed_limits(settings.feed());
+        .with_stream_limits(settings.streams());
         state = state.with_auth(auth_for(&settings, keys, listener.local_addr()?)?);
         state = state
             .with_tls(tls.is_some())
@@ -119,7 +119,7 @@ impl Node {
         );
         spawn_purge(&workers, store.clone());
         spawn_reload(&workers, hup, state.auth.clone(), tls.clone());
-        spawn_trim(&workers, store.clone(), settings.feed().retention);
+        spawn_trim(&workers, store.clone(), settings.streams().retention);
 
         let stop = workers.clone();
         let app = meridian_http::app(state).into_make_service_with_connect_info::<ConnInfo>();

@@ -1,4 +1,4 @@
-//! Who may do what: API keys from the auth file, checked on every `/v1` route, the change feed,
+//! Who may do what: API keys from the auth file, checked on every `/v1` route, the change streams,
 //! `/v1/sync` and `/metrics`. `docs/security.md` is the contract.
 //!
 //! - `keys`: the file (named keys stored as hashes, access per collection, expiry) and the

@@ -1,4 +1,4 @@
-//! The live change feed: `GET /v1/{collection}/{id}` and `GET /v1/{collection}` with
+//! Change streams: `GET /v1/{collection}/{id}` and `GET /v1/{collection}` with
 //! `Accept: text/event-stream` answer a Server-Sent Events stream of every change that becomes
 //! visible on this node, local or replicated (see `docs/changes.md`).
 //!
@@ -30,9 +30,9 @@ mod events;
 use events::{change, cursor, render, render_state, reset};
 pub(crate) use events::{requested, resume_of, Resume};
 
-/// Bounds of the change feed.
+/// Bounds of the change streams.
 #[derive(Debug, Clone)]
-pub struct FeedLimits {
+pub struct StreamLimits {
     /// Streams open at once before the node answers 503 `overloaded`.
     pub max_streams: usize,
     /// Events a stream may fall behind before it is closed (its client resumes).
@@ -43,9 +43,9 @@ pub struct FeedLimits {
     pub keep_alive: Duration,
 }
 
-impl Default for FeedLimits {
+impl Default for StreamLimits {
     fn default() -> Self {
-        FeedLimits {
+        StreamLimits {
             max_streams: 10_000,
             buffer: 1_000,
             retention: 100_000,
@@ -94,11 +94,11 @@ struct Subs {
     closed: bool,
 }
 
-/// The change feed of one node. Cheap to share.
+/// The change streams of one node. Cheap to share.
 #[derive(Debug)]
-pub struct ChangeFeed {
+pub struct ChangeStreams {
     store: Store,
-    limits: FeedLimits,
+    limits: StreamLimits,
     subs: Mutex<Subs>,
     sent: AtomicU64,
     cut_behind: AtomicU64,
@@ -106,22 +106,22 @@ pub struct ChangeFeed {
 
 /// Figures for `/metrics`.
 #[derive(Debug, Clone, Copy)]
-pub struct FeedStats {
+pub struct StreamStats {
     pub streams: usize,
     pub events_sent: u64,
     pub streams_behind: u64,
 }
 
-impl ChangeFeed {
+impl ChangeStreams {
     /// Starts the pump on a worker of `workers` (needs a tokio runtime). It stops when the
     /// feed is dropped, the store closes, or the workers stop (which closes every stream).
     pub fn start(
         store: Store,
-        limits: FeedLimits,
+        limits: StreamLimits,
         workers: &meridian_sync::Workers,
-    ) -> Arc<ChangeFeed> {
+    ) -> Arc<ChangeStreams> {
         let position = store.event_bounds().visible;
-        let feed = Arc::new(ChangeFeed {
+        let feed = Arc::new(ChangeStreams {
             store,
             limits,
             subs: Mutex::new(Subs {
@@ -146,8 +146,8 @@ impl ChangeFeed {
         feed
     }
 
-    pub fn stats(&self) -> FeedStats {
-        FeedStats {
+    pub fn stats(&self) -> StreamStats {
+        StreamStats {
             streams: self.subs.lock().streams,
             events_sent: self.sent.load(Ordering::Relaxed),
             streams_behind: self.cut_behind.load(Ordering::Relaxed),
@@ -292,7 +292,7 @@ impl ChangeFeed {
 }
 
 /// Reads events as they become durable and routes them, until the feed or the store is gone.
-async fn pump(feed: Weak<ChangeFeed>, mut watch: meridian_crdt::EventWatch, mut position: u64) {
+async fn pump(feed: Weak<ChangeStreams>, mut watch: meridian_crdt::EventWatch, mut position: u64) {
     const PAGE: usize = 1024;
     loop {
         if !watch.after(position).await {
@@ -334,7 +334,7 @@ async fn pump(feed: Weak<ChangeFeed>, mut watch: meridian_crdt::EventWatch, mut 
 }
 
 struct StreamState {
-    feed: Arc<ChangeFeed>,
+    feed: Arc<ChangeStreams>,
     filter: Filter,
     id: u64,
     rx: mpsc::Receiver<Arc<Rendered>>,

@@ -16,8 +16,8 @@ use meridian_crdt::StoreConfig;
 use meridian_sync::repo::SyncLimits;
 use meridian_sync::{FeedMode, Peer, SyncConfig};
 
-use meridian_http::FeedLimits;
 use meridian_http::Limits;
+use meridian_http::StreamLimits;
 
 mod args;
 
@@ -68,7 +68,7 @@ impl Default for Settings {
         let sync = SyncConfig::new(vec![]);
         let limits = Limits::default();
         let clients = SyncLimits::default();
-        let feed = FeedLimits::default();
+        let feed = StreamLimits::default();
         Settings {
             node_id: None,
             region: "local".into(),
@@ -242,8 +242,8 @@ impl Settings {
         }
     }
 
-    pub fn feed(&self) -> FeedLimits {
-        FeedLimits {
+    pub fn streams(&self) -> StreamLimits {
+        StreamLimits {
             max_streams: self.changes_max_streams,
             buffer: self.changes_buffer,
             retention: self.changes_retention,
