@@ -23,8 +23,9 @@
 //! - `token`: session tokens (parse, print, merge).
 //! - `wire`: the node-to-node messages.
 //! - `replica`: one node's replication, a module per concept: `engine` (per-peer decisions),
-//!   `page` (what a feed page means, as effects),
-//!   `serve` (answering peers), `follow` (following their feeds), `repair` (anti-entropy),
+//!   `page` (what a feed page means, as effects), `link` (peer calls), `merge` (checking and
+//!   merging what peers send), `serve` (answering peers), `follow` (following their feeds),
+//!   `repair` (anti-entropy),
 //!   `trim` (trimming this node's feed), `session` (token waits), `status` (each peer's link,
 //!   the reachability rule, `/v1/cluster`).
 //! - `repo`: the automerge-repo sync server for clients: messages, connections, the hub.

@@ -16,32 +16,30 @@
 //!   machine without I/O or timers that tests drive step by step; and the repair schedule;
 //! - `page`: what a feed page means, as effects (cursor, seen stamps, merge, repair), without
 //!   I/O;
-//! - `follow`: asking peers, carrying out the engine's steps, checking and merging what arrives;
+//! - `link`: calls to a peer, with its link's bookkeeping (bytes, successes, failures);
+//! - `merge`: checking what peers send (parse, drift) and merging it with its bookkeeping;
+//! - `follow`: following each peer's feed, carrying out the engine's steps and the page's
+//!   effects (it uses `repair` for catch-ups; `repair` uses `link` and `merge`, not `follow`);
 //! - `repair`: anti-entropy passes;
 //! - `trim`: trimming this node's feed once every peer has read it (or past a retention window);
 //! - `session`: session tokens, and waiting until this node covers one;
 //! - `status`: what this node knows of each peer's link, the reachability rule, `/v1/cluster`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_crdt::{
-    ChangeHash, DocKey, NodeId, RemoteChange, Store, DIGEST_BUCKETS, DIGEST_LEAVES,
-    LEAVES_PER_BUCKET,
-};
+use meridian_crdt::{NodeId, Store};
 use parking_lot::Mutex;
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use uhlc::Timestamp;
 
-use crate::token::SessionToken;
-use crate::wire::{self, DocChanges, DocHeads, Request, Response};
-
 mod engine;
 mod follow;
+mod link;
+mod merge;
 mod page;
 mod repair;
 mod serve;
@@ -352,6 +350,8 @@ impl<T: Transport> Replica<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{self, DocHeads, Request, Response};
+    use meridian_crdt::{DocKey, DIGEST_BUCKETS, DIGEST_LEAVES};
     use proptest::prelude::*;
 
     /// A network that reaches nobody.

@@ -2,8 +2,16 @@
 //! buckets that differ), and fetch the changes of the documents in the leaves that differ
 //! (whatever the feeds missed). A pass costs in proportion to the differences.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_crdt::{ChangeHash, DocKey, DIGEST_BUCKETS, LEAVES_PER_BUCKET};
+use rand::Rng;
+
 use super::engine;
-use super::*;
+use super::{PeerState, Replica, Transport, LEAF_BUCKETS, REPAIR_LEAVES};
+use crate::wire::{DocHeads, Request, Response};
 
 /// What one anti-entropy pass found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,12 +28,6 @@ pub struct RepairPass {
     /// answered (false if a change was refused, waits for a dependency, or an answer was cut
     /// without bringing anything).
     pub complete: bool,
-}
-
-/// What merging one repair answer did.
-pub(super) struct Repaired {
-    pub(super) changes: usize,
-    pub(super) complete: bool,
 }
 
 impl<T: Transport> Replica<T> {

@@ -1,7 +1,14 @@
 //! Answering peers: one request at a time (`/internal/rpc`: feed pages, digests, repairs)
 //! and feed subscriptions (`/internal/subscribe`).
 
-use super::*;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use meridian_crdt::{ChangeHash, DocKey, DIGEST_BUCKETS, DIGEST_LEAVES};
+use tokio::sync::mpsc;
+
+use super::{Replica, Transport, BACKLOG_CAP, MAX_FEED_WAIT, REPAIR_BYTES, STREAM_LIFETIME};
+use crate::wire::{self, DocChanges, Request, Response};
 
 impl<T: Transport> Replica<T> {
     /// Answers one request from a peer (the body of `POST /internal/rpc`).

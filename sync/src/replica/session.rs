@@ -1,7 +1,12 @@
 //! Session tokens: this node's part of one, and waiting until this node covers a client's.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use super::engine::Outcome;
-use super::*;
+use super::{Behind, PeerState, Replica, Transport};
+use crate::token::SessionToken;
 
 impl<T: Transport> Replica<T> {
     /// This node's part of a session token: its own newest stamp, and the newest stamp of each

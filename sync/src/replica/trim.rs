@@ -5,7 +5,11 @@
 //! since start-up, and, whatever the cursors, through the retention window: a peer away longer
 //! is answered `Trimmed` and catches up by anti-entropy (see `follow::resume_after_trim`).
 
-use super::*;
+use std::time::Duration;
+
+use uhlc::Timestamp;
+
+use super::{Replica, Transport};
 
 /// How far the feed may be trimmed, given each peer's presented cursor (`None`: it has not
 /// asked since start-up, or holds nothing) and the clock's `now`: through the oldest cursor,
