@@ -9,9 +9,10 @@
 use std::collections::BTreeSet;
 
 use automerge::ChangeHash;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::{Inner, Store};
+use super::Store;
 use crate::error::Result;
 use crate::key::DocKey;
 use crate::record::{self, DocRecord};
@@ -45,9 +46,45 @@ fn doc_digest(key: &DocKey, version: &str) -> u64 {
     u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
+/// Per digest leaf, the XOR of a digest of each of its documents' key and version.
+#[derive(Debug)]
+pub(super) struct Digests(Mutex<Vec<u64>>);
+
+impl Digests {
+    /// A document's version changed from `old` (if it had one) to `new`.
+    pub(super) fn replace(&self, key: &DocKey, old: Option<&str>, new: &str) {
+        let leaf = leaf_of(key);
+        let mut leaves = self.0.lock();
+        if let Some(old) = old.filter(|v| !v.is_empty()) {
+            leaves[leaf] ^= doc_digest(key, old);
+        }
+        leaves[leaf] ^= doc_digest(key, new);
+    }
+
+    /// One value per bucket.
+    fn buckets(&self) -> Vec<u64> {
+        let leaves = self.0.lock();
+        leaves
+            .chunks(LEAVES_PER_BUCKET)
+            .map(|c| c.iter().fold(0, |a, d| a ^ d))
+            .collect()
+    }
+
+    /// The leaves of `buckets`, in that order; `None` if a bucket is out of range.
+    fn leaves_of(&self, buckets: &[u32]) -> Option<Vec<u64>> {
+        let leaves = self.0.lock();
+        let mut out = Vec::with_capacity(buckets.len() * LEAVES_PER_BUCKET);
+        for b in buckets {
+            let first = (*b as usize).checked_mul(LEAVES_PER_BUCKET)?;
+            out.extend_from_slice(leaves.get(first..first + LEAVES_PER_BUCKET)?);
+        }
+        Some(out)
+    }
+}
+
 /// The leaf digests of everything stored (at start-up), calling `each` with every document's
 /// key and leaf on the way (one scan serves every map built at open).
-pub(super) fn initial(db: &sled::Db, mut each: impl FnMut(&DocKey, usize)) -> Result<Vec<u64>> {
+pub(super) fn initial(db: &sled::Db, mut each: impl FnMut(&DocKey, usize)) -> Result<Digests> {
     let mut leaves = vec![0u64; DIGEST_LEAVES];
     for kv in db.scan_prefix([record::DOC]) {
         let (k, v) = kv?;
@@ -57,39 +94,19 @@ pub(super) fn initial(db: &sled::Db, mut each: impl FnMut(&DocKey, usize)) -> Re
         leaves[leaf] ^= doc_digest(&key, &rec.version);
         each(&key, leaf);
     }
-    Ok(leaves)
-}
-
-/// A document's version changed from `old` (if it had one) to `new`.
-pub(super) fn replace(inner: &Inner, key: &DocKey, old: Option<&str>, new: &str) {
-    let leaf = leaf_of(key);
-    let mut leaves = inner.digests.lock();
-    if let Some(old) = old.filter(|v| !v.is_empty()) {
-        leaves[leaf] ^= doc_digest(key, old);
-    }
-    leaves[leaf] ^= doc_digest(key, new);
+    Ok(Digests(Mutex::new(leaves)))
 }
 
 impl Store {
     /// The anti-entropy digest, one value per bucket.
     pub fn digests(&self) -> Vec<u64> {
-        let leaves = self.inner.digests.lock();
-        leaves
-            .chunks(LEAVES_PER_BUCKET)
-            .map(|c| c.iter().fold(0, |a, d| a ^ d))
-            .collect()
+        self.inner.digests.buckets()
     }
 
     /// The leaf digests of the given buckets, `LEAVES_PER_BUCKET` per bucket in the order
     /// asked. `None` if a bucket is out of range.
     pub fn leaf_digests(&self, buckets: &[u32]) -> Option<Vec<u64>> {
-        let leaves = self.inner.digests.lock();
-        let mut out = Vec::with_capacity(buckets.len() * LEAVES_PER_BUCKET);
-        for b in buckets {
-            let first = (*b as usize).checked_mul(LEAVES_PER_BUCKET)?;
-            out.extend_from_slice(leaves.get(first..first + LEAVES_PER_BUCKET)?);
-        }
-        Some(out)
+        self.inner.digests.leaves_of(buckets)
     }
 
     /// The heads of every stored document in the given leaves: one lookup per document in

@@ -14,8 +14,11 @@ use std::collections::BTreeSet;
 
 use uhlc::Timestamp;
 
+use parking_lot::Mutex;
+
 use super::{FeedPage, Inner, Store};
 use crate::error::Result;
+use crate::hlc::Clock;
 use crate::record::{self, FeedEntry};
 
 /// Longest run of feed entries one page holds, in change bytes.
@@ -29,9 +32,47 @@ pub(super) fn trimmed(db: &sled::Db) -> Result<Option<Timestamp>> {
         .transpose()
 }
 
+/// What the feed owns in memory: the stamps handed to local writes (and which are still in
+/// flight), the notices of writes leaving flight, and the trimmed mark.
+#[derive(Debug)]
+pub(super) struct FeedState {
+    stamps: Mutex<Stamps>,
+    /// Bumped whenever a local write leaves flight, so feed readers can wait for news.
+    moved: tokio::sync::watch::Sender<u64>,
+    /// The newest feed entry trimmed: every entry at or before it is gone.
+    trimmed: Mutex<Option<Timestamp>>,
+    /// One trim at a time.
+    trim: Mutex<()>,
+}
+
+impl FeedState {
+    /// `last`: the newest stamp stored (or trimmed); `trimmed`: the stored trimmed mark.
+    pub(super) fn new(last: Option<Timestamp>, trimmed: Option<Timestamp>) -> Self {
+        FeedState {
+            stamps: Mutex::new(Stamps::new(last)),
+            moved: tokio::sync::watch::Sender::new(0),
+            trimmed: Mutex::new(trimmed),
+            trim: Mutex::new(()),
+        }
+    }
+
+    /// `n` (at least one) consecutive stamps of `clock` for one write.
+    fn stamps(&self, clock: &Clock, n: usize) -> StampGuard<'_> {
+        let mut stamps = self.stamps.lock();
+        let all: Vec<Timestamp> = (0..n.max(1)).map(|_| clock.now()).collect();
+        // the feed bound needs only the smallest; stamps of one write leave flight together
+        stamps.inflight.insert(all[0]);
+        stamps.last = all.last().copied();
+        StampGuard {
+            feed: self,
+            stamps: all,
+        }
+    }
+}
+
 /// Stamps handed to local writes.
 #[derive(Debug, Default)]
-pub(super) struct Stamps {
+struct Stamps {
     /// The first stamp of each write not yet durable (or failed).
     inflight: BTreeSet<Timestamp>,
     /// The newest stamp handed out (or stored, at start-up).
@@ -39,7 +80,7 @@ pub(super) struct Stamps {
 }
 
 impl Stamps {
-    pub(super) fn new(last: Option<Timestamp>) -> Self {
+    fn new(last: Option<Timestamp>) -> Self {
         Stamps {
             inflight: BTreeSet::new(),
             last,
@@ -49,7 +90,7 @@ impl Stamps {
 
 /// The stamps of one write, in flight until dropped (when the write is durable or has failed).
 pub(super) struct StampGuard<'a> {
-    inner: &'a Inner,
+    feed: &'a FeedState,
     stamps: Vec<Timestamp>,
 }
 
@@ -61,9 +102,9 @@ impl StampGuard<'_> {
 
 impl Drop for StampGuard<'_> {
     fn drop(&mut self) {
-        self.inner.stamps.lock().inflight.remove(&self.stamps[0]);
+        self.feed.stamps.lock().inflight.remove(&self.stamps[0]);
         // after the removal: a feed reader woken now sees the change
-        self.inner.feed_moved.send_modify(|n| *n += 1);
+        self.feed.moved.send_modify(|n| *n += 1);
     }
 }
 
@@ -81,15 +122,7 @@ impl Progress {
 impl Inner {
     /// `n` (at least one) consecutive stamps for one write.
     pub(super) fn stamps(&self, n: usize) -> StampGuard<'_> {
-        let mut stamps = self.stamps.lock();
-        let all: Vec<Timestamp> = (0..n.max(1)).map(|_| self.clock.now()).collect();
-        // the feed bound needs only the smallest; stamps of one write leave flight together
-        stamps.inflight.insert(all[0]);
-        stamps.last = all.last().copied();
-        StampGuard {
-            inner: self,
-            stamps: all,
-        }
+        self.feed.stamps(&self.clock, n)
     }
 }
 
@@ -99,7 +132,7 @@ impl Store {
     /// flight, so a later page never holds a change stamped before this page's `upto`.
     pub fn feed(&self, after: Option<&Timestamp>, limit: usize) -> Result<FeedPage> {
         let bound = {
-            let stamps = self.inner.stamps.lock();
+            let stamps = self.inner.feed.stamps.lock();
             match stamps.inflight.first() {
                 Some(first) => Err(*first),
                 // nothing in flight: every later local stamp is greater than this one
@@ -145,7 +178,7 @@ impl Store {
 
     /// Whether entries after `after` were trimmed.
     fn trimmed_past(&self, after: Option<&Timestamp>) -> bool {
-        match (*self.inner.feed_trimmed.lock(), after) {
+        match (*self.inner.feed.trimmed.lock(), after) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(mark), Some(after)) => *after < mark,
@@ -169,7 +202,7 @@ impl Store {
                     Some(kv) => Some(record::feed_stamp(&kv?.0)?),
                     None => None,
                 };
-                newest.max(*self.inner.feed_trimmed.lock())
+                newest.max(*self.inner.feed.trimmed.lock())
             }
         };
         Ok(FeedPage {
@@ -185,7 +218,7 @@ impl Store {
     /// `trimmed`. Returns how many entries went.
     pub fn trim_feed(&self, through: &Timestamp) -> Result<usize> {
         let inner = &*self.inner;
-        let _one_at_a_time = inner.feed_trim.lock();
+        let _one_at_a_time = inner.feed.trim.lock();
         let newest = match inner
             .streams
             .range(record::feed_start(None)..record::feed_start(Some(through)))
@@ -194,7 +227,7 @@ impl Store {
             Some(kv) => record::feed_stamp(&kv?.0)?,
             None => return Ok(0),
         };
-        if inner.feed_trimmed.lock().is_some_and(|m| newest <= m) {
+        if inner.feed.trimmed.lock().is_some_and(|m| newest <= m) {
             return Ok(0);
         }
         // the mark first: a crash between leaves entries no reader will use, never a gap a
@@ -202,7 +235,7 @@ impl Store {
         inner
             .streams
             .insert(record::meta_key(TRIMMED), record::feed_key(&newest))?;
-        *inner.feed_trimmed.lock() = Some(newest);
+        *inner.feed.trimmed.lock() = Some(newest);
         let mut n = 0;
         for kv in inner
             .streams
@@ -234,13 +267,13 @@ impl Store {
 
     /// The newest stamp given to a local change (stored or in flight).
     pub fn last_local_stamp(&self) -> Option<Timestamp> {
-        self.inner.stamps.lock().last
+        self.inner.feed.stamps.lock().last
     }
 
     /// Notices of local writes finishing, for serving the feed by long poll. Subscribe before
     /// reading the feed, so that nothing finishing in between is missed.
     pub fn subscribe(&self) -> Progress {
-        Progress(self.inner.feed_moved.subscribe())
+        Progress(self.inner.feed.moved.subscribe())
     }
 }
 

@@ -50,7 +50,6 @@ use crate::key::DocKey;
 use crate::record::{self, FeedEntry, WriteOutcome};
 
 use cache::Slot;
-use feed::Stamps;
 
 pub use client::{ClientSynced, DocEvents, Missed};
 pub use contracts::{Contracts, SCHEMAS};
@@ -202,23 +201,16 @@ struct Inner {
     doc_locks: Vec<tokio::sync::Mutex<()>>,
     idem_locks: Vec<tokio::sync::Mutex<()>>,
     commit: GroupCommit,
-    stamps: Mutex<Stamps>,
-    /// Bumped whenever a local write leaves flight, so feed readers can wait for news.
-    feed_moved: tokio::sync::watch::Sender<u64>,
+    feed: feed::FeedState,
     /// Every document whose durable state changed (any kind of write), for sync connections.
     doc_changed: tokio::sync::broadcast::Sender<DocKey>,
-    /// Per digest leaf, the XOR of a digest of each of its documents' key and version.
-    digests: Mutex<Vec<u64>>,
+    digests: digest::Digests,
     doc_ids: docids::DocIds,
     contracts: Mutex<contracts::Registry>,
     /// This data dir's epoch, in every change-event cursor.
     epoch: String,
     /// Every change event at or below this sequence number was trimmed.
     events_trimmed: AtomicU64,
-    /// The newest feed entry trimmed: every entry at or before it is gone.
-    feed_trimmed: Mutex<Option<Timestamp>>,
-    /// One feed trim at a time.
-    feed_trim: Mutex<()>,
     replayed: u64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -289,16 +281,13 @@ impl Store {
                     .map(|_| Default::default())
                     .collect(),
                 commit,
-                stamps: Mutex::new(Stamps::new(last)),
-                feed_moved: tokio::sync::watch::Sender::new(0),
+                feed: feed::FeedState::new(last, feed_trimmed),
                 doc_changed: tokio::sync::broadcast::Sender::new(DOC_EVENTS),
-                digests: Mutex::new(digests),
+                digests,
                 doc_ids,
                 contracts: Mutex::default(),
                 epoch,
                 events_trimmed,
-                feed_trimmed: Mutex::new(feed_trimmed),
-                feed_trim: Mutex::new(()),
                 replayed: replayed as u64,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),

@@ -12,7 +12,7 @@ use automerge::ChangeHash;
 use uhlc::Timestamp;
 
 use super::cache::{weight, Slot};
-use super::{digest, idempotency, Inner, Merged, Store, Written};
+use super::{idempotency, Inner, Merged, Store, Written};
 use crate::commit::InProgress;
 use crate::doc::{Applied, Document, Edit, RemoteChange, State};
 use crate::error::{Error, Result};
@@ -282,12 +282,8 @@ impl Inner {
             _ => "null".to_owned(),
         };
         rec.heads = doc.heads().iter().map(|h| h.0).collect();
-        digest::replace(
-            self,
-            key,
-            prev.as_ref().map(|r| r.version.as_str()),
-            &rec.version,
-        );
+        self.digests
+            .replace(key, prev.as_ref().map(|r| r.version.as_str()), &rec.version);
         ops.push((
             record::doc_key(record::DOC, key),
             Some(record::encode(&rec)),
