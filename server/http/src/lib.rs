@@ -42,7 +42,7 @@ use tower::ServiceBuilder;
 pub use changes::{ChangeStreams, StreamLimits, StreamStats};
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use state::{AppState, Limits, Shared};
+pub use state::{AppState, Limits, Options, Shared};
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {

@@ -86,15 +86,100 @@ pub struct Shared {
     pub public_urls: Arc<HashMap<String, String>>,
 }
 
+/// What an [`AppState`] is made of, for [`AppState::build`].
+#[derive(Debug)]
+pub struct Options {
+    pub region: String,
+    pub limits: Limits,
+    pub replication: SyncConfig,
+    /// Required on `/internal/`; `None` refuses every internal request.
+    pub cluster_secret: Option<String>,
+    pub peer_tls: PeerTls,
+    pub client_limits: SyncLimits,
+    pub stream_limits: StreamLimits,
+    pub auth: Auth,
+    /// This node serves HTTPS (what `/v1/status` says).
+    pub tls: bool,
+    /// Where clients reach other nodes (`--peer-public-url`), when not at their peer URLs.
+    pub public_urls: Vec<Peer>,
+    /// `/internal/faults` exists (demos and tests only).
+    pub fault_controls: bool,
+}
+
+impl Options {
+    /// A node of `region` without peers, keys or TLS, with default limits.
+    pub fn new(region: &str) -> Self {
+        Options {
+            region: region.to_owned(),
+            limits: Limits::default(),
+            replication: SyncConfig::new(vec![]),
+            cluster_secret: None,
+            peer_tls: PeerTls::default(),
+            client_limits: SyncLimits::default(),
+            stream_limits: StreamLimits::default(),
+            auth: Auth::open(),
+            tls: false,
+            public_urls: Vec::new(),
+            fault_controls: false,
+        }
+    }
+}
+
 impl AppState {
-    /// A node without peers.
-    pub fn new(store: Store, region: &str, limits: Limits) -> Self {
-        Self::clustered(store, region, limits, SyncConfig::new(vec![]), None)
-            .expect("a replica without peers has no bookkeeping to fail on")
+    /// Builds the node's state, starting each part once: the replica (not yet following its
+    /// peers: see `Replica::start`), the client-sync hub and the change streams, on one
+    /// [`Workers`]. Needs a tokio runtime.
+    pub fn build(store: Store, o: Options) -> anyhow::Result<Self> {
+        let faults = Arc::new(Faults::default());
+        let workers = Workers::new();
+        let schemas = Arc::new(meridian_schema::Compiler::default());
+        store.set_contracts(schemas.clone());
+        let transport = HttpTransport::new(
+            o.cluster_secret.as_deref().unwrap_or(""),
+            store.node_id().as_str(),
+            faults.clone(),
+            &o.peer_tls,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let public_urls = o
+            .public_urls
+            .iter()
+            .map(|p| (p.id.as_str().to_owned(), p.addr.clone()))
+            .collect();
+        Ok(AppState(Arc::new(Shared {
+            peer_tls: Arc::new(o.peer_tls),
+            tls: o.tls,
+            schemas,
+            public_urls: Arc::new(public_urls),
+            faults,
+            fault_controls: o.fault_controls,
+            replica: Replica::new(store.clone(), transport, o.replication, &workers)?,
+            hub: Hub::start(store.clone(), o.client_limits, &workers),
+            changes: ChangeStreams::start(store.clone(), o.stream_limits, &workers),
+            workers,
+            store,
+            cluster_secret: o.cluster_secret.map(Into::into),
+            region: o.region.into(),
+            limits: Arc::new(o.limits),
+            metrics: Arc::new(Metrics::default()),
+            auth: Arc::new(o.auth),
+        })))
     }
 
-    /// A node with peers over plain HTTP (replication is started by the node (`meridian-node`), or by the
-    /// caller). Needs a tokio runtime: the sync hub follows the store's changes on a task.
+    /// A node without peers.
+    pub fn new(store: Store, region: &str, limits: Limits) -> Self {
+        Self::build(
+            store,
+            Options {
+                limits,
+                ..Options::new(region)
+            },
+        )
+        .expect("a node without peers has no bookkeeping to fail on")
+    }
+
+    /// A node with peers over plain HTTP (replication is started by the node, `meridian-node`,
+    /// or by the caller).
     pub fn clustered(
         store: Store,
         region: &str,
@@ -102,61 +187,15 @@ impl AppState {
         sync: SyncConfig,
         secret: Option<&str>,
     ) -> anyhow::Result<Self> {
-        Self::clustered_tls(store, region, limits, sync, secret, PeerTls::default())
-    }
-
-    /// The same, with TLS between regions.
-    pub fn clustered_tls(
-        store: Store,
-        region: &str,
-        limits: Limits,
-        sync: SyncConfig,
-        secret: Option<&str>,
-        peer_tls: PeerTls,
-    ) -> anyhow::Result<Self> {
-        let faults = Arc::new(Faults::default());
-        let workers = Workers::new();
-        let schemas = Arc::new(meridian_schema::Compiler::default());
-        store.set_contracts(schemas.clone());
-        let transport = HttpTransport::new(
-            secret.unwrap_or(""),
-            store.node_id().as_str(),
-            faults.clone(),
-            &peer_tls,
-        )
-        .map_err(anyhow::Error::msg)?;
-        Ok(AppState(Arc::new(Shared {
-            peer_tls: Arc::new(peer_tls),
-            tls: false,
-            schemas,
-            public_urls: Arc::default(),
-            faults,
-            fault_controls: false,
-            replica: Replica::new(store.clone(), transport, sync, &workers)?,
-            hub: Hub::start(store.clone(), SyncLimits::default(), &workers),
-            changes: ChangeStreams::start(store.clone(), StreamLimits::default(), &workers),
-            workers,
+        Self::build(
             store,
-            cluster_secret: secret.map(Into::into),
-            region: region.into(),
-            limits: Arc::new(limits),
-            metrics: Arc::new(Metrics::default()),
-            auth: Arc::new(Auth::open()),
-        })))
-    }
-
-    /// The same node with other limits for sync clients.
-    pub fn with_client_limits(mut self, limits: SyncLimits) -> Self {
-        let hub = Hub::start(self.store.clone(), limits, &self.workers);
-        self.shared().hub = hub;
-        self
-    }
-
-    /// The same node with other limits for change streams.
-    pub fn with_stream_limits(mut self, limits: StreamLimits) -> Self {
-        let changes = ChangeStreams::start(self.store.clone(), limits, &self.workers);
-        self.shared().changes = changes;
-        self
+            Options {
+                limits,
+                replication: sync,
+                cluster_secret: secret.map(Into::into),
+                ..Options::new(region)
+            },
+        )
     }
 
     /// The same node with these API keys.
@@ -165,29 +204,7 @@ impl AppState {
         self
     }
 
-    /// The same node with `/internal/faults` (demos and tests only).
-    pub fn with_fault_controls(mut self) -> Self {
-        self.shared().fault_controls = true;
-        self
-    }
-
-    /// The same node, serving HTTPS (what `/v1/status` says).
-    pub fn with_tls(mut self, tls: bool) -> Self {
-        self.shared().tls = tls;
-        self
-    }
-
-    /// The same node, telling clients these URLs (`--peer-public-url`) for other nodes.
-    pub fn with_public_urls(mut self, urls: &[Peer]) -> Self {
-        self.shared().public_urls = Arc::new(
-            urls.iter()
-                .map(|p| (p.id.as_str().to_owned(), p.addr.clone()))
-                .collect(),
-        );
-        self
-    }
-
-    /// For the builders above, before the state is shared.
+    /// For the builder above, before the state is shared.
     fn shared(&mut self) -> &mut Shared {
         Arc::make_mut(&mut self.0)
     }

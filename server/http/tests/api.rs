@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use meridian_crdt::{Store, StoreConfig};
-use meridian_http::{app, AppState, Limits};
+use meridian_http::{app, AppState, Limits, Options};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -975,12 +975,17 @@ async fn sync_connections_beyond_the_limit_get_503_before_the_upgrade() {
     let mut c = StoreConfig::new(dir.path());
     c.node_id = Some("test-node".into());
     let store = Store::open(c).unwrap();
-    let state = AppState::new(store, "test", Limits::default()).with_client_limits(
-        meridian_sync::repo::SyncLimits {
-            max_connections: 0,
-            ..Default::default()
+    let state = AppState::build(
+        store,
+        Options {
+            client_limits: meridian_sync::repo::SyncLimits {
+                max_connections: 0,
+                ..Default::default()
+            },
+            ..Options::new("test")
         },
-    );
+    )
+    .unwrap();
     let app = app(state);
     let handshake = [
         ("upgrade", "websocket"),

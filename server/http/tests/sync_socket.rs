@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use meridian_crdt::{DocKey, DocumentId, Edit, Store, StoreConfig};
-use meridian_http::{app, AppState, Limits};
+use meridian_http::{app, AppState, Options};
 use meridian_sync::repo::{Message, SyncLimits};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
@@ -21,7 +21,11 @@ async fn node(limits: SyncLimits) -> Node {
     let mut c = StoreConfig::new(dir.path());
     c.node_id = Some("eu".into());
     let store = Store::open(c).unwrap();
-    let state = AppState::new(store.clone(), "eu", Limits::default()).with_client_limits(limits);
+    let options = Options {
+        client_limits: limits,
+        ..Options::new("eu")
+    };
+    let state = AppState::build(store.clone(), options).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(l, app(state)).await.unwrap() });

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use meridian_http::auth::Auth;
-use meridian_http::AppState;
+use meridian_http::{AppState, Options};
 use meridian_net::tls::{ConnInfo, PlainListener, ServerTls};
 
 /// A node whose store is open and whose port is bound, not yet serving.
@@ -57,27 +57,26 @@ impl Node {
         let listener = TcpListener::bind(&settings.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
-        let mut state = AppState::clustered_tls(
-            store.clone(),
-            &settings.region,
-            settings.limits(),
-            settings.replication(),
-            settings.cluster_secret.as_deref(),
-            settings.peer_tls(),
-        )
-        .map_err(|e| anyhow::anyhow!("cannot start replication: {e:#}"))?
-        .with_client_limits(settings.clients())
-        .with_stream_limits(settings.streams());
-        state = state.with_auth(auth_for(&settings, keys, listener.local_addr()?)?);
-        state = state
-            .with_tls(tls.is_some())
-            .with_public_urls(&settings.peer_public_urls);
         if settings.fault_controls {
             tracing::warn!(
                 "fault controls are on: /internal/faults can cut links and pause this node"
             );
-            state = state.with_fault_controls();
         }
+        let options = Options {
+            region: settings.region.clone(),
+            limits: settings.limits(),
+            replication: settings.replication(),
+            cluster_secret: settings.cluster_secret.clone(),
+            peer_tls: settings.peer_tls(),
+            client_limits: settings.clients(),
+            stream_limits: settings.streams(),
+            auth: auth_for(&settings, keys, listener.local_addr()?)?,
+            tls: tls.is_some(),
+            public_urls: settings.peer_public_urls.clone(),
+            fault_controls: settings.fault_controls,
+        };
+        let state = AppState::build(store.clone(), options)
+            .map_err(|e| anyhow::anyhow!("cannot start replication: {e:#}"))?;
         Ok(Node {
             settings,
             store,
