@@ -135,6 +135,32 @@ impl Follower {
     }
 }
 
+/// What a session wait's catch-up does after a step: the catch-up pulls the peer's feed
+/// without waiting, beside the follower, until it has nothing more at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CatchUp {
+    /// Pull the next page at once.
+    Pull,
+    /// The peer's feed was trimmed past the cursor: repair, then pull again if complete.
+    Repair { upto: Timestamp },
+    /// Caught up, or the link failed, or a stamp was refused: the follower takes it from here
+    /// (a refused stamp needs the follower's back-off, not a busy retry).
+    Done,
+}
+
+/// The catch-up's next step after `outcome` (a pull's, or the repair's after a trim).
+pub(super) fn catch_up_after(outcome: Outcome) -> CatchUp {
+    match outcome {
+        Outcome::Merged {
+            more: true,
+            refused: false,
+        } => CatchUp::Pull,
+        Outcome::Trimmed { upto } => CatchUp::Repair { upto },
+        Outcome::CaughtUp { complete: true } => CatchUp::Pull,
+        _ => CatchUp::Done,
+    }
+}
+
 /// When the first anti-entropy pass with a peer runs after start-up (soon: restored backups,
 /// changes missed while down), for `jitter` in [0, 1).
 pub(super) fn first_repair(every: Duration, jitter: f64) -> Duration {
@@ -149,6 +175,32 @@ pub(super) fn next_repair(every: Duration, jitter: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_catch_up_pulls_while_there_is_more_repairs_a_trim_and_stops_otherwise() {
+        let more = |more, refused| Outcome::Merged { more, refused };
+        assert_eq!(catch_up_after(more(true, false)), CatchUp::Pull);
+        assert_eq!(catch_up_after(more(false, false)), CatchUp::Done);
+        // a refused stamp stops it even with more to read: the clock must move on first
+        assert_eq!(catch_up_after(more(true, true)), CatchUp::Done);
+        assert_eq!(
+            catch_up_after(Outcome::Trimmed { upto: stamp(7) }),
+            CatchUp::Repair { upto: stamp(7) }
+        );
+        // after a complete repair it reads on from the new cursor; an incomplete one stops
+        assert_eq!(
+            catch_up_after(Outcome::CaughtUp { complete: true }),
+            CatchUp::Pull
+        );
+        assert_eq!(
+            catch_up_after(Outcome::CaughtUp { complete: false }),
+            CatchUp::Done
+        );
+        assert_eq!(
+            catch_up_after(Outcome::Failed { progressed: false }),
+            CatchUp::Done
+        );
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::engine::Outcome;
+use super::engine::{self, CatchUp, Outcome};
 use super::{Behind, PeerState, Replica, Transport};
 use crate::token::SessionToken;
 
@@ -103,19 +103,21 @@ impl<T: Transport> Replica<T> {
         }
         let this = self.clone();
         tokio::spawn(async move {
+            let mut next = CatchUp::Pull;
             loop {
-                match this.pull_once(&peer, Duration::ZERO).await {
-                    Ok(Outcome::Merged {
-                        more: true,
-                        refused: false,
-                    }) => {}
-                    Ok(Outcome::Trimmed { upto }) => {
-                        if !matches!(this.resume_after_trim(&peer, upto).await, Ok(true)) {
-                            break;
-                        }
+                let outcome = match next {
+                    CatchUp::Pull => match this.pull_once(&peer, Duration::ZERO).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => break,
+                    },
+                    CatchUp::Repair { upto } => {
+                        let complete =
+                            matches!(this.resume_after_trim(&peer, upto).await, Ok(true));
+                        Outcome::CaughtUp { complete }
                     }
-                    _ => break,
-                }
+                    CatchUp::Done => break,
+                };
+                next = engine::catch_up_after(outcome);
             }
             peer.catching_up.store(false, Ordering::Release);
         });
