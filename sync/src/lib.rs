@@ -52,7 +52,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "node")]
 pub use replica::{
     Behind, Chunks, ClusterReport, FeedMode, Lag, Peer, PeerReport, RepairPass, Replica,
-    SyncConfig, Transport,
+    ReplicationConfig, Transport,
 };
 pub use token::{BadToken, SessionToken, MAX_TOKEN_NODES};
 #[cfg(feature = "node")]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_crdt::{DocKey, NodeId, Store, StoreConfig};
-use meridian_sync::{Chunks, Error as SyncError, Peer, Replica, SyncConfig, Transport};
+use meridian_sync::{Chunks, Error as SyncError, Peer, Replica, ReplicationConfig, Transport};
 use parking_lot::{Mutex, RwLock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -187,8 +187,8 @@ pub struct SimCluster {
 
 /// Replication settings scaled down for tests: short heartbeats and long polls, frequent
 /// anti-entropy.
-pub fn test_sync_config(peers: Vec<Peer>) -> SyncConfig {
-    let mut c = SyncConfig::new(peers);
+pub fn test_sync_config(peers: Vec<Peer>) -> ReplicationConfig {
+    let mut c = ReplicationConfig::new(peers);
     c.feed_wait = Duration::from_millis(300);
     c.anti_entropy_every = Duration::from_millis(400);
     c.call_timeout = Duration::from_millis(500);
@@ -206,7 +206,7 @@ impl SimCluster {
     pub fn start_with(
         seed: u64,
         nodes: &[(&str, PhysicalClock)],
-        tune: impl Fn(&mut SyncConfig),
+        tune: impl Fn(&mut ReplicationConfig),
     ) -> SimCluster {
         let net = Arc::new(Net {
             nodes: RwLock::new(HashMap::new()),

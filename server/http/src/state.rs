@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use meridian_crdt::Store;
 use meridian_sync::repo::{Hub, SyncLimits};
-use meridian_sync::{Peer, Replica, SyncConfig, Workers};
+use meridian_sync::{Peer, Replica, ReplicationConfig, Workers};
 
 use crate::auth::Auth;
 use crate::changes::{ChangeStreams, StreamLimits};
@@ -91,7 +91,7 @@ pub struct Shared {
 pub struct Options {
     pub region: String,
     pub limits: Limits,
-    pub replication: SyncConfig,
+    pub replication: ReplicationConfig,
     /// Required on `/internal/`; `None` refuses every internal request.
     pub cluster_secret: Option<String>,
     pub peer_tls: PeerTls,
@@ -112,7 +112,7 @@ impl Options {
         Options {
             region: region.to_owned(),
             limits: Limits::default(),
-            replication: SyncConfig::new(vec![]),
+            replication: ReplicationConfig::new(vec![]),
             cluster_secret: None,
             peer_tls: PeerTls::default(),
             client_limits: SyncLimits::default(),
@@ -184,7 +184,7 @@ impl AppState {
         store: Store,
         region: &str,
         limits: Limits,
-        sync: SyncConfig,
+        sync: ReplicationConfig,
         secret: Option<&str>,
     ) -> anyhow::Result<Self> {
         Self::build(

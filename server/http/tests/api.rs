@@ -767,7 +767,7 @@ async fn internal_endpoints_need_the_cluster_secret() {
         store,
         "eu",
         Limits::default(),
-        meridian_sync::SyncConfig::new(vec![]),
+        meridian_sync::ReplicationConfig::new(vec![]),
         Some("s3cret-s3cret"),
     )
     .unwrap();

@@ -87,7 +87,7 @@ pub type Chunks = mpsc::Receiver<Result<Vec<u8>, crate::Error>>;
 
 /// Replication settings.
 #[derive(Debug, Clone)]
-pub struct SyncConfig {
+pub struct ReplicationConfig {
     pub peers: Vec<Peer>,
     /// How long a feed request waits on the peer for news (long poll).
     pub feed_wait: Duration,
@@ -113,7 +113,7 @@ pub struct SyncConfig {
     pub trim_every: Duration,
 }
 
-/// See [`SyncConfig::feed_mode`].
+/// See [`ReplicationConfig::feed_mode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FeedMode {
     /// `Subscribe`: a frame per batch on one open answer (about 60 bytes of framing per batch).
@@ -122,9 +122,9 @@ pub enum FeedMode {
     LongPoll,
 }
 
-impl SyncConfig {
+impl ReplicationConfig {
     pub fn new(peers: Vec<Peer>) -> Self {
-        SyncConfig {
+        ReplicationConfig {
             peers,
             feed_wait: Duration::from_secs(10),
             heartbeat: Duration::from_millis(250),
@@ -139,7 +139,7 @@ impl SyncConfig {
     }
 
     /// How long a peer may be silent and still count as reachable. A stream brings a heartbeat
-    /// at least every [`SyncConfig::heartbeat`]; a long poll may rightly wait `feed_wait`.
+    /// at least every [`ReplicationConfig::heartbeat`]; a long poll may rightly wait `feed_wait`.
     pub fn silence_limit(&self) -> Duration {
         match self.feed_mode {
             FeedMode::Stream => self.heartbeat * 4,
@@ -202,7 +202,7 @@ impl<T> Clone for Replica<T> {
 struct Shared<T> {
     store: Store,
     transport: T,
-    config: SyncConfig,
+    config: ReplicationConfig,
     me: String,
     peers: Vec<Arc<PeerState>>,
     seen: Mutex<HashMap<String, Timestamp>>,
@@ -244,7 +244,7 @@ impl<T: Transport> Replica<T> {
     pub fn new(
         store: Store,
         transport: T,
-        config: SyncConfig,
+        config: ReplicationConfig,
         workers: &crate::Workers,
     ) -> meridian_crdt::Result<Self> {
         let me = store.node_id().to_string();
@@ -375,7 +375,7 @@ mod tests {
         Replica::new(
             store,
             NoNet,
-            SyncConfig::new(vec![]),
+            ReplicationConfig::new(vec![]),
             &crate::Workers::new(),
         )
         .unwrap()
@@ -399,7 +399,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut config = SyncConfig::new(vec![]);
+        let mut config = ReplicationConfig::new(vec![]);
         // a budget of 250 µs: far less than 200 documents' changes take to gather
         config.call_timeout = Duration::from_millis(1);
         let r = Replica::new(store, NoNet, config, &crate::Workers::new()).unwrap();

@@ -81,7 +81,7 @@ impl<T: Transport> Replica<T> {
     }
 
     /// One anti-entropy pass with the peer `id`, now (for tools and tests; passes also run on
-    /// their own every [`SyncConfig::anti_entropy_every`]).
+    /// their own every [`ReplicationConfig::anti_entropy_every`]).
     pub async fn repair_with(&self, id: &str) -> Result<RepairPass, crate::Error> {
         let peer = self
             .peer(id)

@@ -58,7 +58,7 @@ async fn run(args: Args) {
     let c = SimCluster::start_with(1, &[("a", clock_exact), ("b", clock_exact)], |cfg| {
         cfg.anti_entropy_every = Duration::from_secs(24 * 3600);
         // the default, not the cluster tests' short one
-        cfg.call_timeout = meridian_sync::SyncConfig::new(vec![]).call_timeout;
+        cfg.call_timeout = meridian_sync::ReplicationConfig::new(vec![]).call_timeout;
     });
     let (a, b) = (c.node("a"), c.node("b"));
     let t0 = Instant::now();

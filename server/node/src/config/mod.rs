@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use meridian_crdt::StoreConfig;
 use meridian_sync::repo::SyncLimits;
-use meridian_sync::{FeedMode, Peer, SyncConfig};
+use meridian_sync::{FeedMode, Peer, ReplicationConfig};
 
 use meridian_http::Limits;
 use meridian_http::StreamLimits;
@@ -65,7 +65,7 @@ impl Default for Settings {
     /// The defaults of the parts, as the parts define them.
     fn default() -> Self {
         let store = StoreConfig::new("meridian-data");
-        let sync = SyncConfig::new(vec![]);
+        let sync = ReplicationConfig::new(vec![]);
         let limits = Limits::default();
         let clients = SyncLimits::default();
         let feed = StreamLimits::default();
@@ -205,8 +205,8 @@ impl Settings {
         c
     }
 
-    pub fn replication(&self) -> SyncConfig {
-        let mut c = SyncConfig::new(self.peers.clone());
+    pub fn replication(&self) -> ReplicationConfig {
+        let mut c = ReplicationConfig::new(self.peers.clone());
         c.anti_entropy_every = Duration::from_secs(self.anti_entropy_secs);
         c.feed_retention = Duration::from_secs(self.feed_retention_secs);
         c.feed_mode = self.feed_mode;

@@ -71,11 +71,11 @@ fn the_defaults_are_the_parts_defaults() {
     assert_eq!(s.store().cache_bytes, StoreConfig::new("x").cache_bytes);
     assert_eq!(
         s.replication().anti_entropy_every,
-        SyncConfig::new(vec![]).anti_entropy_every
+        ReplicationConfig::new(vec![]).anti_entropy_every
     );
     assert_eq!(
         s.replication().feed_retention,
-        SyncConfig::new(vec![]).feed_retention
+        ReplicationConfig::new(vec![]).feed_retention
     );
     assert_eq!(
         s.clients().max_message_bytes,
