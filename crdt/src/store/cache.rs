@@ -1,12 +1,16 @@
-//! Cached documents. A document with writes queued but not yet durable is pinned (in
-//! `Inner::pending`), so that eviction cannot make its next writer load a stale state from sled.
+//! Documents in memory: the cache, the documents pinned while they have writes queued (so that
+//! eviction cannot make their next writer load a stale state from sled), the per-document
+//! locks, and the hit and miss counts. [`DocCache`] owns all of it; loading a document from
+//! sled is `Inner::current_slot`'s.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use moka::sync::Cache;
 use parking_lot::Mutex;
 
-use super::{Inner, DOC_STRIPES};
+use super::Inner;
 use crate::doc::Document;
 use crate::error::{Error, Result};
 use crate::key::DocKey;
@@ -30,6 +34,103 @@ pub(super) fn weight(doc: &Document, json_bytes: usize) -> u64 {
     (18 << 10) + 400 * doc.change_count() + 2 * json_bytes as u64
 }
 
+/// Lock stripes for documents: enough that unrelated documents rarely share one.
+const DOC_STRIPES: usize = 4096;
+
+/// See the module docs.
+pub(super) struct DocCache {
+    cache: Cache<DocKey, Arc<Slot>>,
+    /// Documents with writes queued but not yet durable, and the last such write's sequence
+    /// number.
+    pinned: Mutex<HashMap<DocKey, (Arc<Slot>, u64)>>,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl DocCache {
+    /// A cache of about `bytes` (by [`weight`]).
+    pub(super) fn new(bytes: u64) -> Self {
+        DocCache {
+            cache: Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|_k, slot: &Arc<Slot>| slot.weight.load(Ordering::Relaxed) as u32)
+                .build(),
+            pinned: Mutex::new(HashMap::new()),
+            locks: (0..DOC_STRIPES).map(|_| Default::default()).collect(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The pinned or cached document, and the sequence number of its last queued write if it
+    /// is pinned; counts a hit or a miss.
+    fn lookup(&self, key: &DocKey) -> Option<(Arc<Slot>, Option<u64>)> {
+        // the pinned map's lock is released before the cache is asked
+        let pinned = self.pinned.lock().get(key).cloned();
+        let found = match pinned {
+            Some((slot, seq)) => Some((slot, Some(seq))),
+            None => self.cache.get(key).map(|slot| (slot, None)),
+        };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub(super) fn insert(&self, key: &DocKey, slot: &Arc<Slot>) {
+        self.cache.insert(key.clone(), slot.clone());
+    }
+
+    /// Pins `slot` with its write `seq` queued.
+    pub(super) fn pin(&self, key: &DocKey, slot: &Arc<Slot>, seq: u64) {
+        self.pinned.lock().insert(key.clone(), (slot.clone(), seq));
+    }
+
+    /// Unpins the document if `seq` is still its last queued write.
+    pub(super) fn unpin(&self, key: &DocKey, seq: u64) {
+        let mut pinned = self.pinned.lock();
+        if pinned.get(key).is_some_and(|(_, s)| *s == seq) {
+            pinned.remove(key);
+        }
+    }
+
+    /// The record of a pinned document (ahead of sled).
+    pub(super) fn pinned_record(&self, key: &DocKey) -> Option<DocRecord> {
+        self.pinned
+            .lock()
+            .get(key)
+            .and_then(|(slot, _)| slot.rec.lock().clone())
+    }
+
+    pub(super) async fn lock(&self, key: &DocKey) -> tokio::sync::MutexGuard<'_, ()> {
+        self.locks[key.stripe(DOC_STRIPES)].lock().await
+    }
+
+    /// Drops a document from memory.
+    pub(super) fn forget(&self, key: &DocKey) {
+        self.cache.invalidate(key);
+        self.pinned.lock().remove(key);
+    }
+
+    /// Hits, misses and the cache's weight in bytes.
+    pub(super) fn stats(&self) -> (u64, u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+            self.cache.weighted_size(),
+        )
+    }
+
+    #[cfg(test)]
+    pub(super) fn cache(&self) -> &Cache<DocKey, Arc<Slot>> {
+        &self.cache
+    }
+}
+
 impl Inner {
     pub(super) fn read_record(&self, key: &DocKey) -> Result<Option<DocRecord>> {
         self.tree
@@ -41,15 +142,9 @@ impl Inner {
     /// The document with queued writes, the cached one, or the one on disk, and the sequence
     /// number of its last queued write. Callers hold the document's lock.
     pub(super) fn current_slot(&self, key: &DocKey) -> Result<(Arc<Slot>, Option<u64>)> {
-        if let Some((slot, seq)) = self.pending.lock().get(key).cloned() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((slot, Some(seq)));
+        if let Some(found) = self.docs.lookup(key) {
+            return Ok(found);
         }
-        if let Some(slot) = self.cache.get(key) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((slot, None));
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         let rec = self.read_record(key)?;
         let actor = self.node.actor();
         let doc = match &rec {
@@ -110,17 +205,16 @@ impl Inner {
         if slot.rec.lock().is_none() {
             return Ok(None);
         }
-        self.cache.insert(key.clone(), slot.clone());
+        self.docs.insert(key, &slot);
         Ok(Some((slot, lock)))
     }
 
     pub(super) async fn doc_lock(&self, key: &DocKey) -> tokio::sync::MutexGuard<'_, ()> {
-        self.doc_locks[key.stripe(DOC_STRIPES)].lock().await
+        self.docs.lock(key).await
     }
 
     /// Drops a document from memory after a failure left it ahead of what was queued.
     pub(super) fn forget(&self, key: &DocKey) {
-        self.cache.invalidate(key);
-        self.pending.lock().remove(key);
+        self.docs.forget(key);
     }
 }

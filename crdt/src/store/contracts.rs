@@ -63,11 +63,7 @@ impl Inner {
         let key = DocKey::new(SCHEMAS, collection).ok()?;
         // the latest record: queued (not yet durable) before what sled holds, so that a read
         // after the schema's write was queued never caches the version before it
-        let pending = self
-            .pending
-            .lock()
-            .get(&key)
-            .and_then(|(slot, _)| slot.rec.lock().clone());
+        let pending = self.docs.pinned_record(&key);
         let latest = match pending {
             Some(rec) => Ok(Some(rec)),
             None => self.read_record(&key),

@@ -32,14 +32,12 @@ mod idempotency;
 mod read;
 mod write;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use automerge::ChangeHash;
-use moka::sync::Cache;
 use parking_lot::Mutex;
 use uhlc::Timestamp;
 
@@ -48,8 +46,6 @@ use crate::error::{Error, Result};
 use crate::hlc::{Clock, NodeId, DEFAULT_MAX_DRIFT};
 use crate::key::DocKey;
 use crate::record::{self, FeedEntry, WriteOutcome};
-
-use cache::Slot;
 
 pub use client::{ClientSynced, DocEvents, Missed};
 pub use contracts::{Contracts, SCHEMAS};
@@ -170,8 +166,6 @@ pub struct StoreStats {
     pub replayed: u64,
 }
 
-const DOC_STRIPES: usize = 4096;
-
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -194,11 +188,8 @@ struct Inner {
     node: NodeId,
     clock: Clock,
     config: StoreConfig,
-    cache: Cache<DocKey, Arc<Slot>>,
-    /// Documents with writes queued but not yet durable, and the last such write's sequence
-    /// number. Pinned here so that eviction cannot make the next writer load a stale state.
-    pending: Mutex<HashMap<DocKey, (Arc<Slot>, u64)>>,
-    doc_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Documents in memory: the cache, pinned documents, per-document locks (see `cache`).
+    docs: cache::DocCache,
     idem_locks: Vec<tokio::sync::Mutex<()>>,
     commit: GroupCommit,
     feed: feed::FeedState,
@@ -212,8 +203,6 @@ struct Inner {
     /// Every change event at or below this sequence number was trimmed.
     events_trimmed: AtomicU64,
     replayed: u64,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 /// How many document-change notices a slow listener may fall behind before it is told it
@@ -257,10 +246,7 @@ impl Store {
             })?;
         }
 
-        let cache = Cache::builder()
-            .max_capacity(config.cache_bytes)
-            .weigher(|_k, slot: &Arc<Slot>| slot.weight.load(Ordering::Relaxed) as u32)
-            .build();
+        let docs = cache::DocCache::new(config.cache_bytes);
         let doc_ids = docids::DocIds::default();
         let digests = digest::initial(&db, |key, leaf| doc_ids.insert_in(key, leaf))?;
         let epoch = events::epoch(&config.path)?;
@@ -274,9 +260,7 @@ impl Store {
                 node,
                 clock,
                 config,
-                cache,
-                pending: Mutex::new(HashMap::new()),
-                doc_locks: (0..DOC_STRIPES).map(|_| Default::default()).collect(),
+                docs,
                 idem_locks: (0..idempotency::STRIPES)
                     .map(|_| Default::default())
                     .collect(),
@@ -289,8 +273,6 @@ impl Store {
                 epoch,
                 events_trimmed,
                 replayed: replayed as u64,
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
             }),
         })
     }
@@ -310,15 +292,16 @@ impl Store {
 
     pub fn stats(&self) -> StoreStats {
         let inner = &*self.inner;
+        let (cache_hits, cache_misses, cache_bytes) = inner.docs.stats();
         StoreStats {
             node_id: inner.node.to_string(),
             hlc: crate::hlc::display_stamp(&inner.clock.now()),
             documents: inner.commit.documents(),
             bytes_on_disk: inner.tree.size_on_disk().unwrap_or(0)
                 + inner.streams.size_on_disk().unwrap_or(0),
-            cache_hits: inner.hits.load(Ordering::Relaxed),
-            cache_misses: inner.misses.load(Ordering::Relaxed),
-            cache_bytes: inner.cache.weighted_size(),
+            cache_hits,
+            cache_misses,
+            cache_bytes,
             flushes: inner.commit.syncs(),
             replayed: inner.replayed,
         }

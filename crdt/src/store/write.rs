@@ -128,10 +128,7 @@ impl<'a> DocWrite<'a> {
         })?;
         self.slot.weight.store(weight, Ordering::Relaxed);
         *self.slot.rec.lock() = Some(rec.clone());
-        self.inner
-            .pending
-            .lock()
-            .insert(self.key.clone(), (self.slot.clone(), seq));
+        self.inner.docs.pin(&self.key, &self.slot, seq);
         // only now: a contract read from here on finds the new record among the pending ones
         self.inner.schema_changed(&self.key);
         Ok(self.finish(Some(seq), rec, !changes.is_empty()))
@@ -146,7 +143,7 @@ impl<'a> DocWrite<'a> {
 
     fn finish(mut self, seq: Option<u64>, rec: DocRecord, changed: bool) -> Queued<'a> {
         self.dirty = false;
-        self.inner.cache.insert(self.key.clone(), self.slot.clone());
+        self.inner.docs.insert(&self.key, &self.slot);
         Queued {
             inner: self.inner,
             key: self.key.clone(),
@@ -188,10 +185,7 @@ impl Queued<'_> {
     /// After the batch is durable: unpins the document, announces the change.
     pub(super) fn done(self) -> DocRecord {
         if let Some(seq) = self.pinned {
-            let mut pending = self.inner.pending.lock();
-            if pending.get(&self.key).is_some_and(|(_, s)| *s == seq) {
-                pending.remove(&self.key);
-            }
+            self.inner.docs.unpin(&self.key, seq);
         }
         if self.changed {
             // nobody listening is fine

@@ -273,7 +273,7 @@ async fn a_damaged_increment_is_reported_not_skipped() {
     let n = bad.len();
     bad[n - 3] ^= 0xff;
     s.inner.tree.insert(last.0, bad).unwrap();
-    s.inner.cache.invalidate(&key("x"));
+    s.inner.docs.cache().invalidate(&key("x"));
     let err = s
         .write(&key("x"), Edit::Patch(obj(json!({ "n": 9 }))), None)
         .await

@@ -1,6 +1,7 @@
 //! Contracts: a changed schema is in force once its write returns.
 
 use super::*;
+use std::sync::atomic::Ordering;
 
 /// A contract named by its schema document: `{"schema": "<text>"}` gives a contract that
 /// reports `<text>` as the one violation of every document (enough to tell versions apart).

@@ -215,7 +215,7 @@ async fn a_small_cache_still_serves_every_document() {
             .unwrap();
         }
     }
-    s.inner.cache.run_pending_tasks();
+    s.inner.docs.cache().run_pending_tasks();
     assert!(s.stats().cache_bytes <= 64 << 10);
     assert!(s.stats().cache_misses > 40);
     for i in 0..40 {
