@@ -166,6 +166,8 @@ pub struct SimNode {
     pub replica: Replica<SimTransport>,
     /// Its sync server, for clients (see [`crate::sim_client`]).
     pub hub: Arc<meridian_sync::repo::Hub>,
+    /// Its background workers (the replica's loops, the hub's pump).
+    pub workers: meridian_sync::Workers,
     _dir: tempfile::TempDir,
 }
 
@@ -244,6 +246,7 @@ impl SimCluster {
                 id: (*id).to_owned(),
                 replica,
                 hub,
+                workers,
                 _dir: dir,
             });
         }
@@ -283,8 +286,8 @@ impl SimCluster {
 
     pub fn stop(&self) {
         for n in &self.nodes {
-            n.replica.stop();
-            n.hub.shutdown();
+            // the hub's pump closes its connections on the signal
+            n.workers.stop();
         }
         self.net.nodes.write().clear();
     }

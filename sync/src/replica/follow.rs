@@ -259,29 +259,21 @@ impl<T: Transport> Replica<T> {
             upto,
         };
         let cursor = *peer.cursor.lock();
-        let mut checked = Some(checked);
+        let mut seen_meta = checked.seen_meta(self);
+        let (mut docs, mut seen) = (Some(checked.docs), Some(checked.seen));
         let mut missing = Vec::new();
         for effect in page::on_page(cursor, &facts) {
             match effect {
                 Effect::Merge { persist_cursor } => {
-                    let Some(c) = checked.as_mut() else { continue };
-                    let mut meta = c.seen_meta(self);
+                    let mut meta = std::mem::take(&mut seen_meta);
                     if let Some(t) = persist_cursor {
                         meta.push((cursor_name(peer.peer.id.as_str()), stamp_meta(&t)));
                     }
-                    let docs = std::mem::take(&mut c.docs);
-                    missing = self
-                        .shared
-                        .store
-                        .merge_remote(docs, meta)
-                        .await?
-                        .missing_deps;
+                    let docs = docs.take().unwrap_or_default();
+                    let merged = self.shared.store.merge_remote(docs, meta).await?;
+                    missing = merged.missing_deps;
                 }
-                Effect::RaiseSeen => {
-                    if let Some(c) = checked.take() {
-                        self.raise_seen(c.seen);
-                    }
-                }
+                Effect::RaiseSeen => self.raise_seen(seen.take().unwrap_or_default()),
                 Effect::Count { changes } => {
                     peer.status.lock().changes_received += changes as u64;
                 }

@@ -309,11 +309,6 @@ impl<T: Transport> Replica<T> {
         }
     }
 
-    /// Stops the workers (at their next wait) and any long poll being served.
-    pub fn stop(&self) {
-        self.shared.workers.stop();
-    }
-
     fn stopped(&self) -> bool {
         self.shared.workers.is_stopping()
     }
