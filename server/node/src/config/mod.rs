@@ -171,6 +171,16 @@ impl Settings {
         if let Some(id) = &self.node_id {
             meridian_crdt::NodeId::new(id)?;
         }
+        // host:port, the host a name or an address: caught here rather than at bind time so
+        // that a typo exits 2 like every other bad setting
+        let port_ok = self.listen.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !host.contains(' ') && port.parse::<u16>().is_ok()
+        });
+        anyhow::ensure!(
+            port_ok,
+            "--listen {:?} is not host:port (for example 127.0.0.1:7070 or [::]:7070)",
+            self.listen
+        );
         meridian_crdt::validate_name("region", &self.region)
             .map_err(|e| anyhow::anyhow!("invalid region: {e}"))?;
         for (name, value) in [

@@ -197,3 +197,18 @@ fn public_urls_name_this_node_or_a_peer_once_each() {
         assert!(err.contains(wanted), "{err} should mention {wanted}");
     }
 }
+
+#[test]
+fn the_listen_address_is_host_and_port() {
+    let args = |listen: &str| ServeArgs {
+        listen: Some(listen.into()),
+        ..Default::default()
+    };
+    for good in ["127.0.0.1:7070", "[::]:7070", "localhost:0"] {
+        args(good).resolve().unwrap();
+    }
+    for bad in ["7070", "not an address", ":7070", "127.0.0.1:http", "127.0.0.1:70000"] {
+        let err = args(bad).resolve().unwrap_err().to_string();
+        assert!(err.contains("host:port"), "{bad}: {err}");
+    }
+}
