@@ -11,9 +11,9 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Inner, Store};
+use super::Store;
 use crate::error::{Error, Result};
 use crate::record::{self, ChangeEvent};
 
@@ -48,7 +48,7 @@ impl EventWatch {
 /// The data dir's epoch, made at its first open with this version. A file of its own, written
 /// and synced before first use: sled makes nothing durable outside the write-ahead log's
 /// checkpoints, and a crash must not give the data dir a new epoch.
-pub(super) fn epoch(dir: &Path) -> Result<String> {
+fn epoch(dir: &Path) -> Result<String> {
     let path = dir.join(EPOCH_FILE);
     match std::fs::read_to_string(&path) {
         Ok(e) if e.trim().len() == 16 && e.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
@@ -68,84 +68,73 @@ pub(super) fn epoch(dir: &Path) -> Result<String> {
     Ok(e)
 }
 
-pub(super) fn trimmed(db: &sled::Db) -> Result<u64> {
-    Ok(db
-        .get(record::meta_key(TRIMMED))?
-        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0))
+/// The event log's own state: the data dir's epoch and the trimmed mark, over the streams
+/// database it shares with the replication feed.
+pub(super) struct EventLog {
+    db: sled::Db,
+    /// This data dir's epoch, in every change-event cursor.
+    epoch: String,
+    /// Every change event at or below this sequence number was trimmed.
+    trimmed: AtomicU64,
 }
 
-impl Store {
-    /// This data dir's epoch: part of every cursor into its events.
-    pub fn event_epoch(&self) -> &str {
-        &self.inner.epoch
+impl EventLog {
+    pub(super) fn open(dir: &Path, db: sled::Db) -> Result<EventLog> {
+        let trimmed = db
+            .get(record::meta_key(TRIMMED))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        Ok(EventLog {
+            epoch: epoch(dir)?,
+            trimmed: AtomicU64::new(trimmed),
+            db,
+        })
     }
 
-    pub fn event_bounds(&self) -> EventBounds {
-        EventBounds {
-            visible: self.inner.commit.durable_seq(),
-            trimmed: self.inner.events_trimmed.load(Ordering::Acquire),
-        }
+    fn trimmed(&self) -> u64 {
+        self.trimmed.load(Ordering::Acquire)
     }
 
-    /// Notices of the durable watermark moving.
-    pub fn watch_events(&self) -> EventWatch {
-        EventWatch(self.inner.commit.watch_durable())
-    }
-
-    /// Up to `max` events after `after`, up to `upto` (at most the visible bound), in order;
-    /// `None` if some of them were trimmed.
-    pub fn events(
-        &self,
-        after: u64,
-        upto: u64,
-        max: usize,
-    ) -> Result<Option<Vec<(u64, ChangeEvent)>>> {
-        let inner = &*self.inner;
-        let upto = upto.min(inner.commit.durable_seq());
+    /// Up to `max` events after `after`, up to `upto`; `None` if some of them were trimmed.
+    fn read(&self, after: u64, upto: u64, max: usize) -> Result<Option<Vec<(u64, ChangeEvent)>>> {
         if after >= upto {
             return Ok(Some(vec![]));
         }
         let mut out = Vec::new();
         let range = record::event_key(after.saturating_add(1))..=record::event_key(upto);
-        for kv in inner.streams.range(range).take(max) {
+        for kv in self.db.range(range).take(max) {
             let (k, v) = kv?;
             out.push((record::event_seq(&k)?, record::decode(&v)?));
         }
         // checked after the read: a trim that raced it shows here
-        if after < inner.events_trimmed.load(Ordering::Acquire) {
+        if after < self.trimmed() {
             return Ok(None);
         }
         Ok(Some(out))
     }
 
-    /// Removes events so that at most the last `keep` batches' remain. Returns how many went.
-    pub fn trim_events(&self, keep: u64) -> Result<usize> {
-        let inner = &*self.inner;
-        let below = inner.commit.durable_seq().saturating_sub(keep);
-        if below <= inner.events_trimmed.load(Ordering::Acquire) {
+    /// Removes every event at or below `below`. Returns how many went.
+    fn trim(&self, below: u64) -> Result<usize> {
+        if below <= self.trimmed() {
             return Ok(0);
         }
         // the mark first: a crash between leaves events a reader will not use, never a gap
         // a reader would not notice
-        inner
-            .streams
+        self.db
             .insert(record::meta_key(TRIMMED), &below.to_be_bytes())?;
-        inner.events_trimmed.store(below, Ordering::Release);
+        self.trimmed.store(below, Ordering::Release);
         let mut n = 0;
         let range = record::event_key(0)..=record::event_key(below);
-        for kv in inner.streams.range(range) {
+        for kv in self.db.range(range) {
             let (k, _) = kv?;
-            inner.streams.remove(k)?;
+            self.db.remove(k)?;
             n += 1;
         }
         Ok(n)
     }
-}
 
-impl Inner {
     /// The event of a batch, encoded.
-    pub(super) fn change_event(
+    pub(super) fn encode(
         key: &crate::key::DocKey,
         doc: &crate::doc::Document,
         rec: &record::DocRecord,
@@ -164,5 +153,42 @@ impl Inner {
             version: rec.version.clone(),
             stamps,
         })
+    }
+}
+
+impl Store {
+    /// This data dir's epoch: part of every cursor into its events.
+    pub fn event_epoch(&self) -> &str {
+        &self.inner.events.epoch
+    }
+
+    pub fn event_bounds(&self) -> EventBounds {
+        EventBounds {
+            visible: self.inner.commit.durable_seq(),
+            trimmed: self.inner.events.trimmed(),
+        }
+    }
+
+    /// Notices of the durable watermark moving.
+    pub fn watch_events(&self) -> EventWatch {
+        EventWatch(self.inner.commit.watch_durable())
+    }
+
+    /// Up to `max` events after `after`, up to `upto` (at most the visible bound), in order;
+    /// `None` if some of them were trimmed.
+    pub fn events(
+        &self,
+        after: u64,
+        upto: u64,
+        max: usize,
+    ) -> Result<Option<Vec<(u64, ChangeEvent)>>> {
+        let upto = upto.min(self.inner.commit.durable_seq());
+        self.inner.events.read(after, upto, max)
+    }
+
+    /// Removes events so that at most the last `keep` batches' remain. Returns how many went.
+    pub fn trim_events(&self, keep: u64) -> Result<usize> {
+        let below = self.inner.commit.durable_seq().saturating_sub(keep);
+        self.inner.events.trim(below)
     }
 }

@@ -1,13 +1,13 @@
 //! Idempotency keys: the first answer to a write with a key is stored with the write, in the
 //! same batch, and a retry with the same key gets it again (for 24 hours by default).
 
-use super::{now_ms, Inner, Store};
+use super::{now_ms, Store};
 use crate::error::{Error, Result};
 use crate::key::stripe;
 use crate::record::{self, IdemRecord, WriteOutcome};
 use crate::wal::Op;
 
-pub(super) const STRIPES: usize = 1024;
+const STRIPES: usize = 1024;
 
 /// A write's idempotency key and a digest of the request, to tell a retry from a reuse.
 #[derive(Debug, Clone)]
@@ -41,22 +41,36 @@ pub(super) fn record(idem: &Idempotency, outcome: WriteOutcome) -> Op {
     (record::idem_key(&idem.key), Some(record::encode(&r)))
 }
 
-impl Inner {
+/// The idempotency records' own state: the lock stripes and the time a record is kept.
+pub(super) struct IdemKeys {
+    tree: sled::Db,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    ttl_ms: u64,
+}
+
+impl IdemKeys {
+    pub(super) fn new(tree: sled::Db, ttl: std::time::Duration) -> IdemKeys {
+        IdemKeys {
+            tree,
+            locks: (0..STRIPES).map(|_| Default::default()).collect(),
+            ttl_ms: ttl.as_millis() as u64,
+        }
+    }
+
     /// Held from the lookup until the write with the key is durable, so that a concurrent retry
     /// finds the stored answer.
-    pub(super) async fn idem_lock(&self, idem: &Idempotency) -> tokio::sync::MutexGuard<'_, ()> {
-        self.idem_locks[stripe(&idem.key, STRIPES)].lock().await
+    pub(super) async fn lock(&self, idem: &Idempotency) -> tokio::sync::MutexGuard<'_, ()> {
+        self.locks[stripe(&idem.key, STRIPES)].lock().await
     }
 
     /// The stored answer of an earlier request with this key (younger than the TTL); 422 if the
     /// key came with another request.
-    pub(super) fn idem_replay(&self, idem: &Idempotency) -> Result<Option<WriteOutcome>> {
+    pub(super) fn replay(&self, idem: &Idempotency) -> Result<Option<WriteOutcome>> {
         let Some(v) = self.tree.get(record::idem_key(&idem.key))? else {
             return Ok(None);
         };
         let rec: IdemRecord = record::decode(&v)?;
-        let ttl = self.config.idempotency_ttl.as_millis() as u64;
-        if rec.created_ms + ttl < now_ms() {
+        if rec.created_ms + self.ttl_ms < now_ms() {
             return Ok(None);
         }
         if rec.fingerprint != idem.fingerprint {
@@ -66,21 +80,26 @@ impl Inner {
         }
         Ok(Some(rec.outcome))
     }
+
+    /// Forgets keys older than the TTL. Returns how many it removed.
+    fn purge(&self) -> Result<usize> {
+        let cutoff = now_ms().saturating_sub(self.ttl_ms);
+        let mut removed = 0;
+        for kv in self.tree.scan_prefix([record::IDEM]) {
+            let (k, v) = kv?;
+            let rec: IdemRecord = record::decode(&v)?;
+            if rec.created_ms < cutoff {
+                self.tree.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }
 
 impl Store {
     /// Forgets idempotency keys older than the configured TTL. Returns how many it removed.
     pub fn purge_idempotency_keys(&self) -> Result<usize> {
-        let cutoff = now_ms().saturating_sub(self.inner.config.idempotency_ttl.as_millis() as u64);
-        let mut removed = 0;
-        for kv in self.inner.tree.scan_prefix([record::IDEM]) {
-            let (k, v) = kv?;
-            let rec: IdemRecord = record::decode(&v)?;
-            if rec.created_ms < cutoff {
-                self.inner.tree.remove(k)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        self.inner.idem.purge()
     }
 }

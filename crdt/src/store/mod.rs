@@ -33,7 +33,6 @@ mod read;
 mod write;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -190,7 +189,7 @@ struct Inner {
     config: StoreConfig,
     /// Documents in memory: the cache, pinned documents, per-document locks (see `cache`).
     docs: cache::DocCache,
-    idem_locks: Vec<tokio::sync::Mutex<()>>,
+    idem: idempotency::IdemKeys,
     commit: GroupCommit,
     feed: feed::FeedState,
     /// Every document whose durable state changed (any kind of write), for sync connections.
@@ -198,10 +197,7 @@ struct Inner {
     digests: digest::Digests,
     doc_ids: docids::DocIds,
     contracts: Mutex<contracts::Registry>,
-    /// This data dir's epoch, in every change-event cursor.
-    epoch: String,
-    /// Every change event at or below this sequence number was trimmed.
-    events_trimmed: AtomicU64,
+    events: events::EventLog,
     replayed: u64,
 }
 
@@ -249,8 +245,8 @@ impl Store {
         let docs = cache::DocCache::new(config.cache_bytes);
         let doc_ids = docids::DocIds::default();
         let digests = digest::initial(&db, |key, leaf| doc_ids.insert_in(key, leaf))?;
-        let epoch = events::epoch(&config.path)?;
-        let events_trimmed = AtomicU64::new(events::trimmed(&dbs.streams)?);
+        let events = events::EventLog::open(&config.path, dbs.streams.clone())?;
+        let idem = idempotency::IdemKeys::new(db.clone(), config.idempotency_ttl);
         let streams = dbs.streams.clone();
         let commit = GroupCommit::start(dbs, wal_dir, seq, documents)?;
         Ok(Store {
@@ -261,17 +257,14 @@ impl Store {
                 clock,
                 config,
                 docs,
-                idem_locks: (0..idempotency::STRIPES)
-                    .map(|_| Default::default())
-                    .collect(),
+                idem,
                 commit,
                 feed: feed::FeedState::new(last, feed_trimmed),
                 doc_changed: tokio::sync::broadcast::Sender::new(DOC_EVENTS),
                 digests,
                 doc_ids,
                 contracts: Mutex::default(),
-                epoch,
-                events_trimmed,
+                events,
                 replayed: replayed as u64,
             }),
         })

@@ -12,7 +12,7 @@ use automerge::ChangeHash;
 use uhlc::Timestamp;
 
 use super::cache::{weight, Slot};
-use super::{idempotency, Inner, Merged, Store, Written};
+use super::{events, idempotency, Inner, Merged, Store, Written};
 use crate::commit::InProgress;
 use crate::doc::{Applied, Document, Edit, RemoteChange, State};
 use crate::error::{Error, Result};
@@ -111,8 +111,8 @@ impl<'a> DocWrite<'a> {
                 self.inner
                     .record_changes(&self.key, &doc, self.prev.take(), &changes);
             let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash).collect();
-            let event =
-                (!changes.is_empty()).then(|| Inner::change_event(&self.key, &doc, &rec, &hashes));
+            let event = (!changes.is_empty())
+                .then(|| events::EventLog::encode(&self.key, &doc, &rec, &hashes));
             let weight = weight(&doc, rec.json.len());
             (ops, rec, delta, event, weight)
         };
@@ -298,11 +298,11 @@ impl Store {
         let inner = &*self.inner;
         inner.commit.check()?;
         let idem_lock = match &idem {
-            Some(i) => Some(inner.idem_lock(i).await),
+            Some(i) => Some(inner.idem.lock(i).await),
             None => None,
         };
         if let Some(i) = &idem {
-            if let Some(outcome) = inner.idem_replay(i)? {
+            if let Some(outcome) = inner.idem.replay(i)? {
                 return Ok(Written {
                     outcome,
                     replayed: true,

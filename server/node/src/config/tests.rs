@@ -207,7 +207,13 @@ fn the_listen_address_is_host_and_port() {
     for good in ["127.0.0.1:7070", "[::]:7070", "localhost:0"] {
         args(good).resolve().unwrap();
     }
-    for bad in ["7070", "not an address", ":7070", "127.0.0.1:http", "127.0.0.1:70000"] {
+    for bad in [
+        "7070",
+        "not an address",
+        ":7070",
+        "127.0.0.1:http",
+        "127.0.0.1:70000",
+    ] {
         let err = args(bad).resolve().unwrap_err().to_string();
         assert!(err.contains("host:port"), "{bad}: {err}");
     }
