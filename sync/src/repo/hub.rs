@@ -8,6 +8,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use meridian_crdt::{DocKey, Store};
+
+pub(super) use super::protocol::EphemeralNote;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -76,15 +78,6 @@ pub(super) struct Mailbox {
     pub(super) wake: Notify,
     /// The client's peer id, once it joined (ephemeral messages are addressed to it).
     pub(super) peer: Mutex<Option<String>>,
-}
-
-/// An ephemeral message to relay, from its original sender.
-#[derive(Debug, Clone)]
-pub(super) struct EphemeralNote {
-    pub(super) sender: String,
-    pub(super) count: u64,
-    pub(super) session: String,
-    pub(super) data: Vec<u8>,
 }
 
 #[derive(Debug, Default)]

@@ -4,7 +4,9 @@
 //!
 //! # Layout
 //! - `message`: the CBOR messages.
-//! - `connection`: one client connection: frames in, frames out.
+//! - `protocol`: one client connection's protocol, without I/O: messages in, steps out (store
+//!   work among them, answered by the caller).
+//! - `connection`: runs a protocol's steps against the store and the hub: frames in, frames out.
 //! - `hub`: the node's connections, which documents each has open, change notices, limits.
 //! - [`Access`]: what a connection's client may read and write, decided by the server.
 
@@ -13,12 +15,16 @@ mod connection;
 #[cfg(feature = "node")]
 mod hub;
 mod message;
+#[cfg(feature = "node")]
+mod protocol;
 
 #[cfg(feature = "node")]
-pub use connection::{Close, Connection, Notices, Output};
+pub use connection::{Connection, Notices, Output};
 #[cfg(feature = "node")]
 pub use hub::{Full, Hub, SyncLimits, SyncStats};
 pub use message::{BadMessage, Message, PeerMetadata, PROTOCOL};
+#[cfg(feature = "node")]
+pub use protocol::Close;
 
 #[cfg(all(test, feature = "node"))]
 mod tests;
