@@ -26,6 +26,7 @@ pub enum Merge {
 
 /// One rule a document breaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Violation {
     /// A JSON Pointer to the offending value (`""` for the document itself).
     pub path: String,

@@ -11,7 +11,10 @@ use crate::pointer;
 
 /// One value among the conflicting values of a field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConflictValue {
+    /// Any JSON value.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub value: Value,
     /// The node that wrote it, or that accepted it from a client (empty while pending).
     pub node: String,
@@ -24,6 +27,7 @@ pub struct ConflictValue {
 
 /// A field with more than one value; `values[0]` is the visible winner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Conflict {
     pub path: String,
     pub values: Vec<ConflictValue>,

@@ -3,8 +3,9 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use meridian_api::{Deleted, Document, Item, Page};
 use meridian_crdt::{
-    json, parse_ops, Contract, DocKey, DocView, DocumentId, Edit, Idempotency, Written,
+    json, parse_ops, Contract, DocKey, DocumentId, Edit, Idempotency, Violation, Written,
 };
 use serde::Deserialize;
 
@@ -17,12 +18,9 @@ use crate::state::AppState;
 pub(crate) const MAX_LIMIT: usize = 1000;
 pub(crate) const DEFAULT_LIMIT: usize = 100;
 
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
-}
-
-/// A JSON response from already-serialized parts, so stored JSON is never parsed again.
-fn json_response(status: StatusCode, body: String) -> Response {
+/// A JSON response of an API type.
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    let body = serde_json::to_vec(body).expect("API types serialize");
     let mut resp = (status, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -33,42 +31,40 @@ fn json_response(status: StatusCode, body: String) -> Response {
 
 /// The automerge URL of a document (its automerge-repo id; see `docs/sync.md`).
 fn url(key: &DocKey) -> String {
-    quote(&DocumentId::of(key).url())
+    DocumentId::of(key).url()
 }
 
-fn doc_body(key: &DocKey, value: &str, version: &str) -> String {
-    format!(
-        r#"{{"collection":{},"id":{},"value":{},"version":{},"automerge_url":{}}}"#,
-        quote(key.collection()),
-        quote(key.id()),
-        value,
-        quote(version),
-        url(key)
-    )
+fn document(key: &DocKey, value: String, version: String) -> Document<meridian_api::Json> {
+    Document {
+        collection: key.collection().to_owned(),
+        id: key.id().to_owned(),
+        value: meridian_api::json(value),
+        version,
+        automerge_url: url(key),
+        conflicts: None,
+        violations: vec![],
+    }
 }
 
 fn write_response(key: &DocKey, w: Written) -> Response {
-    let o = &w.outcome;
-    let (status, body) = if o.deleted {
-        (
-            StatusCode::OK,
-            format!(
-                r#"{{"collection":{},"id":{},"deleted":true,"version":{},"automerge_url":{}}}"#,
-                quote(key.collection()),
-                quote(key.id()),
-                quote(&o.version),
-                url(key)
-            ),
-        )
+    let o = w.outcome;
+    let mut resp = if o.deleted {
+        let deleted = Deleted {
+            collection: key.collection().to_owned(),
+            id: key.id().to_owned(),
+            deleted: true,
+            version: o.version,
+            automerge_url: url(key),
+        };
+        json_response(StatusCode::OK, &deleted)
     } else {
         let status = if o.created {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         };
-        (status, doc_body(key, &o.value, &o.version))
+        json_response(status, &document(key, o.value, o.version))
     };
-    let mut resp = json_response(status, body);
     if w.replayed {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -92,32 +88,13 @@ async fn write(
     Ok(write_response(&key, w))
 }
 
-/// `,"violations":[...]` when the collection has a schema and the stored document breaks it
-/// (concurrent writes, each valid, can merge into such a document; see docs/schemas.md), else
-/// nothing.
-fn violations_field(contract: Option<&dyn Contract>, json: &str) -> Result<String, ApiError> {
-    let Some(contract) = contract else {
-        return Ok(String::new());
-    };
-    let v = meridian_schema::violations_of(contract, json)?;
-    Ok(if v.is_empty() {
-        String::new()
-    } else {
-        format!(
-            r#","violations":{}"#,
-            serde_json::to_string(&v).expect("violations serialize")
-        )
-    })
-}
-
-/// A document body with its violations spliced in before the closing brace.
-fn with_violations(mut body: String, violations: &str) -> String {
-    if !violations.is_empty() {
-        body.pop();
-        body.push_str(violations);
-        body.push('}');
+/// The rules the stored document breaks when its collection has a schema (concurrent writes,
+/// each valid, can merge into such a document; see docs/schemas.md), else none.
+fn violations(contract: Option<&dyn Contract>, json: &str) -> Result<Vec<Violation>, ApiError> {
+    match contract {
+        None => Ok(vec![]),
+        Some(contract) => Ok(meridian_schema::violations_of(contract, json)?),
     }
-    body
 }
 
 #[derive(Deserialize)]
@@ -144,33 +121,23 @@ pub(crate) async fn get_doc(
     }
     let not_found = || ApiError::NotFound(format!("no document {key}"));
     let contract = st.store.contract_of(key.collection());
-    if p.conflicts {
+    let (view, conflicts) = if p.conflicts {
         let (view, conflicts) = st
             .store
             .get_with_conflicts(&key)
             .await?
             .ok_or_else(not_found)?;
-        let body = format!(
-            r#"{{"collection":{},"id":{},"value":{},"version":{},"automerge_url":{},"conflicts":{}}}"#,
-            quote(key.collection()),
-            quote(key.id()),
-            view.json,
-            quote(&view.version),
-            url(&key),
-            serde_json::to_string(&conflicts).expect("conflicts serialize")
-        );
-        let violations = violations_field(contract.as_deref(), &view.json)?;
-        return Ok(json_response(
-            StatusCode::OK,
-            with_violations(body, &violations),
-        ));
-    }
-    let view = st.store.get(&key).await?.ok_or_else(not_found)?;
-    let violations = violations_field(contract.as_deref(), &view.json)?;
-    Ok(json_response(
-        StatusCode::OK,
-        with_violations(doc_body(&key, &view.json, &view.version), &violations),
-    ))
+        (view, Some(conflicts))
+    } else {
+        (st.store.get(&key).await?.ok_or_else(not_found)?, None)
+    };
+    let violations = violations(contract.as_deref(), &view.json)?;
+    let doc = Document {
+        conflicts,
+        violations,
+        ..document(&key, view.json, view.version)
+    };
+    Ok(json_response(StatusCode::OK, &doc))
 }
 
 pub(crate) async fn put_doc(
@@ -262,33 +229,25 @@ pub(crate) async fn list_docs(
         }
     };
     let contract = st.store.contract_of(&collection);
-    let mut items: Vec<String> = Vec::with_capacity(page.items.len());
-    for d in &page.items {
-        let violations = violations_field(contract.as_deref(), &d.json)?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for d in page.items {
+        let violations = violations(contract.as_deref(), &d.json)?;
         if !only_invalid || !violations.is_empty() {
-            items.push(with_violations(item_body(&collection, d), &violations));
+            let key = DocKey::new(&collection, &d.id).expect("a stored document has a valid key");
+            items.push(Item {
+                automerge_url: url(&key),
+                id: d.id,
+                value: meridian_api::json(d.json),
+                version: d.version,
+                violations,
+            });
         }
     }
-    let next = page
-        .next
-        .as_deref()
-        .map(quote)
-        .unwrap_or_else(|| "null".into());
-    Ok(json_response(
-        StatusCode::OK,
-        format!(r#"{{"items":[{}],"next":{}}}"#, items.join(","), next),
-    ))
-}
-
-fn item_body(collection: &str, d: &DocView) -> String {
-    let key = DocKey::new(collection, &d.id).expect("a stored document has a valid key");
-    format!(
-        r#"{{"id":{},"value":{},"version":{},"automerge_url":{}}}"#,
-        quote(&d.id),
-        d.json,
-        quote(&d.version),
-        url(&key)
-    )
+    let page = Page {
+        items,
+        next: page.next,
+    };
+    Ok(json_response(StatusCode::OK, &page))
 }
 
 /// 405 for a known path with another method.

@@ -1,5 +1,6 @@
 //! The one place where errors become HTTP statuses and error codes.
 
+use meridian_api::Code;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use meridian_crdt::Error as CrdtError;
@@ -104,29 +105,29 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::InvalidId(_) => "invalid_id",
-            ApiError::BadSession(_) => "invalid_session_token",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::TooManyRequests(_) => "too_many_requests",
-            ApiError::SessionUnavailable { .. } => "session_unavailable",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::InvalidSchema(_) => "invalid_schema",
-            ApiError::SchemaViolation(_) => "schema_violation",
-            ApiError::IncompatibleSchema { .. } => "incompatible_schema",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::UpgradeRequired(_) => "upgrade_required",
-            ApiError::Unprocessable(_) => "unprocessable",
-            ApiError::Overloaded | ApiError::LimitReached(_) => "overloaded",
-            ApiError::Timeout => "timeout",
-            ApiError::Unavailable(_) | ApiError::Faulted(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
-            ApiError::BadGateway(_) => "unreachable",
+            ApiError::BadRequest(_) => Code::BadRequest,
+            ApiError::InvalidId(_) => Code::InvalidId,
+            ApiError::BadSession(_) => Code::InvalidSessionToken,
+            ApiError::Unauthorized(_) => Code::Unauthorized,
+            ApiError::Forbidden(_) => Code::Forbidden,
+            ApiError::TooManyRequests(_) => Code::TooManyRequests,
+            ApiError::SessionUnavailable { .. } => Code::SessionUnavailable,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::InvalidSchema(_) => Code::InvalidSchema,
+            ApiError::SchemaViolation(_) => Code::SchemaViolation,
+            ApiError::IncompatibleSchema { .. } => Code::IncompatibleSchema,
+            ApiError::MethodNotAllowed => Code::MethodNotAllowed,
+            ApiError::PayloadTooLarge(_) => Code::PayloadTooLarge,
+            ApiError::UnsupportedMediaType(_) => Code::UnsupportedMediaType,
+            ApiError::UpgradeRequired(_) => Code::UpgradeRequired,
+            ApiError::Unprocessable(_) => Code::Unprocessable,
+            ApiError::Overloaded | ApiError::LimitReached(_) => Code::Overloaded,
+            ApiError::Timeout => Code::Timeout,
+            ApiError::Unavailable(_) | ApiError::Faulted(_) => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+            ApiError::BadGateway(_) => Code::Unreachable,
         }
     }
 }
@@ -174,25 +175,30 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(%status, error = %self, "request refused"),
         }
-        let mut error = serde_json::json!({"code": self.code(), "message": self.to_string()});
-        if let ApiError::SessionUnavailable { node, url, .. } = &self {
-            // where the client can go instead
-            error["region"] = node.clone().into();
-            error["url"] = url.clone().into();
+        let mut error = meridian_api::Error::new(self.code(), self.to_string());
+        match &self {
+            ApiError::SessionUnavailable { node, url, .. } => {
+                // where the client can go instead
+                error.elsewhere = Some(meridian_api::Elsewhere {
+                    region: node.clone(),
+                    url: url.clone(),
+                });
+            }
+            ApiError::SchemaViolation(errors) => error.errors = Some(errors.clone()),
+            ApiError::IncompatibleSchema {
+                reasons,
+                broken,
+                ids,
+            } => {
+                error.reasons = Some(reasons.clone());
+                error.broken = Some(meridian_api::Broken {
+                    count: *broken as u64,
+                    ids: ids.clone(),
+                });
+            }
+            _ => {}
         }
-        if let ApiError::SchemaViolation(errors) = &self {
-            error["errors"] = serde_json::to_value(errors).expect("violations serialize");
-        }
-        if let ApiError::IncompatibleSchema {
-            reasons,
-            broken,
-            ids,
-        } = &self
-        {
-            error["reasons"] = serde_json::to_value(reasons).expect("strings serialize");
-            error["broken"] = serde_json::json!({"count": broken, "ids": ids});
-        }
-        let body = serde_json::json!({ "error": error });
+        let body = meridian_api::ErrorBody { error };
         let mut resp = (status, axum::Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {

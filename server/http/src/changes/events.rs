@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderMap};
 use axum::response::sse::Event;
+use meridian_api::{Change, DocumentEvent, Stamp};
 use meridian_crdt::{ChangeEvent, DocKey, DocState, DocumentId};
 
 use crate::error::ApiError;
@@ -79,52 +80,49 @@ pub(super) fn reset(epoch: &str, from: u64) -> Event {
     )
 }
 
-pub(super) fn quote(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
-}
-
 /// The data of a `change` event: the document answer after the change, and who made it.
 pub(super) fn render(e: &ChangeEvent) -> String {
-    // stored keys were valid when written; a damaged one still renders, without its url
-    let url = DocKey::new(&e.collection, &e.id)
-        .map(|k| quote(&DocumentId::of(&k).url()))
-        .unwrap_or_else(|_| "null".into());
     let deleted = e.state == meridian_crdt::State::Deleted;
-    let (node, hlc) = match e.stamps.last() {
-        Some((n, h)) => (quote(n), quote(h)),
-        None => ("null".into(), "null".into()),
+    let last = e.stamps.last();
+    let data = Change {
+        collection: e.collection.clone(),
+        id: e.id.clone(),
+        value: (!deleted).then(|| meridian_api::json(e.json.clone())),
+        version: e.version.clone(),
+        deleted,
+        // stored keys were valid when written; a damaged one still renders, without its url
+        automerge_url: DocKey::new(&e.collection, &e.id)
+            .ok()
+            .map(|k| DocumentId::of(&k).url()),
+        node: last.map(|(n, _)| n.clone()),
+        hlc: last.map(|(_, h)| h.clone()),
+        changes: e
+            .stamps
+            .iter()
+            .map(|(node, hlc)| Stamp {
+                node: node.clone(),
+                hlc: hlc.clone(),
+            })
+            .collect(),
     };
-    let stamps: Vec<String> = e
-        .stamps
-        .iter()
-        .map(|(n, h)| format!(r#"{{"node":{},"hlc":{}}}"#, quote(n), quote(h)))
-        .collect();
-    format!(
-        r#"{{"collection":{},"id":{},"value":{},"version":{},"deleted":{deleted},"automerge_url":{},"node":{node},"hlc":{hlc},"changes":[{}]}}"#,
-        quote(&e.collection),
-        quote(&e.id),
-        if deleted { "null" } else { &e.json },
-        quote(&e.version),
-        url,
-        stamps.join(",")
-    )
+    serde_json::to_string(&data).expect("API types serialize")
 }
 
 /// The data of a `document` event: the document as it is.
 pub(super) fn render_state(key: &DocKey, state: Option<&DocState>) -> String {
-    let (value, version, deleted) = match state {
-        Some(s) if s.state == meridian_crdt::State::Live => {
-            (s.json.as_str(), quote(&s.version), false)
-        }
-        Some(s) if s.state == meridian_crdt::State::Deleted => ("null", quote(&s.version), true),
-        _ => ("null", "null".into(), false),
+    let live = state.filter(|s| s.state == meridian_crdt::State::Live);
+    let data = DocumentEvent {
+        collection: key.collection().to_owned(),
+        id: key.id().to_owned(),
+        value: live.map(|s| meridian_api::json(s.json.clone())),
+        // a deleted document keeps its version; one never written has none
+        version: state
+            .filter(|s| matches!(s.state, meridian_crdt::State::Live | meridian_crdt::State::Deleted))
+            .map(|s| s.version.clone()),
+        deleted: state.is_some_and(|s| s.state == meridian_crdt::State::Deleted),
+        automerge_url: DocumentId::of(key).url(),
     };
-    format!(
-        r#"{{"collection":{},"id":{},"value":{value},"version":{version},"deleted":{deleted},"automerge_url":{}}}"#,
-        quote(key.collection()),
-        quote(key.id()),
-        quote(&DocumentId::of(key).url()),
-    )
+    serde_json::to_string(&data).expect("API types serialize")
 }
 
 #[cfg(test)]
