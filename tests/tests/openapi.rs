@@ -1,15 +1,17 @@
 //! The OpenAPI description the node serves, checked against the node by schemathesis (PyPI):
 //! no server errors, only documented statuses, content types, headers and bodies as described,
-//! and every request the description allows is accepted (`tests/schemathesis.toml`).
+//! and every request the description allows is accepted (`tests/schemathesis.toml`), for each
+//! request alone and, in the stateful phase, along the description's links (a write's answer
+//! names the document that the next read, patch, ops or delete acts on).
 //!
 //! Needs `schemathesis` on the PATH, or `$SCHEMATHESIS` naming it (`.ci/run` installs it in a
 //! virtual environment). Runs a fixed seed (`MERIDIAN_SCHEMATHESIS_SEED` picks another) so that
-//! CI is repeatable; about 20 s.
+//! CI is repeatable; about 75 s.
 //!
-//! `/v1/_schemas/{collection}` is left out: its body is a JSON Schema, which an OpenAPI 3.0
-//! schema cannot describe (a JSON object that is not a valid JSON Schema is 400
-//! `invalid_schema`), and a stored schema changes which later writes to that collection are
-//! accepted. Its contract is tested in `server/http/tests/schemas.rs`.
+//! `/v1/_schemas/{collection}` is left out: its body is a JSON Schema, and no schema says which
+//! JSON objects are valid JSON Schemas (any other is 400 `invalid_schema`); and a stored schema
+//! changes which later writes to that collection are accepted. Its contract is tested in
+//! `server/http/tests/schemas.rs`.
 //!
 //! Two things are held fixed rather than generated, and why:
 //! - `Accept: application/json`: `text/event-stream` answers a stream that does not end (the
@@ -64,4 +66,9 @@ fn the_served_openapi_description_matches_what_the_node_does() {
         "schemathesis (seed {seed}) found problems:\n{report}"
     );
     assert!(report.contains(" passed"), "{report}");
+    // the links make the stateful phase run: without them it is "not applicable"
+    assert!(
+        report.contains("Stateful") && !report.contains("Stateful (not applicable)"),
+        "the stateful phase did not run:\n{report}"
+    );
 }

@@ -24,6 +24,7 @@ pub enum Op {
     },
     Increment {
         path: String,
+        #[serde(deserialize_with = "integral")]
         by: i64,
     },
     Insert {
@@ -32,12 +33,38 @@ pub enum Op {
     },
     Splice {
         path: String,
+        #[serde(deserialize_with = "integral")]
         index: usize,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "integral")]
         delete: usize,
         #[serde(default)]
         insert: String,
     },
+}
+
+/// A whole number, also when written with a fraction of zero (`2.0`): JSON does not tell the
+/// two apart, and JSON Schema (the OpenAPI description) counts `2.0` as an integer.
+fn integral<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    use serde::de::Error as _;
+    let n = serde_json::Number::deserialize(d)?;
+    let out_of_range = || D::Error::custom(format!("{n} is out of range"));
+    if let Some(i) = n.as_i64() {
+        return T::try_from(i).map_err(|_| out_of_range());
+    }
+    if let Some(u) = n.as_u64() {
+        return T::try_from(u).map_err(|_| out_of_range());
+    }
+    match n.as_f64() {
+        // the bounds are exact in f64; 2^63 itself is out of i64's range
+        Some(f) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) => {
+            T::try_from(f as i64).map_err(|_| out_of_range())
+        }
+        _ => Err(D::Error::custom(format!("{n} is not a whole number"))),
+    }
 }
 
 #[derive(Deserialize)]

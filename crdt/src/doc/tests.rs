@@ -428,3 +428,37 @@ fn genesis_is_the_documented_change() {
         "7ffabf88754c88dba826bb0e63599194694b1fc8ec012f58ca9b56498ba6de77"
     );
 }
+
+#[test]
+fn whole_numbers_in_ops_may_be_written_with_a_zero_fraction_and_nothing_else_passes() {
+    let by = |v: Value| parse_ops(json!({"ops": [{"op": "increment", "path": "/n", "by": v}]}));
+    for (given, wanted) in [
+        (json!(2), 2),
+        (json!(2.0), 2),
+        (json!(-3.0), -3),
+        (json!(0.0), 0),
+    ] {
+        match &by(given.clone()).unwrap()[0] {
+            Op::Increment { by, .. } => assert_eq!(*by, wanted, "{given}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    for bad in [
+        json!(2.5),
+        json!(1e19),
+        json!(9223372036854775808u64),
+        json!("2"),
+    ] {
+        assert!(by(bad.clone()).is_err(), "{bad}");
+    }
+    let splice = |index: Value| {
+        parse_ops(json!({"ops": [{"op": "splice", "path": "/t", "index": index, "delete": 1.0}]}))
+    };
+    match &splice(json!(3.0)).unwrap()[0] {
+        Op::Splice { index, delete, .. } => assert_eq!((*index, *delete), (3, 1)),
+        other => panic!("{other:?}"),
+    }
+    for bad in [json!(-1), json!(-1.0), json!(0.5)] {
+        assert!(splice(bad.clone()).is_err(), "{bad}");
+    }
+}

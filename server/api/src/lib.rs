@@ -35,7 +35,12 @@ pub struct Document<V = serde_json::Value> {
     pub value: V,
     /// An opaque version; it changes with every change of the document.
     pub version: String,
-    /// The document's automerge-repo URL (`automerge:<id>`), for `/v1/sync`.
+    /// The document's automerge-repo URL (`automerge:` + its DocumentId), for `/v1/sync`; the
+    /// same on every node, computable offline (docs/sync.md).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^automerge:[1-9A-HJ-NP-Za-km-z]+$")
+    )]
     pub automerge_url: String,
     /// With `?conflicts=true`: every field with concurrent values, the visible winner first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,6 +60,10 @@ pub struct Deleted {
     /// Always true.
     pub deleted: bool,
     pub version: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^automerge:[1-9A-HJ-NP-Za-km-z]+$")
+    )]
     pub automerge_url: String,
 }
 
@@ -66,6 +75,10 @@ pub struct Item<V = serde_json::Value> {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub value: V,
     pub version: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^automerge:[1-9A-HJ-NP-Za-km-z]+$")
+    )]
     pub automerge_url: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub violations: Vec<Violation>,
@@ -93,9 +106,14 @@ pub struct ErrorBody {
 pub struct Error {
     pub code: Code,
     pub message: String,
-    /// `session_unavailable`: where the data the token asks for is.
-    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
-    pub elsewhere: Option<Elsewhere>,
+    /// `session_unavailable`: the node (region) that has the session's data...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// ...and where clients reach it, if it is a peer: its `--peer-public-url`, else the URL
+    /// this node replicates with it over; null if neither is known. Present with `region`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub url: Option<Option<String>>,
     /// `schema_violation`: every rule the write would break.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<Violation>>,
@@ -135,15 +153,19 @@ pub enum Code {
     Unreachable,
 }
 
-/// A `session_unavailable` error's way out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Elsewhere {
-    /// The node (region) that has the session's data.
-    pub region: String,
-    /// Where clients reach that node, if it is a peer: its `--peer-public-url`, else the URL
-    /// this node replicates with it over; null if neither is known.
-    pub url: Option<String>,
+/// A field that is either absent (`None`) or present, possibly as null (`Some(None)`).
+mod present {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Option<String>>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().expect("skipped when absent").serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
 }
 
 /// Stored documents a schema would break: how many, and some of their ids.
@@ -159,7 +181,8 @@ impl Error {
         Error {
             code,
             message: message.into(),
-            elsewhere: None,
+            region: None,
+            url: None,
             errors: None,
             reasons: None,
             broken: None,
@@ -203,10 +226,8 @@ mod tests {
     #[test]
     fn errors_name_their_code_and_only_the_details_that_apply() {
         let mut e = Error::new(Code::SessionUnavailable, "behind");
-        e.elsewhere = Some(Elsewhere {
-            region: "us".into(),
-            url: None,
-        });
+        e.region = Some("us".into());
+        e.url = Some(None);
         let text = serde_json::to_string(&ErrorBody { error: e.clone() }).unwrap();
         assert_eq!(
             text,
@@ -217,6 +238,6 @@ mod tests {
         let plain = serde_json::to_string(&Error::new(Code::NotFound, "no document")).unwrap();
         assert_eq!(plain, r#"{"code":"not_found","message":"no document"}"#);
         let back: Error = serde_json::from_str(&plain).unwrap();
-        assert_eq!(back.elsewhere, None);
+        assert_eq!((back.region, back.url), (None, None));
     }
 }

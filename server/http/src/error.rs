@@ -1,8 +1,8 @@
 //! The one place where errors become HTTP statuses and error codes.
 
-use meridian_api::Code;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use meridian_api::Code;
 use meridian_crdt::Error as CrdtError;
 
 /// Every error the API can answer with. The body is `{"error":{"code","message"}}`.
@@ -179,10 +179,8 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::SessionUnavailable { node, url, .. } => {
                 // where the client can go instead
-                error.elsewhere = Some(meridian_api::Elsewhere {
-                    region: node.clone(),
-                    url: url.clone(),
-                });
+                error.region = Some(node.clone());
+                error.url = Some(url.clone());
             }
             ApiError::SchemaViolation(errors) => error.errors = Some(errors.clone()),
             ApiError::IncompatibleSchema {

@@ -617,7 +617,7 @@ async fn openapi_describes_every_route() {
     let n = node();
     let r = send(&n.app, "GET", "/openapi.json", None).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.body["openapi"], "3.0.3");
+    assert_eq!(r.body["openapi"], "3.1.0");
     let paths = r.body["paths"].as_object().unwrap();
     for (path, methods) in [
         (

@@ -117,7 +117,12 @@ pub(super) fn render_state(key: &DocKey, state: Option<&DocState>) -> String {
         value: live.map(|s| meridian_api::json(s.json.clone())),
         // a deleted document keeps its version; one never written has none
         version: state
-            .filter(|s| matches!(s.state, meridian_crdt::State::Live | meridian_crdt::State::Deleted))
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    meridian_crdt::State::Live | meridian_crdt::State::Deleted
+                )
+            })
             .map(|s| s.version.clone()),
         deleted: state.is_some_and(|s| s.state == meridian_crdt::State::Deleted),
         automerge_url: DocumentId::of(key).url(),
