@@ -30,13 +30,53 @@ pub(crate) struct Dbs {
 const STREAMS_CACHE_BYTES: u64 = 16 << 20;
 
 fn open_one(path: PathBuf, cache_bytes: u64) -> Result<sled::Db> {
-    Ok(sled::Config::new()
-        .path(path)
+    clear_leftovers(&path)?;
+    sled::Config::new()
+        .path(&path)
         .cache_capacity(cache_bytes)
         .mode(sled::Mode::HighThroughput)
         // durability comes from the write-ahead log; sled is flushed at checkpoints
         .flush_every_ms(None)
-        .open()?)
+        .open()
+        .map_err(|e| damaged(&path, e))
+}
+
+/// Removes what an interrupted snapshot left: sled writes `snap.<lsn>.generating`, syncs it and
+/// only then renames it to `snap.<lsn>`, so a `.generating` file is never a whole snapshot. But
+/// sled's own lookup skips only `*.in___motion` and opens the newest-named candidate: a full
+/// disk or a crash mid-snapshot left a store that sled called corrupted although its data was
+/// intact.
+fn clear_leftovers(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %path.display(), "removing an unfinished sled snapshot");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// sled's open error, with the database it is about and what to do: a database sled finds
+/// damaged is refused, and the node's peers hold its documents.
+fn damaged(path: &Path, e: sled::Error) -> crate::Error {
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
+            crate::Error::Corrupt(format!(
+            "the database {} is damaged ({e}); keep a copy of the data dir, then, in a cluster, \
+             start on a fresh data dir under a new node id (anti-entropy copies every document \
+             back from the peers), or alone, restore a backup (docs/design.md, failure matrix)",
+            path.display()
+        ))
+        }
+        other => other.into(),
+    }
 }
 
 fn seq_key() -> Vec<u8> {

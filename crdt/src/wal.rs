@@ -10,8 +10,10 @@
 //! # Format
 //! Segment files `<first seq, 20 digits>.wal`, each a run of records:
 //! `len: u32 LE | crc32(payload): u32 LE | payload` with payload = format byte + postcard of
-//! `(seq, [(key, Some(value) | None)])`. A torn or corrupt record ends the last segment (it was
-//! never acknowledged); in an earlier segment it is corruption and recovery refuses to start.
+//! `(seq, [(key, Some(value) | None)])`. A torn or corrupt record with nothing intact after it
+//! ends the last segment (a write cut short by a crash, never acknowledged). A damaged record
+//! that intact records follow, or any damage in an earlier segment, is corruption: those later
+//! records were acknowledged, and recovery refuses to start rather than drop them.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -41,28 +43,56 @@ pub(crate) fn encode_into(out: &mut Vec<u8>, batch: &Batch) {
     out.extend_from_slice(&payload);
 }
 
-/// Decodes the records of one segment. Returns them and whether the segment ended cleanly.
-pub(crate) fn decode_all(mut bytes: &[u8]) -> (Vec<Batch>, bool) {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        if bytes.len() < 8 {
-            return (out, false);
-        }
-        let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        let Some(payload) = bytes.get(8..8 + len) else {
-            return (out, false);
-        };
-        if crc32fast::hash(payload) != crc {
-            return (out, false);
-        }
-        match record::decode::<Batch>(payload) {
-            Ok(b) => out.push(b),
-            Err(_) => return (out, false),
-        }
-        bytes = &bytes[8 + len..];
+/// How a segment's records end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// After the last record.
+    Clean,
+    /// In a record that is cut short or fails its checksum, with nothing intact after it:
+    /// the tail of a write that crashed before its sync, never acknowledged.
+    Torn { at: usize },
+    /// In a damaged record that intact records follow (from `next`): those were acknowledged,
+    /// so this is damage, not a crash.
+    Damaged { at: usize, next: usize },
+}
+
+/// The record at the start of `bytes`, and its length, if it is whole and intact.
+fn record_at(bytes: &[u8]) -> Option<(Batch, usize)> {
+    let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().expect("4 bytes"));
+    let payload = bytes.get(8..8usize.checked_add(len)?)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
     }
-    (out, true)
+    Some((record::decode::<Batch>(payload).ok()?, 8 + len))
+}
+
+/// Decodes the records of one segment, and how it ends.
+pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Batch>, End) {
+    let mut out: Vec<Batch> = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        match record_at(&bytes[at..]) {
+            Some((b, len)) => {
+                out.push(b);
+                at += len;
+            }
+            None => {
+                // an intact record further on, later than the last good one, means damage;
+                // a checksum and a decodable batch with a later sequence number by chance are
+                // vanishingly unlikely
+                let last = out.last().map_or(0, |b| b.seq);
+                let next = (at + 1..bytes.len())
+                    .find(|&i| record_at(&bytes[i..]).is_some_and(|(b, _)| b.seq > last));
+                let end = match next {
+                    Some(next) => End::Damaged { at, next },
+                    None => End::Torn { at },
+                };
+                return (out, end);
+            }
+        }
+    }
+    (out, End::Clean)
 }
 
 /// The open log: the segment being appended to.
@@ -104,12 +134,28 @@ pub(crate) fn recover(dir: &Path) -> Result<Vec<Batch>> {
     let mut out = Vec::new();
     for (i, p) in paths.iter().enumerate() {
         let bytes = std::fs::read(p).map_err(io)?;
-        let (batches, clean) = decode_all(&bytes);
-        if !clean && i + 1 < paths.len() {
-            return Err(Error::Corrupt(format!(
-                "write-ahead log segment {} is damaged",
-                p.display()
-            )));
+        let (batches, end) = decode_all(&bytes);
+        match end {
+            End::Clean => {}
+            End::Torn { at } if i + 1 == paths.len() => {
+                tracing::info!(segment = %p.display(), at, "dropped the torn tail of the write-ahead log (a write cut short by a crash, never acknowledged)");
+            }
+            End::Torn { at } | End::Damaged { at, .. } => {
+                let after = match end {
+                    End::Damaged { next, .. } => {
+                        format!(", and intact records follow from byte {next}")
+                    }
+                    _ => ", and it is not the last segment".into(),
+                };
+                return Err(Error::Corrupt(format!(
+                    "write-ahead log segment {} is damaged at byte {at}{after}: writes \
+                     acknowledged after the damage would be lost, so the node does not start. \
+                     Keep a copy of the data dir; in a cluster, start on a fresh data dir under \
+                     a new node id (anti-entropy copies every document back from the peers); \
+                     alone, restore a backup",
+                    p.display()
+                )));
+            }
         }
         out.extend(batches);
     }
@@ -198,13 +244,13 @@ mod tests {
         for s in 1..=3 {
             encode_into(&mut buf, &batch(s));
         }
-        let (all, clean) = decode_all(&buf);
-        assert!(clean);
+        let (all, end) = decode_all(&buf);
+        assert_eq!(end, End::Clean);
         assert_eq!(all.iter().map(|b| b.seq).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(all[1].ops, batch(2).ops);
         for cut in 1..20 {
-            let (some, clean) = decode_all(&buf[..buf.len() - cut]);
-            assert!(!clean);
+            let (some, end) = decode_all(&buf[..buf.len() - cut]);
+            assert!(matches!(end, End::Torn { .. }), "cut {cut}: {end:?}");
             assert_eq!(some.len(), 2, "cut {cut}");
         }
         let mut flipped = buf.clone();
@@ -215,6 +261,58 @@ mod tests {
             2,
             "a bad checksum ends the log"
         );
+        // zeros after the last record (a file extended but not written) are a torn tail too
+        let mut zeros = buf.clone();
+        zeros.extend([0; 64]);
+        let (all, end) = decode_all(&zeros);
+        assert_eq!((all.len(), end), (3, End::Torn { at: buf.len() }));
+    }
+
+    #[test]
+    fn a_damaged_record_with_intact_records_after_it_is_damage_not_a_torn_tail() {
+        let mut buf = Vec::new();
+        let mut starts = vec![];
+        for s in 1..=5 {
+            starts.push(buf.len());
+            encode_into(&mut buf, &batch(s));
+        }
+        // damage inside the second record's payload, and in its length
+        for offset in [starts[1] + 10, starts[1]] {
+            let mut bad = buf.clone();
+            for b in &mut bad[offset..offset + 4] {
+                *b = !*b;
+            }
+            let (some, end) = decode_all(&bad);
+            assert_eq!(some.iter().map(|b| b.seq).collect::<Vec<_>>(), [1]);
+            assert_eq!(
+                end,
+                End::Damaged {
+                    at: starts[1],
+                    next: starts[2]
+                },
+                "offset {offset}"
+            );
+        }
+        // damage in the last record only: a torn tail
+        let mut bad = buf.clone();
+        let last = starts[4] + 12;
+        bad[last] ^= 0xff;
+        assert_eq!(decode_all(&bad).1, End::Torn { at: starts[4] });
+
+        // and recovery refuses the damaged last segment, naming it and the offset
+        let dir = tempfile::tempdir().unwrap();
+        let mut damaged = buf.clone();
+        damaged[starts[2] + 9] ^= 0xff;
+        std::fs::write(dir.path().join(format!("{:020}.wal", 1)), &damaged).unwrap();
+        let err = recover(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "00000000000000000001.wal is damaged at byte {}",
+                starts[2]
+            )),
+            "{err}"
+        );
+        assert!(err.contains("intact records follow"), "{err}");
     }
 
     #[test]

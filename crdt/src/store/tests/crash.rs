@@ -84,6 +84,77 @@ async fn a_torn_log_tail_is_ignored() {
     assert_eq!(get_json(&replica, "a").await, Some(json!({"v": 1})));
 }
 
+/// A damaged record that intact records follow is not a crash: the later records were
+/// acknowledged, so the store refuses to open rather than serve without them.
+#[tokio::test]
+async fn a_damaged_log_record_with_acknowledged_ones_after_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    sled_image(dir.path(), image.path());
+    for i in 0..20 {
+        s.write(
+            &key(&format!("d{i}")),
+            Edit::Put(obj(json!({"i": i}))),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    copy_dir(&dir.path().join("wal"), &image.path().join("wal"));
+    let mut segs: Vec<_> = std::fs::read_dir(image.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let last = segs.last().unwrap().clone();
+    let mut bytes = std::fs::read(&last).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 16] {
+        *b = !*b;
+    }
+    std::fs::write(&last, bytes).unwrap();
+    let err = Store::open(StoreConfig::new(image.path())).unwrap_err();
+    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+    let name = last.file_name().unwrap().to_str().unwrap().to_owned();
+    let message = err.to_string();
+    assert!(
+        message.contains(&name) && message.contains("intact records follow"),
+        "{message}"
+    );
+}
+
+/// A snapshot sled began and never finished (a full disk, a crash) does not stop the store
+/// from opening: the data is intact.
+#[tokio::test]
+async fn an_unfinished_sled_snapshot_is_cleared_and_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.write(&key("a"), Edit::Put(obj(json!({"v": 1}))), None)
+            .await
+            .unwrap();
+        s.close().unwrap();
+    }
+    for db in ["db", "streams"] {
+        // newer than any real snapshot, and empty: what ENOSPC left in the field
+        std::fs::write(
+            dir.path().join(db).join("snap.FFFFFFFFFFFFFFF0.generating"),
+            b"",
+        )
+        .unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(get_json(&s, "a").await, Some(json!({"v": 1})));
+    for db in ["db", "streams"] {
+        assert!(!dir
+            .path()
+            .join(db)
+            .join("snap.FFFFFFFFFFFFFFF0.generating")
+            .exists());
+    }
+}
+
 mod crash_images {
     //! Property: whatever sequence of writes ran, sled as of start-up plus the log as synced
     //! recovers exactly the state the live store answered with.
