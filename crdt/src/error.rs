@@ -26,6 +26,10 @@ pub enum Error {
     /// The store has failed (a flush or write error) and refuses work until restarted.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The data dir's filesystem is below the free space the store keeps; nothing changed, and
+    /// writes resume once space is freed.
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
     /// Another process has the data dir open.
     #[error("the data dir is in use by another process")]
     InUse,

@@ -57,8 +57,9 @@ pub use record::{ChangeEvent, FeedEntry, WriteOutcome};
 #[cfg(feature = "store")]
 pub use store::{
     ClientSynced, Contracts, DocEvents, DocState, DocView, EventBounds, EventWatch, FeedPage,
-    Idempotency, Merged, Missed, Page, Progress, Store, StoreConfig, StoreStats, Written,
-    DIGEST_BUCKETS, DIGEST_LEAVES, LEAVES_PER_BUCKET, SCHEMAS,
+    Idempotency, Merged, Missed, Page, Progress, Storage, StorageProblem, Store, StoreConfig,
+    StoreStats, Written, DEFAULT_FLOOR_BYTES, DIGEST_BUCKETS, DIGEST_LEAVES, LEAVES_PER_BUCKET,
+    SCHEMAS,
 };
 
 pub use automerge::{ActorId, ChangeHash};

@@ -69,6 +69,26 @@ impl Process {
     /// Starts a node on a free loopback port (unless `extra` says `--listen`) with `data_dir`,
     /// plus any extra arguments, and waits until it is ready.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Process {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Process::start`] with extra environment variables (an `LD_PRELOAD`, say).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Process {
+        Self::try_start(data_dir, extra, env).unwrap_or_else(|(status, log)| {
+            panic!(
+                "meridian did not report its address (exit status {status:?}):\n{}",
+                log.join("\n")
+            )
+        })
+    }
+
+    /// Starts a node like [`Process::start_with_env`]; if it exits (or is silent for 30 s)
+    /// before it listens, its exit code and log.
+    pub fn try_start(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Process, (Option<i32>, Vec<String>)> {
         let mut cmd = Command::new(binary());
         cmd.arg("serve");
         if !extra.contains(&"--listen") {
@@ -78,6 +98,7 @@ impl Process {
             .arg(data_dir)
             .args(extra)
             .env("MERIDIAN_LOG", "info,automerge=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -94,14 +115,13 @@ impl Process {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut early = vec![];
         let addr = loop {
-            let line = log
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| {
-                    let status = child.try_wait().ok().flatten();
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("meridian did not report its address (exit status {status:?})")
-                });
+            let Ok(line) = log.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                // the log ended (the node exited) or stayed silent
+                let _ = child.kill();
+                let status = child.wait().ok().and_then(|s| s.code());
+                return Err((status, early));
+            };
             let addr = line
                 .split("listen=")
                 .nth(1)
@@ -111,12 +131,12 @@ impl Process {
                 break addr;
             }
         };
-        Process {
+        Ok(Process {
             child,
             addr,
             log,
             early: std::sync::Mutex::new(early),
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -148,6 +168,19 @@ impl Process {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM, then the exit status and every log line not yet returned by `log_lines`.
+    pub fn terminate_with_log(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let status = self.child.wait().expect("wait");
+        let mut lines = std::mem::take(&mut *self.early.lock().expect("log lines"));
+        // the reader ends at the pipe's end, after the last line
+        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(5)) {
+            lines.push(line);
+        }
+        (status, lines)
     }
 
     /// Log lines printed since the last call (the first call: since the start).

@@ -77,7 +77,10 @@ impl Store {
             })
             .transpose()?;
         let accepted = match &message {
-            Some(m) if !m.changes.is_empty() => inner.accept_client(key, m).await?,
+            Some(m) if !m.changes.is_empty() => {
+                inner.space.check(super::space::Need::New)?;
+                inner.accept_client(key, m).await?
+            }
             _ => 0,
         };
         let Some((slot, _lock)) = inner.settled_slot(key).await? else {

@@ -30,6 +30,7 @@ mod events;
 mod feed;
 mod idempotency;
 mod read;
+mod space;
 mod write;
 
 use std::path::PathBuf;
@@ -52,6 +53,7 @@ pub use digest::{DIGEST_BUCKETS, DIGEST_LEAVES, LEAVES_PER_BUCKET};
 pub use events::{EventBounds, EventWatch};
 pub use feed::Progress;
 pub use idempotency::Idempotency;
+pub use space::DEFAULT_FLOOR_BYTES;
 
 /// Store settings. [`StoreConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -70,6 +72,9 @@ pub struct StoreConfig {
     pub idempotency_ttl: Duration,
     /// The physical clock under the HLC (tests inject skewed ones).
     pub physical_clock: fn() -> uhlc::NTP64,
+    /// Bytes to keep free on the data dir's filesystem (see `space`); `None`: the smaller of
+    /// [`DEFAULT_FLOOR_BYTES`] and 5% of the filesystem.
+    pub min_free_bytes: Option<u64>,
 }
 
 impl StoreConfig {
@@ -83,6 +88,7 @@ impl StoreConfig {
             max_drift: DEFAULT_MAX_DRIFT,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             physical_clock: uhlc::system_time_clock,
+            min_free_bytes: None,
         }
     }
 }
@@ -165,6 +171,24 @@ pub struct StoreStats {
     pub replayed: u64,
 }
 
+/// How the store's storage stands (`/readyz`, `/v1/status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    /// Free bytes on the data dir's filesystem, and the floor kept free.
+    pub free_bytes: u64,
+    pub floor_bytes: u64,
+    pub problem: Option<StorageProblem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageProblem {
+    /// Below the floor: new data is refused until space is freed; reads go on.
+    LowSpace(String),
+    /// A log sync, sled write or checkpoint failed (its cause named): writes are refused until
+    /// the node is restarted.
+    Failed(String),
+}
+
 /// The store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -198,6 +222,7 @@ struct Inner {
     doc_ids: docids::DocIds,
     contracts: Mutex<contracts::Registry>,
     events: events::EventLog,
+    space: space::Space,
     replayed: u64,
 }
 
@@ -246,6 +271,7 @@ impl Store {
         let doc_ids = docids::DocIds::default();
         let digests = digest::initial(&db, |key, leaf| doc_ids.insert_in(key, leaf))?;
         let events = events::EventLog::open(&config.path, dbs.streams.clone())?;
+        let space = space::Space::new(config.path.clone(), config.min_free_bytes)?;
         let idem = idempotency::IdemKeys::new(db.clone(), config.idempotency_ttl);
         let streams = dbs.streams.clone();
         let commit = GroupCommit::start(dbs, wal_dir, seq, documents)?;
@@ -265,6 +291,7 @@ impl Store {
                 doc_ids,
                 contracts: Mutex::default(),
                 events,
+                space,
                 replayed: replayed as u64,
             }),
         })
@@ -278,9 +305,24 @@ impl Store {
         &self.inner.clock
     }
 
-    /// Ready for traffic: open, and no flush has failed.
+    /// Ready for traffic: open, no flush has failed, and space for writes.
     pub fn is_ready(&self) -> bool {
-        self.inner.commit.check().is_ok()
+        self.storage().problem.is_none()
+    }
+
+    /// Free space, the floor, and what keeps writes from being taken, if anything.
+    pub fn storage(&self) -> Storage {
+        let space = &self.inner.space;
+        let problem = match (self.inner.commit.check(), space.check(space::Need::New)) {
+            (Err(e), _) => Some(StorageProblem::Failed(e.to_string())),
+            (Ok(()), Err(e)) => Some(StorageProblem::LowSpace(e.to_string())),
+            (Ok(()), Ok(())) => None,
+        };
+        Storage {
+            free_bytes: space.free(),
+            floor_bytes: space.floor,
+            problem,
+        }
     }
 
     pub fn stats(&self) -> StoreStats {

@@ -12,7 +12,7 @@ use automerge::ChangeHash;
 use uhlc::Timestamp;
 
 use super::cache::{weight, Slot};
-use super::{events, idempotency, Inner, Merged, Store, Written};
+use super::{events, idempotency, space, Inner, Merged, Store, Written};
 use crate::commit::InProgress;
 use crate::doc::{Applied, Document, Edit, RemoteChange, State};
 use crate::error::{Error, Result};
@@ -310,6 +310,11 @@ impl Store {
                 });
             }
         }
+        // after the replay: a retry of a write already taken gets its answer on a full disk
+        inner.space.check(match edit {
+            Edit::Delete => space::Need::Converge,
+            _ => space::Need::New,
+        })?;
         let contract = inner.contract_of(key.collection());
         let w = inner.open_write(key).await?;
         // a stamp for each counter the edit may create (their changes get feed entries before
@@ -367,6 +372,7 @@ impl Store {
     ) -> Result<Merged> {
         let inner = &*self.inner;
         inner.commit.check()?;
+        inner.space.check(space::Need::Converge)?;
         let mut merged = Merged::default();
         let mut queued = Vec::new();
         let mut last_seq = None;

@@ -149,6 +149,8 @@ pub enum Code {
     Overloaded,
     Timeout,
     Unavailable,
+    /// 507: the node's disk is below the free space it keeps; reads go on.
+    InsufficientStorage,
     Internal,
     Unreachable,
 }

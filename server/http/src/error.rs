@@ -66,6 +66,12 @@ pub enum ApiError {
     /// Storage has failed; internal details are logged, not sent.
     #[error("storage unavailable")]
     Unavailable(String),
+    /// The data dir's filesystem is below the free space kept; said as it is (no secret in it).
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// `/readyz`: why this node should not get traffic now.
+    #[error("{0}")]
+    NotReady(String),
     /// The demo page could not reach a region (`meridian demo`'s proxy).
     #[error("{0}")]
     BadGateway(String),
@@ -100,6 +106,8 @@ impl ApiError {
             | ApiError::Unavailable(_)
             | ApiError::Faulted(_)
             | ApiError::SessionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
@@ -125,7 +133,10 @@ impl ApiError {
             ApiError::Unprocessable(_) => Code::Unprocessable,
             ApiError::Overloaded | ApiError::LimitReached(_) => Code::Overloaded,
             ApiError::Timeout => Code::Timeout,
-            ApiError::Unavailable(_) | ApiError::Faulted(_) => Code::Unavailable,
+            ApiError::Unavailable(_) | ApiError::Faulted(_) | ApiError::NotReady(_) => {
+                Code::Unavailable
+            }
+            ApiError::InsufficientStorage(_) => Code::InsufficientStorage,
             ApiError::Internal(_) => Code::Internal,
             ApiError::BadGateway(_) => Code::Unreachable,
         }
@@ -154,6 +165,7 @@ impl From<CrdtError> for ApiError {
             CrdtError::Unprocessable(m) | CrdtError::Refused(m) => ApiError::Unprocessable(m),
             CrdtError::SchemaViolation(v) => ApiError::SchemaViolation(v),
             CrdtError::Unavailable(m) => ApiError::Unavailable(m),
+            CrdtError::InsufficientStorage(m) => ApiError::InsufficientStorage(m),
             CrdtError::InUse => ApiError::Unavailable("the data dir is in use".into()),
             other => ApiError::Internal(other.to_string()),
         }
@@ -208,6 +220,10 @@ impl IntoResponse for ApiError {
             }
             ApiError::TooManyRequests(wait) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(*wait)));
+            }
+            // space comes back when someone frees it: not in a second
+            ApiError::InsufficientStorage(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
             }
             _ if status == StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

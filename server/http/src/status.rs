@@ -18,18 +18,40 @@ pub(crate) async fn status(State(st): State<AppState>) -> Json<serde_json::Value
         "documents": s.documents,
         "bytes_on_disk": s.bytes_on_disk,
         "version": env!("CARGO_PKG_VERSION"),
+        "storage": storage(&st.store.storage()),
         "auth": st.auth.describe(),
         "tls": st.tls,
     }))
 }
 
+/// The storage part of `/v1/status`: free space, the floor, and the problem if there is one.
+fn storage(s: &meridian_crdt::Storage) -> serde_json::Value {
+    use meridian_crdt::StorageProblem;
+    let (state, problem) = match &s.problem {
+        None => ("ok", None),
+        Some(StorageProblem::LowSpace(m)) => ("low_space", Some(m)),
+        Some(StorageProblem::Failed(m)) => ("failed", Some(m)),
+    };
+    serde_json::json!({
+        "state": state,
+        "problem": problem,
+        "free_bytes": s.free_bytes,
+        "floor_bytes": s.floor_bytes,
+    })
+}
+
+/// 200 when the node takes writes; else 503 naming why (a balancer then sends writes to
+/// another region; reads here still work).
 pub(crate) async fn ready(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    if st.store.is_ready() {
-        Ok(Json(serde_json::json!({"ready": true})))
-    } else {
-        Err(ApiError::Unavailable(
-            "storage has failed; restart the node".into(),
-        ))
+    use meridian_crdt::StorageProblem;
+    match st.store.storage().problem {
+        None => Ok(Json(serde_json::json!({"ready": true}))),
+        Some(StorageProblem::LowSpace(m)) => Err(ApiError::NotReady(format!(
+            "low on disk space, writes refused: {m}"
+        ))),
+        Some(StorageProblem::Failed(m)) => Err(ApiError::NotReady(format!(
+            "{m}; writes are refused until the node is restarted (reads go on)"
+        ))),
     }
 }
 

@@ -144,9 +144,12 @@ impl Node {
         if !late.is_empty() {
             tracing::warn!(workers = ?late, "background workers still running at the exit deadline were aborted");
         }
-        store
-            .close()
-            .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;
+        if let Some(meridian_crdt::StorageProblem::Failed(cause)) = store.storage().problem {
+            stop_after_storage_failure(&store, &cause);
+        }
+        if let Err(e) = store.close() {
+            stop_after_storage_failure(&store, &format!("the final flush failed: {e}"));
+        }
         tracing::info!(node = %store.node_id(), "stopped cleanly");
         Ok(())
     }
@@ -252,6 +255,18 @@ fn spawn_trim(workers: &Workers, store: Store, retention: u64) {
             _ => {}
         }
     });
+}
+
+/// Exits with status 1 and a last line that says why. Everything acknowledged is in the
+/// write-ahead log, replayed at the next start; what is skipped is sled's own drop, which
+/// unwraps the same I/O error and aborts (sled 0.34).
+fn stop_after_storage_failure(store: &Store, cause: &str) -> ! {
+    tracing::error!(
+        node = %store.node_id(),
+        %cause,
+        "stopped after a storage failure: every acknowledged write is in the write-ahead log and is replayed at the next start; fix the disk, then start the node"
+    );
+    std::process::exit(1)
 }
 
 fn open_error(dir: &std::path::Path, e: meridian_crdt::Error) -> anyhow::Error {

@@ -37,7 +37,8 @@ fn get_doc() {}
         (status = 400, response = Error), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 413, response = Error),
         (status = 415, response = Error), (status = 422, response = Error),
-        (status = 429, response = TooManyRequests), (status = 503, response = Error)))]
+        (status = 429, response = TooManyRequests), (status = 503, response = Error),
+        (status = 507, response = Error)))]
 fn put_doc() {}
 
 /// RFC 7396 merge patch (null removes a key); creates the document if absent
@@ -52,7 +53,8 @@ fn put_doc() {}
         (status = 400, response = Error), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 413, response = Error),
         (status = 415, response = Error), (status = 422, response = Error),
-        (status = 429, response = TooManyRequests), (status = 503, response = Error)))]
+        (status = 429, response = TooManyRequests), (status = 503, response = Error),
+        (status = 507, response = Error)))]
 fn patch_doc() {}
 
 /// Delete a document (a delete wins over concurrent updates)
@@ -63,7 +65,8 @@ fn patch_doc() {}
         (status = 400, response = Error), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 404, response = Error),
         (status = 422, response = Error), (status = 429, response = TooManyRequests),
-        (status = 503, response = Error)))]
+        (status = 503, response = Error),
+        (status = 507, response = Error)))]
 fn delete_doc() {}
 
 /// Apply ops atomically as one change
@@ -76,7 +79,8 @@ fn delete_doc() {}
         (status = 400, response = Error), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 413, response = Error),
         (status = 415, response = Error), (status = 422, response = Error),
-        (status = 429, response = TooManyRequests), (status = 503, response = Error)))]
+        (status = 429, response = TooManyRequests), (status = 503, response = Error),
+        (status = 507, response = Error)))]
 fn post_ops() {}
 
 /// List live documents in id order

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Byte budget of the document cache, in MiB. Default: 256.
     #[arg(long, env = "MERIDIAN_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// MiB kept free on the data dir's filesystem: below it new data is refused (507) until
+    /// space is freed. Default: the smaller of 256 MiB and 5% of the filesystem.
+    #[arg(long, env = "MERIDIAN_MIN_FREE_MB")]
+    pub min_free_mb: Option<u64>,
     /// Largest request body, in bytes. Default: 1048576.
     #[arg(long, env = "MERIDIAN_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -240,6 +244,7 @@ impl ServeArgs {
             listen: pick!(listen),
             data_dir: pick!(data_dir),
             cache_mb: pick!(cache_mb),
+            min_free_mb: self.min_free_mb.or(file.min_free_mb),
             max_body_bytes: pick!(max_body_bytes),
             max_in_flight: pick!(max_in_flight),
             request_timeout_ms: pick!(request_timeout_ms),

@@ -31,6 +31,8 @@ pub struct Settings {
     pub listen: String,
     pub data_dir: PathBuf,
     pub cache_mb: u64,
+    /// `None`: the store's default floor.
+    pub min_free_mb: Option<u64>,
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
     pub request_timeout_ms: u64,
@@ -75,6 +77,7 @@ impl Default for Settings {
             listen: "127.0.0.1:7070".into(),
             data_dir: store.path,
             cache_mb: store.cache_bytes >> 20,
+            min_free_mb: None,
             max_body_bytes: limits.max_body,
             max_in_flight: limits.max_in_flight,
             request_timeout_ms: limits.request_timeout.as_millis() as u64,
@@ -211,6 +214,7 @@ impl Settings {
         let mut c = StoreConfig::new(&self.data_dir);
         c.node_id = self.node_id.clone();
         c.cache_bytes = self.cache_mb << 20;
+        c.min_free_bytes = self.min_free_mb.map(|mb| mb << 20);
         c.max_drift = Duration::from_millis(self.max_drift_ms);
         c
     }
