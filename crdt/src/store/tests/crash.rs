@@ -61,6 +61,16 @@ async fn a_crash_image_recovers_every_acknowledged_write_from_the_log() {
     assert_eq!(feed.len(), 30 + 30 + 1 + 2 + 1);
 }
 
+/// The write-ahead log segment being appended to.
+fn newest_segment(data_dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
 #[tokio::test]
 async fn a_torn_log_tail_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,12 +81,7 @@ async fn a_torn_log_tail_is_ignored() {
     let image = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), image.path());
     // append half a record to the newest segment
-    let mut segs: Vec<_> = std::fs::read_dir(image.path().join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    let last = segs.last().unwrap();
+    let last = &newest_segment(image.path());
     let mut bytes = std::fs::read(last).unwrap();
     bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 5]);
     std::fs::write(last, bytes).unwrap();
@@ -102,12 +107,7 @@ async fn a_damaged_log_record_with_acknowledged_ones_after_it_is_refused() {
         .unwrap();
     }
     copy_dir(&dir.path().join("wal"), &image.path().join("wal"));
-    let mut segs: Vec<_> = std::fs::read_dir(image.path().join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    let last = segs.last().unwrap().clone();
+    let last = newest_segment(image.path());
     let mut bytes = std::fs::read(&last).unwrap();
     let middle = bytes.len() / 2;
     for b in &mut bytes[middle..middle + 16] {
