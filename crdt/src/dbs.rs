@@ -66,15 +66,20 @@ fn clear_leftovers(dir: &Path) -> Result<()> {
 /// sled's open error, with the database it is about and what to do: a database sled finds
 /// damaged is refused, and the node's peers hold its documents.
 fn damaged(path: &Path, e: sled::Error) -> crate::Error {
+    const NEXT: &str = "keep a copy of the data dir, then, in a cluster, start on a fresh data \
+                        dir under a new node id (anti-entropy copies every document back from \
+                        the peers), or alone, restore a backup (docs/design.md, failure matrix)";
     match e {
-        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
-            crate::Error::Corrupt(format!(
-            "the database {} is damaged ({e}); keep a copy of the data dir, then, in a cluster, \
-             start on a fresh data dir under a new node id (anti-entropy copies every document \
-             back from the peers), or alone, restore a backup (docs/design.md, failure matrix)",
+        // sled says this of any conf it cannot parse, garbage included
+        sled::Error::Unsupported(why) => crate::Error::Corrupt(format!(
+            "{} (sled's settings of the database) cannot be read: sled says \"{why}\"; if this \
+             data dir was not made by an old release, the file is damaged: {NEXT}",
+            path.join("conf").display()
+        )),
+        sled::Error::Corruption { .. } => crate::Error::Corrupt(format!(
+            "the database {} is damaged ({e}); {NEXT}",
             path.display()
-        ))
-        }
+        )),
         other => other.into(),
     }
 }

@@ -124,6 +124,22 @@ async fn a_damaged_log_record_with_acknowledged_ones_after_it_is_refused() {
     );
 }
 
+/// Garbage in sled's settings file is named as such, not as a database from an old release.
+#[tokio::test]
+async fn a_damaged_sled_settings_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).close().unwrap();
+    std::fs::write(dir.path().join("db").join("conf"), [0xff; 32]).unwrap();
+    let err = Store::open(StoreConfig::new(dir.path())).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Corrupt(_)), "{message}");
+    assert!(
+        message.contains("db/conf") && message.contains("damaged"),
+        "{message}"
+    );
+    assert!(message.contains("new node id"), "{message}");
+}
+
 /// A snapshot sled began and never finished (a full disk, a crash) does not stop the store
 /// from opening: the data is intact.
 #[tokio::test]
