@@ -169,6 +169,7 @@ pub struct StoreStats {
     pub flushes: u64,
     /// Batches replayed from the write-ahead log at start-up.
     pub replayed: u64,
+    pub storage: Storage,
 }
 
 /// How the store's storage stands (`/readyz`, `/v1/status`).
@@ -339,6 +340,7 @@ impl Store {
             cache_bytes,
             flushes: inner.commit.syncs(),
             replayed: inner.replayed,
+            storage: self.storage(),
         }
     }
 

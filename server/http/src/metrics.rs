@@ -38,6 +38,9 @@ pub struct Metrics {
     documents: Gauge,
     bytes_on_disk: Gauge,
     cache_bytes: Gauge,
+    free_bytes: Gauge,
+    floor_bytes: Gauge,
+    writable: Gauge,
     cache_hits: Counter,
     cache_misses: Counter,
     flushes: Counter,
@@ -78,6 +81,9 @@ impl Default for Metrics {
             documents: Gauge::default(),
             bytes_on_disk: Gauge::default(),
             cache_bytes: Gauge::default(),
+            free_bytes: Gauge::default(),
+            floor_bytes: Gauge::default(),
+            writable: Gauge::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             flushes: Counter::default(),
@@ -116,6 +122,21 @@ impl Default for Metrics {
             "cache_bytes",
             "Estimated bytes in the document cache",
             m.cache_bytes.clone(),
+        );
+        registry.register(
+            "storage_free_bytes",
+            "Free bytes on the data dir's filesystem",
+            m.free_bytes.clone(),
+        );
+        registry.register(
+            "storage_floor_bytes",
+            "Free bytes the store keeps: below them new data is refused (507)",
+            m.floor_bytes.clone(),
+        );
+        registry.register(
+            "storage_writable",
+            "1 when the store takes writes; 0 when low on space or failed (see /readyz)",
+            m.writable.clone(),
         );
         registry.register("cache_hits", "Document cache hits", m.cache_hits.clone());
         registry.register(
@@ -214,6 +235,9 @@ impl Metrics {
         self.documents.set(s.documents as i64);
         self.bytes_on_disk.set(s.bytes_on_disk as i64);
         self.cache_bytes.set(s.cache_bytes as i64);
+        self.free_bytes.set(s.storage.free_bytes as i64);
+        self.floor_bytes.set(s.storage.floor_bytes as i64);
+        self.writable.set(i64::from(s.storage.problem.is_none()));
         let set = |c: &Counter, v: u64| c.inner().store(v, std::sync::atomic::Ordering::Relaxed);
         set(&self.cache_hits, s.cache_hits);
         set(&self.cache_misses, s.cache_misses);

@@ -596,6 +596,8 @@ async fn operational_endpoints() {
     assert_eq!(s["documents"], 1);
     assert!(s["hlc"].as_str().unwrap().contains('/'));
     assert!(s["bytes_on_disk"].as_u64().unwrap() > 0);
+    assert_eq!(s["storage"]["state"], "ok");
+    assert!(s["storage"]["free_bytes"].as_u64().unwrap() > 0);
     let m = send(a, "GET", "/metrics", None).await.body;
     let m = m.as_str().unwrap();
     for needle in [
@@ -607,6 +609,9 @@ async fn operational_endpoints() {
         "meridian_flushes_total",
         "meridian_clock_drift_refusals_total 0",
         "meridian_replication_sent_bytes_total",
+        "meridian_storage_free_bytes",
+        "meridian_storage_floor_bytes",
+        "meridian_storage_writable 1",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }
