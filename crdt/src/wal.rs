@@ -95,6 +95,55 @@ pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Batch>, End) {
     (out, End::Clean)
 }
 
+/// Every intact record of a segment, reading past damage, and the byte ranges that were not
+/// intact records (for `meridian repair`).
+pub(crate) fn salvage(bytes: &[u8]) -> (Vec<Batch>, Vec<std::ops::Range<usize>>) {
+    let mut out: Vec<Batch> = Vec::new();
+    let mut bad = vec![];
+    let mut at = 0;
+    while at < bytes.len() {
+        match record_at(&bytes[at..]) {
+            Some((b, len)) => {
+                out.push(b);
+                at += len;
+            }
+            None => {
+                let last = out.last().map_or(0, |b| b.seq);
+                let next = (at + 1..bytes.len())
+                    .find(|&i| record_at(&bytes[i..]).is_some_and(|(b, _)| b.seq > last))
+                    .unwrap_or(bytes.len());
+                bad.push(at..next);
+                at = next;
+            }
+        }
+    }
+    (out, bad)
+}
+
+/// The segment files of `dir`, in order.
+pub(crate) fn segment_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    segments(dir)
+}
+
+/// Replaces `dir`'s segments with one segment holding `batches` (in order), synced.
+pub(crate) fn rewrite(dir: &Path, batches: &[Batch]) -> Result<()> {
+    let old = segments(dir)?;
+    let first = batches.first().map_or(1, |b| b.seq);
+    let mut bytes = Vec::new();
+    for b in batches {
+        encode_into(&mut bytes, b);
+    }
+    let tmp = dir.join("repair.tmp");
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(&bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    for p in &old {
+        std::fs::remove_file(p).map_err(io)?;
+    }
+    std::fs::rename(&tmp, segment_path(dir, first)).map_err(io)?;
+    sync_dir(dir)
+}
+
 /// The open log: the segment being appended to.
 #[derive(Debug)]
 pub(crate) struct Wal {

@@ -30,6 +30,7 @@ mod events;
 mod feed;
 mod idempotency;
 mod read;
+mod repair;
 mod space;
 mod write;
 
@@ -53,6 +54,7 @@ pub use digest::{DIGEST_BUCKETS, DIGEST_LEAVES, LEAVES_PER_BUCKET};
 pub use events::{EventBounds, EventWatch};
 pub use feed::Progress;
 pub use idempotency::Idempotency;
+pub use repair::{check_log, repair_log, LogReport, SegmentReport};
 pub use space::DEFAULT_FLOOR_BYTES;
 
 /// Store settings. [`StoreConfig::new`] gives the defaults.

@@ -1,6 +1,6 @@
 //! The `meridian` binary: the command line and config, a running node (store, replication and
-//! the HTTP API over a plain or TLS listener), `meridian demo`, `meridian cert` and
-//! `meridian key`.
+//! the HTTP API over a plain or TLS listener), `meridian demo`, `meridian cert`,
+//! `meridian key` and `meridian repair`.
 //!
 //! # Layout
 //! - `config`: command line, environment and config file; the one [`Settings`] struct.
@@ -8,6 +8,8 @@
 //! - `demo`: `meridian demo`: three regions and the web page's server.
 //! - `cert`: `meridian cert`, a development CA and node certificates.
 //! - `keys`: `meridian key create`.
+//! - `repair`: `meridian repair`, a damaged write-ahead log checked and, when nothing is lost,
+//!   rewritten.
 //!
 //! The HTTP API is `meridian-http`; TLS, the peer transport and the fault controls are
 //! `meridian-net`; the schema compiler is `meridian-schema`.
@@ -18,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod keys;
 mod node;
+pub mod repair;
 
 pub use config::{ServeArgs, Settings};
 pub use node::{run, Node};

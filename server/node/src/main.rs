@@ -41,6 +41,16 @@ async fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         },
+        Command::Repair(args) => match args.run() {
+            Ok(report) => {
+                print!("{report}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::from(1);
+            }
+        },
         Command::Key(KeyCommand::Create(args)) => match args.run() {
             Ok((key, entry)) => {
                 println!("{key}\n\n{entry}");

@@ -10,6 +10,7 @@ mod clients;
 mod contracts;
 mod crash;
 mod events;
+mod repair;
 mod replication;
 mod writes;
 

@@ -31,6 +31,8 @@ pub enum Command {
     Key(KeyCommand),
     /// Make a development CA and node certificates (for tests and demos).
     Cert(crate::cert::CertArgs),
+    /// Check a stopped node's write-ahead log, and repair it when that loses nothing.
+    Repair(crate::repair::RepairArgs),
 }
 
 #[derive(Debug, Subcommand)]
