@@ -67,48 +67,45 @@ fn record_at(bytes: &[u8]) -> Option<(Batch, usize)> {
     Some((record::decode::<Batch>(payload).ok()?, 8 + len))
 }
 
-/// Decodes the records of one segment, and how it ends.
+/// Decodes the records of one segment, and how it ends: the intact records before the first
+/// bad byte.
 pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Batch>, End) {
-    let mut out: Vec<Batch> = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        match record_at(&bytes[at..]) {
-            Some((b, len)) => {
-                out.push(b);
-                at += len;
-            }
-            None => {
-                // an intact record further on, later than the last good one, means damage;
-                // a checksum and a decodable batch with a later sequence number by chance are
-                // vanishingly unlikely
-                let last = out.last().map_or(0, |b| b.seq);
-                let next = (at + 1..bytes.len())
-                    .find(|&i| record_at(&bytes[i..]).is_some_and(|(b, _)| b.seq > last));
-                let end = match next {
-                    Some(next) => End::Damaged { at, next },
-                    None => End::Torn { at },
-                };
-                return (out, end);
-            }
+    let (records, bad) = salvage(bytes);
+    let Some(first) = bad.first() else {
+        return (records.into_iter().map(|(_, b)| b).collect(), End::Clean);
+    };
+    let before = records
+        .into_iter()
+        .take_while(|(at, _)| *at < first.start)
+        .map(|(_, b)| b)
+        .collect();
+    let end = if first.end == bytes.len() {
+        End::Torn { at: first.start }
+    } else {
+        End::Damaged {
+            at: first.start,
+            next: first.end,
         }
-    }
-    (out, End::Clean)
+    };
+    (before, end)
 }
 
-/// Every intact record of a segment, reading past damage, and the byte ranges that were not
-/// intact records (for `meridian repair`).
-pub(crate) fn salvage(bytes: &[u8]) -> (Vec<Batch>, Vec<std::ops::Range<usize>>) {
-    let mut out: Vec<Batch> = Vec::new();
+/// Every intact record of a segment with its offset, reading past damage, and the byte ranges
+/// that are not intact records. Past a bad byte, the next intact record is the first one with a
+/// later sequence number than the last good one: a checksum and a decodable batch with a later
+/// sequence number by chance are vanishingly unlikely.
+pub(crate) fn salvage(bytes: &[u8]) -> (Vec<(usize, Batch)>, Vec<std::ops::Range<usize>>) {
+    let mut out: Vec<(usize, Batch)> = Vec::new();
     let mut bad = vec![];
     let mut at = 0;
     while at < bytes.len() {
         match record_at(&bytes[at..]) {
             Some((b, len)) => {
-                out.push(b);
+                out.push((at, b));
                 at += len;
             }
             None => {
-                let last = out.last().map_or(0, |b| b.seq);
+                let last = out.last().map_or(0, |(_, b)| b.seq);
                 let next = (at + 1..bytes.len())
                     .find(|&i| record_at(&bytes[i..]).is_some_and(|(b, _)| b.seq > last))
                     .unwrap_or(bytes.len());

@@ -93,24 +93,23 @@ async fn send(
     (status, headers, body)
 }
 
+/// PUTs `users/u{i}` = `{"i": i}` for i in 0..n, each acknowledged (201).
+async fn put_users(c: &reqwest::Client, node: &Process, n: usize) {
+    for i in 0..n {
+        let url = node.url(&format!("/v1/users/u{i}"));
+        let (s, _, _) = send(c, "PUT", url, Some(json!({"i": i}))).await;
+        assert_eq!(s, 201, "u{i}");
+    }
+}
+
 #[tokio::test]
 async fn writes_stop_at_the_free_space_floor_and_resume_by_themselves_when_space_returns() {
     let disk = SmallDisk::mount(96);
     let data = disk.path().join("data");
     let node = Process::start(&data, &["--min-free-mb", "16"]);
     let c = http_client();
-    let mut acknowledged = vec![];
-    for i in 0..20 {
-        let (s, _, _) = send(
-            &c,
-            "PUT",
-            node.url(&format!("/v1/users/u{i}")),
-            Some(json!({"i": i})),
-        )
-        .await;
-        assert_eq!(s, 201);
-        acknowledged.push(i);
-    }
+    put_users(&c, &node, 20).await;
+    let mut acknowledged: Vec<usize> = (0..20).collect();
 
     // 12 MiB free: below the floor for new data, above half of it for deletes
     let filler = disk.fill_leaving(12 << 20);
@@ -195,16 +194,7 @@ async fn a_start_on_a_full_disk_fails_and_once_space_is_freed_the_store_opens() 
     let c = http_client();
     {
         let node = Process::start(&data, &[]);
-        for i in 0..50 {
-            let (s, _, _) = send(
-                &c,
-                "PUT",
-                node.url(&format!("/v1/users/u{i}")),
-                Some(json!({"i": i})),
-            )
-            .await;
-            assert_eq!(s, 201);
-        }
+        put_users(&c, &node, 50).await;
         node.kill9();
     }
     let filler = disk.fill_leaving(0);
@@ -328,16 +318,7 @@ async fn a_damaged_log_is_refused_at_start_and_repair_names_what_it_would_lose()
     let dir = tempfile::tempdir().unwrap();
     let c = http_client();
     let node = Process::start(dir.path(), &[]);
-    for i in 0..40 {
-        let (s, _, _) = send(
-            &c,
-            "PUT",
-            node.url(&format!("/v1/users/u{i}")),
-            Some(json!({"i": i})),
-        )
-        .await;
-        assert_eq!(s, 201);
-    }
+    put_users(&c, &node, 40).await;
     // within the checkpoint interval (5 s): sled does not have these yet, only the log
     node.kill9();
     let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("wal"))

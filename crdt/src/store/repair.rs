@@ -83,7 +83,7 @@ fn read(data_dir: &Path) -> Result<(LogReport, Vec<Batch>)> {
             records: found.len(),
             damaged,
         });
-        batches.extend(found);
+        batches.extend(found.into_iter().map(|(_, b)| b));
     }
     batches.retain(|b| b.seq > applied);
     batches.sort_by_key(|b| b.seq);

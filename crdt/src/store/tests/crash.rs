@@ -61,16 +61,6 @@ async fn a_crash_image_recovers_every_acknowledged_write_from_the_log() {
     assert_eq!(feed.len(), 30 + 30 + 1 + 2 + 1);
 }
 
-/// The write-ahead log segment being appended to.
-fn newest_segment(data_dir: &Path) -> std::path::PathBuf {
-    let mut segs: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    segs.pop().expect("a segment")
-}
-
 #[tokio::test]
 async fn a_torn_log_tail_is_ignored() {
     let dir = tempfile::tempdir().unwrap();

@@ -67,6 +67,16 @@ fn sled_image(dir: &Path, image: &Path) {
     }
 }
 
+/// The write-ahead log segment being appended to.
+fn newest_segment(data_dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
 fn remote(bytes: &[u8]) -> RemoteChange {
     RemoteChange::parse(bytes.to_vec()).unwrap()
 }

@@ -5,12 +5,7 @@ use super::*;
 
 /// Inverts 16 bytes in the middle of the newest log segment.
 fn damage_middle(data_dir: &Path) -> std::path::PathBuf {
-    let mut segs: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    let last = segs.pop().unwrap();
+    let last = newest_segment(data_dir);
     let mut bytes = std::fs::read(&last).unwrap();
     let middle = bytes.len() / 2;
     for b in &mut bytes[middle..middle + 16] {
