@@ -87,23 +87,9 @@ async fn a_damaged_log_record_with_acknowledged_ones_after_it_is_refused() {
     let image = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     sled_image(dir.path(), image.path());
-    for i in 0..20 {
-        s.write(
-            &key(&format!("d{i}")),
-            Edit::Put(obj(json!({"i": i}))),
-            None,
-        )
-        .await
-        .unwrap();
-    }
+    write_docs(&s, 20).await;
     copy_dir(&dir.path().join("wal"), &image.path().join("wal"));
-    let last = newest_segment(image.path());
-    let mut bytes = std::fs::read(&last).unwrap();
-    let middle = bytes.len() / 2;
-    for b in &mut bytes[middle..middle + 16] {
-        *b = !*b;
-    }
-    std::fs::write(&last, bytes).unwrap();
+    let last = damage_middle(image.path());
     let err = Store::open(StoreConfig::new(image.path())).unwrap_err();
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
     let name = last.file_name().unwrap().to_str().unwrap().to_owned();

@@ -3,30 +3,6 @@
 
 use super::*;
 
-/// Inverts 16 bytes in the middle of the newest log segment.
-fn damage_middle(data_dir: &Path) -> std::path::PathBuf {
-    let last = newest_segment(data_dir);
-    let mut bytes = std::fs::read(&last).unwrap();
-    let middle = bytes.len() / 2;
-    for b in &mut bytes[middle..middle + 16] {
-        *b = !*b;
-    }
-    std::fs::write(&last, bytes).unwrap();
-    last
-}
-
-async fn write_docs(s: &Store, n: usize) {
-    for i in 0..n {
-        s.write(
-            &key(&format!("d{i}")),
-            Edit::Put(obj(json!({"i": i}))),
-            None,
-        )
-        .await
-        .unwrap();
-    }
-}
-
 #[tokio::test]
 async fn damage_that_sled_covers_is_repaired_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
