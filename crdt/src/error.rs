@@ -36,6 +36,14 @@ pub enum Error {
     /// A stored record could not be decoded: corruption or a format from a newer version.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A stored document failed its checksums or does not load: it is refused until it is
+    /// healed from the peers (see `store::scrub`); other documents are unaffected.
+    #[error("{0}")]
+    Damaged(String),
+    /// Batches were lost in a log repair: local writes wait until the peers have given back
+    /// what they hold (see `store::repair`).
+    #[error("{0}")]
+    Recovering(String),
     /// The storage engine failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -78,6 +86,8 @@ impl From<sled::Error> for Error {
             {
                 Error::InUse
             }
+            // a page that fails sled's own checksum: the record in it is damaged
+            sled::Error::Corruption { .. } => Error::Corrupt(e.to_string()),
             other => Error::Storage(other.to_string()),
         }
     }

@@ -1,4 +1,7 @@
-//! On-disk records. Every value starts with a format byte; postcard encodes the rest.
+//! On-disk records. Every value starts with a format byte. Format 2 (what this version writes)
+//! follows it with a CRC-32 of the body, checked on every read, so that a damaged document is
+//! found on load (and by the scrub) rather than served; format 1 (0.1's) has no checksum and is
+//! still read. The body is postcard, or automerge's own bytes for snapshots and increments.
 //!
 //! # Keys (one sled tree, one-byte prefixes)
 //! | key                               | value                                    |
@@ -9,6 +12,7 @@
 //! | `F` hlc time (u64 BE) hlc id      | [`FeedEntry`]: the local change with that stamp |
 //! | `K` idempotency key               | [`IdemRecord`]                           |
 //! | `E` batch seq (u64 BE)            | [`ChangeEvent`]: a document's change as it became visible here |
+//! | `Q` collection NUL id NUL hash    | a change held for a damaged document until it is healed |
 //! | `M` name                          | node id, last batch seq, document count; |
 //! |                                   | replication bookkeeping under `M sync/…` |
 
@@ -19,8 +23,10 @@ use crate::doc::State;
 use crate::error::{Error, Result};
 use crate::key::DocKey;
 
-/// Format of every record this version writes.
-pub(crate) const FORMAT: u8 = 1;
+/// Format of every record this version writes: the format byte, the body's CRC-32 (LE), the body.
+pub(crate) const FORMAT: u8 = 2;
+/// 0.1's format: the format byte, then the body.
+const FORMAT_UNCHECKED: u8 = 1;
 
 pub(crate) const DOC: u8 = b'D';
 pub(crate) const SNAPSHOT: u8 = b'S';
@@ -29,6 +35,7 @@ pub(crate) const FEED: u8 = b'F';
 pub(crate) const IDEM: u8 = b'K';
 pub(crate) const META: u8 = b'M';
 pub(crate) const EVENT: u8 = b'E';
+pub(crate) const HELD: u8 = b'Q';
 
 /// `M/feed-trimmed` (in `streams`): the feed key of the newest feed entry trimmed.
 pub(crate) const FEED_TRIMMED: &str = "feed-trimmed";
@@ -42,9 +49,15 @@ pub(crate) fn doc_key(prefix: u8, key: &DocKey) -> Vec<u8> {
 }
 
 pub(crate) fn increment_key(key: &DocKey, n: u64) -> Vec<u8> {
+    let mut k = increment_prefix(key);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The prefix of a document's increments (and of no other document's).
+pub(crate) fn increment_prefix(key: &DocKey) -> Vec<u8> {
     let mut k = doc_key(INCREMENT, key);
     k.push(0);
-    k.extend_from_slice(&n.to_be_bytes());
     k
 }
 
@@ -103,6 +116,21 @@ pub(crate) fn event_seq(k: &[u8]) -> Result<u64> {
     }
 }
 
+/// `Q`, the document's key, NUL, the change's hash.
+pub(crate) fn held_key(key: &DocKey, hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = doc_key(HELD, key);
+    k.push(0);
+    k.extend_from_slice(hash);
+    k
+}
+
+/// The prefix of a document's held changes.
+pub(crate) fn held_prefix(key: &DocKey) -> Vec<u8> {
+    let mut k = doc_key(HELD, key);
+    k.push(0);
+    k
+}
+
 pub(crate) fn meta_key(name: &str) -> Vec<u8> {
     let mut k = vec![META];
     k.extend_from_slice(name.as_bytes());
@@ -115,11 +143,9 @@ pub(crate) fn idem_key(key: &str) -> Vec<u8> {
     k
 }
 
-/// Encodes a record: the format byte, then postcard.
+/// Encodes a record: the format byte, the checksum, then postcard.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT];
-    out.extend(postcard::to_stdvec(value).expect("records serialize"));
-    out
+    wrap(&postcard::to_stdvec(value).expect("records serialize"))
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
@@ -127,17 +153,28 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(body).map_err(|e| Error::Corrupt(format!("undecodable record: {e}")))
 }
 
-/// Wraps raw automerge bytes with the format byte.
+/// Wraps raw bytes (automerge's) with the format byte and the checksum.
 pub(crate) fn wrap(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + 1);
+    let mut out = Vec::with_capacity(raw.len() + 5);
     out.push(FORMAT);
+    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
     out.extend_from_slice(raw);
     out
 }
 
+/// The body of a record, once its format is known and its checksum (if it has one) holds.
 pub(crate) fn strip_format(bytes: &[u8]) -> Result<&[u8]> {
     match bytes.split_first() {
-        Some((&FORMAT, rest)) => Ok(rest),
+        Some((&FORMAT, rest)) if rest.len() >= 4 => {
+            let (crc, body) = rest.split_at(4);
+            let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+            if crc32fast::hash(body) != crc {
+                return Err(Error::Corrupt("the record fails its checksum".into()));
+            }
+            Ok(body)
+        }
+        Some((&FORMAT, _)) => Err(Error::Corrupt("a record too short for its checksum".into())),
+        Some((&FORMAT_UNCHECKED, rest)) => Ok(rest),
         Some((v, _)) => Err(Error::Corrupt(format!(
             "record format {v} is not known to this version (it writes {FORMAT})"
         ))),
@@ -159,6 +196,21 @@ pub(crate) struct DocRecord {
     pub incr_count: u64,
     /// Bytes of snapshot plus increments stored (the cache weighs what is in memory instead).
     pub stored_bytes: u64,
+}
+
+impl DocRecord {
+    /// The record of a document never written.
+    pub(crate) fn absent() -> DocRecord {
+        DocRecord {
+            state: State::Absent,
+            version: String::new(),
+            json: String::new(),
+            heads: vec![],
+            incr_base: 0,
+            incr_count: 0,
+            stored_bytes: 0,
+        }
+    }
 }
 
 /// One entry of the local change feed: the change stamped with the key's HLC timestamp. The
@@ -219,10 +271,32 @@ mod tests {
             version: "v".into(),
         });
         assert!(decode::<WriteOutcome>(&bytes).is_ok());
-        bytes[0] = 2;
+        bytes[0] = 3;
         let err = decode::<WriteOutcome>(&bytes).unwrap_err().to_string();
-        assert!(err.contains("format 2"), "{err}");
+        assert!(err.contains("format 3"), "{err}");
         assert!(decode::<WriteOutcome>(&[]).is_err());
+    }
+
+    #[test]
+    fn a_flipped_bit_fails_the_checksum_and_unchecked_records_still_read() {
+        let outcome = WriteOutcome {
+            created: false,
+            deleted: false,
+            value: "{\"a\":1}".into(),
+            version: "v".into(),
+        };
+        let good = encode(&outcome);
+        for i in 1..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            let err = decode::<WriteOutcome>(&bad).unwrap_err().to_string();
+            assert!(err.contains("checksum"), "byte {i}: {err}");
+        }
+        assert!(strip_format(&[FORMAT, 1, 2]).is_err());
+        // 0.1 wrote the body straight after format byte 1
+        let mut old = vec![FORMAT_UNCHECKED];
+        old.extend(postcard::to_stdvec(&outcome).unwrap());
+        assert_eq!(decode::<WriteOutcome>(&old).unwrap(), outcome);
     }
 
     #[test]

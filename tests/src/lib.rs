@@ -224,6 +224,24 @@ where
 }
 
 /// An HTTP client for tests: a 10 s timeout on every request.
+/// Inverts 16 bytes in the middle of a data dir's newest log segment (a stopped node's), as
+/// a bad sector would; returns the segment and its damaged bytes.
+pub fn damage_newest_log_segment(data_dir: &Path) -> (PathBuf, Vec<u8>) {
+    let mut segs: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
+        .expect("a data dir")
+        .map(|e| e.expect("a segment").path())
+        .collect();
+    segs.sort();
+    let last = segs.pop().expect("a segment");
+    let mut bytes = std::fs::read(&last).expect("readable");
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 16] {
+        *b = !*b;
+    }
+    std::fs::write(&last, &bytes).expect("writable");
+    (last, bytes)
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

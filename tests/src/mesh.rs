@@ -68,6 +68,11 @@ impl Mesh {
         self.nodes.insert(id, p);
     }
 
+    /// A node's data dir (stop the node before touching it).
+    pub fn data_dir(&self, id: &str) -> &std::path::Path {
+        self.dirs[id].path()
+    }
+
     pub fn node(&self, id: &str) -> &Process {
         &self.nodes[id]
     }

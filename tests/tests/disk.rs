@@ -321,18 +321,7 @@ async fn a_damaged_log_is_refused_at_start_and_repair_names_what_it_would_lose()
     put_users(&c, &node, 40).await;
     // within the checkpoint interval (5 s): sled does not have these yet, only the log
     node.kill9();
-    let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    let last = segs.pop().unwrap();
-    let mut bytes = std::fs::read(&last).unwrap();
-    let middle = bytes.len() / 2;
-    for b in &mut bytes[middle..middle + 16] {
-        *b = !*b;
-    }
-    std::fs::write(&last, &bytes).unwrap();
+    let (last, bytes) = meridian_tests::damage_newest_log_segment(dir.path());
 
     let Err((code, log)) = Process::try_start(dir.path(), &[], &[]) else {
         panic!("a node started on a damaged log");

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::Inner;
 use crate::doc::Document;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::key::DocKey;
 use crate::record::{self, DocRecord};
 
@@ -81,6 +81,12 @@ impl DocCache {
         found
     }
 
+    /// The pinned or cached document, without counting a hit or a miss.
+    pub(super) fn peek(&self, key: &DocKey) -> Option<Arc<Slot>> {
+        let pinned = self.pinned.lock().get(key).map(|(s, _)| s.clone());
+        pinned.or_else(|| self.cache.get(key))
+    }
+
     pub(super) fn insert(&self, key: &DocKey, slot: &Arc<Slot>) {
         self.cache.insert(key.clone(), slot.clone());
     }
@@ -132,7 +138,30 @@ impl DocCache {
 }
 
 impl Inner {
+    /// Local writes (this node's own changes, a client's) are refused while the store
+    /// recovers from a log repair that lost batches.
+    pub(super) fn check_writable(&self) -> Result<()> {
+        self.commit.check()?;
+        match &*self.recovering.lock() {
+            Some(why) => Err(crate::Error::Recovering(format!(
+                "{why}: this node takes no writes until every peer has given back what it \
+                 holds (anti-entropy); write in another region meanwhile"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The document's record as stored (durable), checked: a damaged one marks the document.
     pub(super) fn read_record(&self, key: &DocKey) -> Result<Option<DocRecord>> {
+        match self.damage.check(key, self.read_record_unchecked(key))? {
+            // held changes not merged yet: absent is not the answer
+            None if self.damage.is_damaged(key) => Err(self.damage.mark(key, "")),
+            found => Ok(found),
+        }
+    }
+
+    /// The record, with corruption reported as [`Error::Corrupt`] (the scrub's and heal's).
+    pub(super) fn read_record_unchecked(&self, key: &DocKey) -> Result<Option<DocRecord>> {
         self.tree
             .get(record::doc_key(record::DOC, key))?
             .map(|v| record::decode(&v))
@@ -140,45 +169,15 @@ impl Inner {
     }
 
     /// The document with queued writes, the cached one, or the one on disk, and the sequence
-    /// number of its last queued write. Callers hold the document's lock.
+    /// number of its last queued write. Callers hold the document's lock. A document found
+    /// damaged is refused until it is healed.
     pub(super) fn current_slot(&self, key: &DocKey) -> Result<(Arc<Slot>, Option<u64>)> {
         if let Some(found) = self.docs.lookup(key) {
             return Ok(found);
         }
-        let rec = self.read_record(key)?;
-        let actor = self.node.actor();
-        let doc = match &rec {
-            None => Document::new(actor),
-            Some(r) => {
-                let snapshot = self.tree.get(record::doc_key(record::SNAPSHOT, key))?;
-                let snapshot = snapshot.as_deref().map(record::strip_format).transpose()?;
-                let mut increments = Vec::with_capacity(r.incr_count as usize);
-                for n in r.incr_base..r.incr_base + r.incr_count {
-                    let chunk = self
-                        .tree
-                        .get(record::increment_key(key, n))?
-                        .ok_or_else(|| {
-                            Error::Corrupt(format!("{key}: incremental change {n} is missing"))
-                        })?;
-                    increments.push(chunk);
-                }
-                let chunks = increments
-                    .iter()
-                    .map(|c| record::strip_format(c))
-                    .collect::<Result<Vec<_>>>()?;
-                let doc = Document::load(actor, snapshot, chunks)?;
-                // automerge skips a damaged chunk quietly; the record says what must be there
-                let mut want: Vec<[u8; 32]> = r.heads.clone();
-                let mut have: Vec<[u8; 32]> = doc.heads().iter().map(|h| h.0).collect();
-                want.sort();
-                have.sort();
-                if want != have {
-                    return Err(Error::Corrupt(format!(
-                        "{key}: the stored history does not reach the recorded heads"
-                    )));
-                }
-                doc
-            }
+        let (doc, rec) = match self.damage.check(key, self.load_stored(key))? {
+            None => (Document::new(self.node.actor()), None),
+            Some((rec, doc)) => (doc, Some(rec)),
         };
         let weight = weight(&doc, rec.as_ref().map_or(0, |r| r.json.len()));
         Ok((

@@ -109,7 +109,7 @@ impl Inner {
     /// durable. Changes of other nodes it relays are merged as from a peer (no feed entries here:
     /// peers get them from their origin, or through anti-entropy).
     async fn accept_client(&self, key: &DocKey, message: &sync::Message) -> Result<usize> {
-        self.commit.check()?;
+        self.check_writable()?;
         if key.collection().starts_with('_') {
             return Err(Error::Refused(format!(
                 "{key} is in a collection reserved for Meridian: it is written only through the HTTP API"

@@ -12,6 +12,7 @@ use automerge::ChangeHash;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
+use super::scrub::Damage;
 use super::Store;
 use crate::error::Result;
 use crate::key::DocKey;
@@ -83,16 +84,22 @@ impl Digests {
 }
 
 /// The leaf digests of everything stored (at start-up), calling `each` with every document's
-/// key and leaf on the way (one scan serves every map built at open).
-pub(super) fn initial(db: &sled::Db, mut each: impl FnMut(&DocKey, usize)) -> Result<Digests> {
+/// key and leaf on the way (one scan serves every map built at open). A damaged record is
+/// marked and left out of its leaf's digest until it is healed.
+pub(super) fn initial(
+    db: &sled::Db,
+    damage: &Damage,
+    mut each: impl FnMut(&DocKey, usize),
+) -> Result<Digests> {
     let mut leaves = vec![0u64; DIGEST_LEAVES];
     for kv in db.scan_prefix([record::DOC]) {
         let (k, v) = kv?;
         let key = DocKey::decode(&k[1..])?;
-        let rec: DocRecord = record::decode(&v)?;
         let leaf = leaf_of(&key);
-        leaves[leaf] ^= doc_digest(&key, &rec.version);
         each(&key, leaf);
+        if let Ok(rec) = damage.check(&key, record::decode::<DocRecord>(&v)) {
+            leaves[leaf] ^= doc_digest(&key, &rec.version);
+        }
     }
     Ok(Digests(Mutex::new(leaves)))
 }
@@ -116,10 +123,10 @@ impl Store {
         for leaf in leaves {
             for key in self.inner.doc_ids.in_leaf(*leaf as usize) {
                 // listed as its first write is queued: not in sled until that is durable
-                let Some(v) = self.inner.tree.get(record::doc_key(record::DOC, &key))? else {
+                // a damaged one is being healed: it has no heads to offer
+                let Ok(Some(rec)) = self.inner.read_record(&key) else {
                     continue;
                 };
-                let rec: DocRecord = record::decode(&v)?;
                 out.push((key, rec.heads.into_iter().map(ChangeHash).collect()));
             }
         }

@@ -20,6 +20,8 @@
 //! - `events`: change events, as they became visible here, for the live change feed.
 //! - `digest`: the anti-entropy digest.
 //! - `idempotency`: idempotency keys.
+//! - `scrub`: checksums checked on load, damaged documents, the background scrub.
+//! - `heal`: rebuilding a damaged document from its intact pieces and the peers' copies.
 
 mod cache;
 mod client;
@@ -28,9 +30,11 @@ mod digest;
 mod docids;
 mod events;
 mod feed;
+mod heal;
 mod idempotency;
 mod read;
 mod repair;
+mod scrub;
 mod space;
 mod write;
 
@@ -53,8 +57,10 @@ pub use contracts::{Contracts, SCHEMAS};
 pub use digest::{DIGEST_BUCKETS, DIGEST_LEAVES, LEAVES_PER_BUCKET};
 pub use events::{EventBounds, EventWatch};
 pub use feed::Progress;
+pub use heal::{HealSources, Healed};
 pub use idempotency::Idempotency;
-pub use repair::{check_log, repair_log, LogReport, SegmentReport};
+pub use repair::{check_log, repair_log, repair_log_accepting_loss, LogReport, SegmentReport};
+pub use scrub::{Finding, ScrubBatch, ScrubStatus};
 pub use space::DEFAULT_FLOOR_BYTES;
 
 /// Store settings. [`StoreConfig::new`] gives the defaults.
@@ -138,6 +144,8 @@ pub struct Merged {
     pub changes: usize,
     /// Documents holding changes whose dependencies have not arrived (not applied yet).
     pub missing_deps: Vec<DocKey>,
+    /// Changes held for damaged documents until they are healed.
+    pub held: usize,
 }
 
 /// A live document as read.
@@ -172,6 +180,7 @@ pub struct StoreStats {
     /// Batches replayed from the write-ahead log at start-up.
     pub replayed: u64,
     pub storage: Storage,
+    pub scrub: ScrubStatus,
 }
 
 /// How the store's storage stands (`/readyz`, `/v1/status`).
@@ -190,6 +199,9 @@ pub enum StorageProblem {
     /// A log sync, sled write or checkpoint failed (its cause named): writes are refused until
     /// the node is restarted.
     Failed(String),
+    /// Batches were lost in a log repair (see `repair`): local writes are refused until a
+    /// complete anti-entropy pass with every peer ([`Store::recovered`]).
+    Recovering(String),
 }
 
 /// The store. Cheap to clone.
@@ -226,6 +238,10 @@ struct Inner {
     contracts: Mutex<contracts::Registry>,
     events: events::EventLog,
     space: space::Space,
+    /// Documents found damaged (see `scrub`).
+    damage: scrub::Damage,
+    /// Why local writes wait for the peers after a log repair that lost batches.
+    recovering: Mutex<Option<String>>,
     replayed: u64,
 }
 
@@ -272,7 +288,16 @@ impl Store {
 
         let docs = cache::DocCache::new(config.cache_bytes);
         let doc_ids = docids::DocIds::default();
-        let digests = digest::initial(&db, |key, leaf| doc_ids.insert_in(key, leaf))?;
+        let damage = scrub::Damage::default();
+        // changes kept for their documents (a log repair, a merge into a damaged one)
+        for k in db.scan_prefix([record::HELD]).keys() {
+            let k = k?;
+            if let Ok(key) = DocKey::decode(&k[1..k.len().saturating_sub(33)]) {
+                damage.mark(&key, "it has changes held for it, to merge");
+            }
+        }
+        let recovering = get_meta(&db, repair::RECOVERING)?;
+        let digests = digest::initial(&db, &damage, |key, leaf| doc_ids.insert_in(key, leaf))?;
         let events = events::EventLog::open(&config.path, dbs.streams.clone())?;
         let space = space::Space::new(config.path.clone(), config.min_free_bytes)?;
         let idem = idempotency::IdemKeys::new(db.clone(), config.idempotency_ttl);
@@ -295,6 +320,8 @@ impl Store {
                 contracts: Mutex::default(),
                 events,
                 space,
+                damage,
+                recovering: Mutex::new(recovering),
                 replayed: replayed as u64,
             }),
         })
@@ -319,7 +346,12 @@ impl Store {
         let problem = match (self.inner.commit.check(), space.check(space::Need::New)) {
             (Err(e), _) => Some(StorageProblem::Failed(e.to_string())),
             (Ok(()), Err(e)) => Some(StorageProblem::LowSpace(e.to_string())),
-            (Ok(()), Ok(())) => None,
+            (Ok(()), Ok(())) => self
+                .inner
+                .recovering
+                .lock()
+                .clone()
+                .map(StorageProblem::Recovering),
         };
         Storage {
             free_bytes: space.free(),
@@ -343,7 +375,29 @@ impl Store {
             flushes: inner.commit.syncs(),
             replayed: inner.replayed,
             storage: self.storage(),
+            scrub: self.scrub_status(),
         }
+    }
+
+    /// Why local writes are refused after a log repair that lost batches, if they are.
+    pub fn recovering(&self) -> Option<String> {
+        self.inner.recovering.lock().clone()
+    }
+
+    /// Every peer has given back what it holds: local writes resume (durably).
+    pub async fn recovered(&self) -> Result<()> {
+        let seq = self
+            .inner
+            .commit
+            .submit(0, |_| vec![(record::meta_key(repair::RECOVERING), None)])?;
+        self.inner.commit.durable(seq).await?;
+        if let Some(why) = self.inner.recovering.lock().take() {
+            tracing::info!(
+                why,
+                "every peer gave back what it holds; local writes resume"
+            );
+        }
+        Ok(())
     }
 
     /// Replication bookkeeping stored under `M name`, for names starting with `prefix`.

@@ -85,7 +85,9 @@ impl Store {
         let mut more = false;
         for kv in self.inner.tree.range(start..end) {
             let (k, v) = kv?;
-            let rec: DocRecord = record::decode(&v)?;
+            let key = DocKey::decode(&k[1..])?;
+            // a damaged document fails the page: never a silent partial list
+            let rec: DocRecord = self.inner.damage.check(&key, record::decode(&v))?;
             if rec.state != State::Live {
                 continue;
             }
@@ -93,7 +95,6 @@ impl Store {
                 more = true;
                 break;
             }
-            let key = DocKey::decode(&k[1..])?;
             items.extend(live_view(key.id(), rec));
         }
         let next = if more {

@@ -1,16 +1,19 @@
-//! `meridian repair`: what a damaged write-ahead log holds, and the one repair that loses
-//! nothing. Every intact record is read, past any damage. A record is lost only if its
-//! batch is neither intact in the log nor already in sled (each database stores the last batch
-//! it applied). When nothing is lost, the log is rewritten from the intact records and the
-//! node starts as after a crash. When batches are lost, the report names their documents and
-//! stamps where the records after them tell them, and nothing is changed: those batches may
-//! have reached peers, and this node must not make changes again under the same automerge
-//! sequence numbers (start on a fresh data dir under a new node id; anti-entropy copies the
-//! documents back).
+//! `meridian repair`: what a damaged write-ahead log holds, and the repairs. Every intact
+//! record is read, past any damage. A record is lost only if its batch is neither intact in the
+//! log nor already in sled (each database stores the last batch it applied). When nothing is
+//! lost, the log is rewritten from the intact records and the node starts as after a crash.
+//! When batches are lost, the report names their documents and stamps where the records after
+//! them tell them, and by default nothing is changed. With the loss accepted
+//! ([`repair_log_accepting_loss`]) the log keeps the batches before the first gap, every
+//! change of the intact batches after it is held for its document (`Q` records, merged by the
+//! heal), and the store is marked recovering: it takes no local write until a complete
+//! anti-entropy pass with every peer has brought back whatever of the lost batches reached
+//! them, so that no change is made again under an automerge sequence number a lost one used.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::key::DocKey;
 use crate::record::{self, FeedEntry};
 use crate::wal::{self, Batch};
 
@@ -56,8 +59,10 @@ pub fn repair_log(data_dir: &Path) -> Result<LogReport> {
         return Err(Error::Corrupt(format!(
             "batches {} are in neither the log nor sled: a repair would lose them, so nothing \
              was changed. Keep a copy of the data dir; in a cluster, start on a fresh data dir \
-             under a new node id (anti-entropy copies every document back from the peers); \
-             alone, restore a backup",
+             under a new node id (anti-entropy copies every document back from the peers), or \
+             accept the loss (`meridian repair --accept-loss`: the writes after the damage are \
+             kept for their documents, and the node takes writes again once its peers have \
+             given back what they hold); alone, restore a backup",
             ranges(&report.lost)
         )));
     }
@@ -65,6 +70,76 @@ pub fn repair_log(data_dir: &Path) -> Result<LogReport> {
         wal::rewrite(&data_dir.join("wal"), &keep)?;
     }
     Ok(report)
+}
+
+/// [`repair_log`], but when batches are lost, keeps what can be kept (see the module docs)
+/// instead of refusing.
+pub fn repair_log_accepting_loss(data_dir: &Path) -> Result<LogReport> {
+    let (report, keep) = read(data_dir)?;
+    let Some(first_lost) = report.lost.first().map(|r| *r.start()) else {
+        return repair_log(data_dir);
+    };
+    let (replayable, stranded): (Vec<Batch>, Vec<Batch>) =
+        keep.into_iter().partition(|b| b.seq < first_lost);
+    let dbs = crate::dbs::Dbs::open(data_dir, 8 << 20)?;
+    let mut held = sled::Batch::default();
+    for (key, change) in stranded.iter().flat_map(held_changes) {
+        held.insert(
+            record::held_key(&key, &change.hash().0),
+            record::wrap(change.raw_bytes()),
+        );
+    }
+    held.insert(
+        record::meta_key(RECOVERING),
+        format!("batches {} were lost in a log repair", ranges(&report.lost)).into_bytes(),
+    );
+    dbs.main.apply_batch(held)?;
+    dbs.main.flush()?;
+    drop(dbs);
+    wal::rewrite(&data_dir.join("wal"), &replayable)?;
+    Ok(report)
+}
+
+/// `M recovering`: the store lost batches in a log repair and takes no local write until its
+/// peers have given back what they hold (see the module docs).
+pub(crate) const RECOVERING: &str = "recovering";
+
+/// Every change a batch wrote into a document's history (increments, and the changes of a
+/// snapshot), with its document.
+fn held_changes(b: &Batch) -> Vec<(DocKey, automerge::Change)> {
+    let mut out = vec![];
+    for (k, v) in &b.ops {
+        let (Some(&kind), Some(v)) = (k.first(), v) else {
+            continue;
+        };
+        if kind != record::INCREMENT && kind != record::SNAPSHOT {
+            continue;
+        }
+        let Ok(body) = record::strip_format(v) else {
+            continue;
+        };
+        // `S collection NUL id`; `I collection NUL id NUL n`
+        let doc = if kind == record::SNAPSHOT {
+            &k[1..]
+        } else {
+            &k[1..k.len().saturating_sub(9)]
+        };
+        let Ok(key) = DocKey::decode(doc) else {
+            continue;
+        };
+        if kind == record::INCREMENT {
+            if let Ok(c) = automerge::Change::from_bytes(body.to_vec()) {
+                out.push((key, c));
+            }
+        } else if let Ok(am) = automerge::Automerge::load(body) {
+            out.extend(
+                am.get_changes(&[])
+                    .into_iter()
+                    .map(|c| (key.clone(), c.clone())),
+            );
+        }
+    }
+    out
 }
 
 /// The report, and the intact batches after `applied` in order.
@@ -104,7 +179,7 @@ fn read(data_dir: &Path) -> Result<(LogReport, Vec<Batch>)> {
         Some(first) => batches
             .iter()
             .filter(|b| b.seq > first)
-            .flat_map(|b| changes_of(b))
+            .flat_map(changes_of)
             .collect(),
     };
     let report = LogReport {

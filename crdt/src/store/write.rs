@@ -195,20 +195,6 @@ impl Queued<'_> {
     }
 }
 
-impl DocRecord {
-    fn absent() -> DocRecord {
-        DocRecord {
-            state: State::Absent,
-            version: String::new(),
-            json: String::new(),
-            heads: vec![],
-            incr_base: 0,
-            incr_count: 0,
-            stored_bytes: 0,
-        }
-    }
-}
-
 impl Inner {
     /// The storage operations for new changes of a document (increments, or a snapshot every
     /// `compact_every`; feed entries of this node's own changes; the new record), the new record,
@@ -296,7 +282,7 @@ impl Store {
         idem: Option<idempotency::Idempotency>,
     ) -> Result<Written> {
         let inner = &*self.inner;
-        inner.commit.check()?;
+        inner.check_writable()?;
         let idem_lock = match &idem {
             Some(i) => Some(inner.idem.lock(i).await),
             None => None,
@@ -376,9 +362,19 @@ impl Store {
         let mut merged = Merged::default();
         let mut queued = Vec::new();
         let mut last_seq = None;
+        let mut held = Vec::new();
         let result = async {
             for (key, changes) in group_by_document(docs) {
-                let mut w = inner.open_write(&key).await?;
+                let mut w = match inner.open_write(&key).await {
+                    Ok(w) => w,
+                    // kept, durably with the bookkeeping, for the heal
+                    Err(Error::Damaged(_)) => {
+                        merged.held += changes.len();
+                        held.extend(Store::hold(&key, &changes));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 last_seq = last_seq.max(w.queued_before);
                 let new = {
                     let mut doc = w.doc_dirty();
@@ -398,11 +394,12 @@ impl Store {
                 last_seq = q.seq().or(last_seq);
                 queued.push(q);
             }
-            if !meta.is_empty() {
-                let ops = meta
-                    .into_iter()
-                    .map(|(name, v)| (record::meta_key(&name), Some(v)))
-                    .collect();
+            if !meta.is_empty() || !held.is_empty() {
+                let mut ops = std::mem::take(&mut held);
+                ops.extend(
+                    meta.into_iter()
+                        .map(|(name, v)| (record::meta_key(&name), Some(v))),
+                );
                 last_seq = Some(inner.commit.submit(0, |_| ops)?);
             }
             Ok::<_, Error>(())

@@ -151,6 +151,12 @@ pub enum Code {
     Unavailable,
     /// 507: the node's disk is below the free space it keeps; reads go on.
     InsufficientStorage,
+    /// 503: the document is damaged on this node and being fetched again from a peer region;
+    /// retry, or read it in another region.
+    DocumentDamaged,
+    /// 503: this node lost writes in a log repair and takes none until its peers have given
+    /// back what they hold; write in another region meanwhile. Reads go on.
+    Recovering,
     Internal,
     Unreachable,
 }

@@ -69,6 +69,12 @@ pub enum ApiError {
     /// The data dir's filesystem is below the free space kept; said as it is (no secret in it).
     #[error("{0}")]
     InsufficientStorage(String),
+    /// A stored document is damaged here and being healed from a peer; said as it is.
+    #[error("{0}")]
+    Damaged(String),
+    /// Local writes wait for the peers after a log repair that lost batches; said as it is.
+    #[error("{0}")]
+    Recovering(String),
     /// `/readyz`: why this node should not get traffic now.
     #[error("{0}")]
     NotReady(String),
@@ -105,6 +111,8 @@ impl ApiError {
             | ApiError::Timeout
             | ApiError::Unavailable(_)
             | ApiError::Faulted(_)
+            | ApiError::Damaged(_)
+            | ApiError::Recovering(_)
             | ApiError::SessionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -137,6 +145,8 @@ impl ApiError {
                 Code::Unavailable
             }
             ApiError::InsufficientStorage(_) => Code::InsufficientStorage,
+            ApiError::Damaged(_) => Code::DocumentDamaged,
+            ApiError::Recovering(_) => Code::Recovering,
             ApiError::Internal(_) => Code::Internal,
             ApiError::BadGateway(_) => Code::Unreachable,
         }
@@ -166,6 +176,8 @@ impl From<CrdtError> for ApiError {
             CrdtError::SchemaViolation(v) => ApiError::SchemaViolation(v),
             CrdtError::Unavailable(m) => ApiError::Unavailable(m),
             CrdtError::InsufficientStorage(m) => ApiError::InsufficientStorage(m),
+            CrdtError::Damaged(m) => ApiError::Damaged(m),
+            CrdtError::Recovering(m) => ApiError::Recovering(m),
             CrdtError::InUse => ApiError::Unavailable("the data dir is in use".into()),
             other => ApiError::Internal(other.to_string()),
         }

@@ -41,6 +41,11 @@ pub struct Metrics {
     free_bytes: Gauge,
     floor_bytes: Gauge,
     writable: Gauge,
+    scrub_checked: Counter,
+    scrub_passes: Counter,
+    damaged: Gauge,
+    damage_found: Counter,
+    damage_healed: Counter,
     cache_hits: Counter,
     cache_misses: Counter,
     flushes: Counter,
@@ -84,6 +89,11 @@ impl Default for Metrics {
             free_bytes: Gauge::default(),
             floor_bytes: Gauge::default(),
             writable: Gauge::default(),
+            scrub_checked: Counter::default(),
+            scrub_passes: Counter::default(),
+            damaged: Gauge::default(),
+            damage_found: Counter::default(),
+            damage_healed: Counter::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             flushes: Counter::default(),
@@ -137,6 +147,31 @@ impl Default for Metrics {
             "storage_writable",
             "1 when the store takes writes; 0 when low on space or failed (see /readyz)",
             m.writable.clone(),
+        );
+        registry.register(
+            "scrub_checked_documents",
+            "Documents the scrub checked from disk",
+            m.scrub_checked.clone(),
+        );
+        registry.register(
+            "scrub_passes",
+            "Scrub passes over every document finished",
+            m.scrub_passes.clone(),
+        );
+        registry.register(
+            "documents_damaged",
+            "Documents damaged on this node now, refused until healed from a peer",
+            m.damaged.clone(),
+        );
+        registry.register(
+            "damage_found_documents",
+            "Damaged documents found, by the scrub or on load",
+            m.damage_found.clone(),
+        );
+        registry.register(
+            "damage_healed_documents",
+            "Damaged documents rebuilt from intact pieces and the peers",
+            m.damage_healed.clone(),
         );
         registry.register("cache_hits", "Document cache hits", m.cache_hits.clone());
         registry.register(
@@ -238,7 +273,12 @@ impl Metrics {
         self.free_bytes.set(s.storage.free_bytes as i64);
         self.floor_bytes.set(s.storage.floor_bytes as i64);
         self.writable.set(i64::from(s.storage.problem.is_none()));
+        self.damaged.set(s.scrub.damaged_count as i64);
         let set = |c: &Counter, v: u64| c.inner().store(v, std::sync::atomic::Ordering::Relaxed);
+        set(&self.scrub_checked, s.scrub.checked_total);
+        set(&self.scrub_passes, s.scrub.passes);
+        set(&self.damage_found, s.scrub.found);
+        set(&self.damage_healed, s.scrub.healed);
         set(&self.cache_hits, s.cache_hits);
         set(&self.cache_misses, s.cache_misses);
         set(&self.flushes, s.flushes);

@@ -18,7 +18,8 @@ pub(crate) async fn status(State(st): State<AppState>) -> Json<serde_json::Value
         "documents": s.documents,
         "bytes_on_disk": s.bytes_on_disk,
         "version": env!("CARGO_PKG_VERSION"),
-        "storage": storage(&st.store.storage()),
+        "storage": storage(&s.storage),
+        "scrub": scrub(&s.scrub),
         "auth": st.auth.describe(),
         "tls": st.tls,
     }))
@@ -31,12 +32,41 @@ fn storage(s: &meridian_crdt::Storage) -> serde_json::Value {
         None => ("ok", None),
         Some(StorageProblem::LowSpace(m)) => ("low_space", Some(m)),
         Some(StorageProblem::Failed(m)) => ("failed", Some(m)),
+        Some(StorageProblem::Recovering(m)) => ("recovering", Some(m)),
     };
     serde_json::json!({
         "state": state,
         "problem": problem,
         "free_bytes": s.free_bytes,
         "floor_bytes": s.floor_bytes,
+    })
+}
+
+/// The scrub's part of `/v1/status`: its progress, and the documents damaged now.
+fn scrub(s: &meridian_crdt::ScrubStatus) -> serde_json::Value {
+    let damaged: Vec<serde_json::Value> = s
+        .damaged
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "collection": f.collection,
+                "id": f.id,
+                "what": f.what,
+                "found_ms": f.found_ms,
+                "heal_error": f.heal_error,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "passes": s.passes,
+        "checked": s.checked,
+        "of": s.of,
+        "checked_total": s.checked_total,
+        "last_pass_ms": s.last_pass_ms,
+        "found": s.found,
+        "healed": s.healed,
+        "damaged_count": s.damaged_count,
+        "damaged": damaged,
     })
 }
 
@@ -51,6 +81,9 @@ pub(crate) async fn ready(State(st): State<AppState>) -> Result<Json<serde_json:
         ))),
         Some(StorageProblem::Failed(m)) => Err(ApiError::NotReady(format!(
             "{m}; writes are refused until the node is restarted (reads go on)"
+        ))),
+        Some(StorageProblem::Recovering(m)) => Err(ApiError::NotReady(format!(
+            "{m}; writes are refused until every peer has given back what it holds (reads go on)"
         ))),
     }
 }

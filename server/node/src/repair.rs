@@ -1,5 +1,6 @@
 //! `meridian repair DATA_DIR`: reads a data dir's write-ahead log past any damage and rewrites
 //! it from its intact records when that loses nothing (`meridian_crdt::repair_log`); with
+//! `--accept-loss`, also when it does (`meridian_crdt::repair_log_accepting_loss`); with
 //! `--check`, only says what it finds. Run it with the node stopped.
 
 use std::path::PathBuf;
@@ -11,8 +12,12 @@ pub struct RepairArgs {
     /// The data dir of a stopped node.
     pub data_dir: PathBuf,
     /// Only report; change nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "accept_loss")]
     pub check: bool,
+    /// When batches are lost: keep the log up to the damage, hold the intact writes after it
+    /// for their documents, and take no write until every peer has given back what it holds.
+    #[arg(long)]
+    pub accept_loss: bool,
 }
 
 impl RepairArgs {
@@ -26,9 +31,19 @@ impl RepairArgs {
         );
         let report = meridian_crdt::check_log(&self.data_dir)?;
         let mut out = describe(&report);
+        if !report.lost.is_empty() && self.accept_loss {
+            meridian_crdt::repair_log_accepting_loss(&self.data_dir)?;
+            out.push_str(
+                "repaired, accepting the loss: the log keeps the batches before the damage; the \
+                 intact writes after it are held for their documents; the node takes no write \
+                 until a complete anti-entropy pass with every peer has brought back what of the \
+                 lost batches reached them\n",
+            );
+            return Ok(out);
+        }
         if !report.lost.is_empty() {
             let mut err = out;
-            err.push_str("\n");
+            err.push('\n');
             let refusal = meridian_crdt::repair_log(&self.data_dir)
                 .expect_err("a report with lost batches is refused");
             err.push_str(&refusal.to_string());

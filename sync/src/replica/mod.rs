@@ -22,6 +22,7 @@
 //!   effects (it uses `repair` for catch-ups; `repair` uses `link` and `merge`, not `follow`);
 //! - `repair`: anti-entropy passes;
 //! - `trim`: trimming this node's feed once every peer has read it (or past a retention window);
+//! - `heal`: the store's scrub, and healing damaged documents from the peers;
 //! - `session`: session tokens, and waiting until this node covers one;
 //! - `status`: what this node knows of each peer's link, the reachability rule, `/v1/cluster`.
 
@@ -38,6 +39,7 @@ use uhlc::Timestamp;
 
 mod engine;
 mod follow;
+mod heal;
 mod link;
 mod merge;
 mod page;
@@ -111,6 +113,12 @@ pub struct ReplicationConfig {
     pub feed_retention: Duration,
     /// Time between trims of this node's feed (see `trim`).
     pub trim_every: Duration,
+    /// Documents the scrub checks per second at most (0: no scrub), and how often a pass over
+    /// every document begins (a pass longer than that is followed at once by the next).
+    pub scrub_per_second: u32,
+    pub scrub_every: Duration,
+    /// How long a damaged document that could not be healed waits before the next try.
+    pub heal_retry: Duration,
 }
 
 /// See [`ReplicationConfig::feed_mode`].
@@ -135,6 +143,9 @@ impl ReplicationConfig {
             feed_mode: FeedMode::Stream,
             feed_retention: Duration::from_secs(24 * 3600),
             trim_every: Duration::from_secs(10),
+            scrub_per_second: 100,
+            scrub_every: Duration::from_secs(3600),
+            heal_retry: Duration::from_secs(10),
         }
     }
 
@@ -296,11 +307,18 @@ impl<T: Transport> Replica<T> {
         &self.shared.store
     }
 
-    /// Starts, per peer, the feed puller and the anti-entropy worker; and the feed trimmer.
+    /// Starts, per peer, the feed puller and the anti-entropy worker; and the feed trimmer,
+    /// the scrub, the healer and (after a log repair that lost batches) the recovery.
     pub fn start(&self) {
         let workers = &self.shared.workers;
         let this = self.clone();
         workers.spawn("feed trim", |_| this.trim_loop());
+        let this = self.clone();
+        workers.spawn("scrub", |_| this.scrub_loop());
+        let this = self.clone();
+        workers.spawn("heal", |_| this.heal_loop());
+        let this = self.clone();
+        workers.spawn("recovery", |_| this.recover_loop());
         for peer in &self.shared.peers {
             let (this, p) = (self.clone(), peer.clone());
             workers.spawn("replication feed", |_| this.feed_loop(p));
@@ -343,146 +361,4 @@ impl<T: Transport> Replica<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::{self, DocHeads, Request, Response};
-    use meridian_crdt::{DocKey, DIGEST_BUCKETS, DIGEST_LEAVES};
-    use proptest::prelude::*;
-
-    /// A network that reaches nobody.
-    #[derive(Debug)]
-    struct NoNet;
-
-    impl Transport for NoNet {
-        async fn call(&self, _: &Peer, _: Vec<u8>, _: Duration) -> Result<Vec<u8>, crate::Error> {
-            Err(crate::Error::Unreachable("no network".into()))
-        }
-
-        async fn open(&self, _: &Peer, _: Vec<u8>, _: Duration) -> Result<Chunks, crate::Error> {
-            Err(crate::Error::Unreachable("no network".into()))
-        }
-    }
-
-    fn replica(dir: &std::path::Path) -> Replica<NoNet> {
-        let mut c = meridian_crdt::StoreConfig::new(dir);
-        c.node_id = Some("n1".into());
-        let store = Store::open(c).unwrap();
-        Replica::new(
-            store,
-            NoNet,
-            ReplicationConfig::new(vec![]),
-            &crate::Workers::new(),
-        )
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_repair_answer_is_cut_by_time_and_still_brings_something() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = meridian_crdt::StoreConfig::new(dir.path());
-        c.node_id = Some("n1".into());
-        let store = Store::open(c).unwrap();
-        for i in 0..200 {
-            let doc: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_value(serde_json::json!({ "i": i })).unwrap();
-            store
-                .write(
-                    &DocKey::new("users", &format!("u{i}")).unwrap(),
-                    meridian_crdt::Edit::Put(doc),
-                    None,
-                )
-                .await
-                .unwrap();
-        }
-        let mut config = ReplicationConfig::new(vec![]);
-        // a budget of 250 µs: far less than 200 documents' changes take to gather
-        config.call_timeout = Duration::from_millis(1);
-        let r = Replica::new(store, NoNet, config, &crate::Workers::new()).unwrap();
-        let ask = Request::Repair {
-            from: "x".into(),
-            leaves: (0..DIGEST_LEAVES as u32).collect(),
-            docs: vec![],
-        };
-        match wire::decode::<Response>(&r.handle(&wire::encode(&ask)).await).unwrap() {
-            Response::Repair { changes, more } => {
-                assert!(more);
-                assert!(
-                    !changes.is_empty() && changes.len() < 200,
-                    "{}",
-                    changes.len()
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn error_of(answer: &[u8]) -> Option<String> {
-        match wire::decode::<Response>(answer).unwrap() {
-            Response::Error { message } => Some(message),
-            _ => None,
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
-        #[test]
-        fn any_bytes_get_an_answer_and_change_nothing(body in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let dir = tempfile::tempdir().unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let r = replica(dir.path());
-                let answer = r.handle(&body).await;
-                // every answer decodes; garbage gets an error message
-                let decoded = wire::decode::<Response>(&answer);
-                prop_assert!(decoded.is_ok());
-                prop_assert!(r.store().digests().iter().all(|d| *d == 0));
-                prop_assert!(r.store().feed(None, 10).unwrap().entries.is_empty());
-                Ok(())
-            })?;
-        }
-    }
-
-    #[tokio::test]
-    async fn malformed_requests_are_refused_with_a_reason() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = replica(dir.path());
-        let bad_leaf = Request::Repair {
-            from: "x".into(),
-            leaves: vec![DIGEST_LEAVES as u32],
-            docs: vec![],
-        };
-        let e = error_of(&r.handle(&wire::encode(&bad_leaf)).await).unwrap();
-        assert!(e.contains("leaves"), "{e}");
-        let bad_bucket = Request::Leaves {
-            from: "x".into(),
-            buckets: vec![3, DIGEST_BUCKETS as u32],
-        };
-        let e = error_of(&r.handle(&wire::encode(&bad_bucket)).await).unwrap();
-        assert!(e.contains("buckets"), "{e}");
-        let bad_key = Request::Repair {
-            from: "x".into(),
-            leaves: vec![],
-            docs: vec![DocHeads {
-                collection: "a/b".into(),
-                id: "c".into(),
-                heads: vec![],
-            }],
-        };
-        assert!(error_of(&r.handle(&wire::encode(&bad_key)).await).is_some());
-        let e = error_of(&r.handle(&[9, 0]).await).unwrap();
-        assert!(e.contains("version 9"), "{e}");
-        // a feed request from anyone, with nothing to send, waits no longer than asked
-        let feed = Request::Feed {
-            from: "x".into(),
-            after: None,
-            wait_ms: 50,
-            limit: 10,
-        };
-        let t0 = Instant::now();
-        let answer = wire::decode::<Response>(&r.handle(&wire::encode(&feed)).await).unwrap();
-        assert!(t0.elapsed() >= Duration::from_millis(50));
-        assert!(
-            matches!(answer, Response::Feed { ref changes, more: false, .. } if changes.is_empty())
-        );
-    }
-}
+mod tests;

@@ -121,7 +121,8 @@ impl<T: Transport> Replica<T> {
                     store.leaf_heads(&leaves)?.into_iter().collect();
                 for key in theirs.keys() {
                     if !mine.contains_key(key) {
-                        if let Some(s) = store.read_state(key)? {
+                        // a document damaged here is being healed: nothing to offer of it
+                        if let Some(s) = skip_damaged(store.read_state(key))?.flatten() {
                             mine.insert(key.clone(), s.heads);
                         }
                     }
@@ -146,7 +147,8 @@ impl<T: Transport> Replica<T> {
                         more = true;
                         break;
                     }
-                    let delta = store.changes_since(&key, their_heads).await?;
+                    let delta = skip_damaged(store.changes_since(&key, their_heads).await)?
+                        .unwrap_or_default();
                     if delta.is_empty() {
                         continue;
                     }
@@ -295,5 +297,14 @@ impl<T: Transport> Replica<T> {
             }
         });
         Ok(rx)
+    }
+}
+
+/// `None` for a document damaged here (the others still get an answer).
+fn skip_damaged<T>(r: meridian_crdt::Result<T>) -> meridian_crdt::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(meridian_crdt::Error::Damaged(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }

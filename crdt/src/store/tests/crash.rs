@@ -83,13 +83,7 @@ async fn a_torn_log_tail_is_ignored() {
 /// acknowledged, so the store refuses to open rather than serve without them.
 #[tokio::test]
 async fn a_damaged_log_record_with_acknowledged_ones_after_it_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    sled_image(dir.path(), image.path());
-    write_docs(&s, 20).await;
-    copy_dir(&dir.path().join("wal"), &image.path().join("wal"));
-    let last = damage_middle(image.path());
+    let (_s, _dir, image, last) = lost_batch_image().await;
     let err = Store::open(StoreConfig::new(image.path())).unwrap_err();
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
     let name = last.file_name().unwrap().to_str().unwrap().to_owned();

@@ -10,6 +10,7 @@ mod clients;
 mod contracts;
 mod crash;
 mod events;
+mod heal;
 mod repair;
 mod replication;
 mod writes;
@@ -87,6 +88,25 @@ fn damage_middle(data_dir: &Path) -> std::path::PathBuf {
     }
     std::fs::write(&last, bytes).unwrap();
     last
+}
+
+/// A crash image whose log is damaged mid-segment where sled lacks what it hid: sled as of
+/// before 20 documents were written, then the log with them, damaged. Returns the store that
+/// wrote them (a peer that has them all), the image's directory, and the damaged segment.
+async fn lost_batch_image() -> (
+    Store,
+    tempfile::TempDir,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    sled_image(dir.path(), image.path());
+    write_docs(&s, 20).await;
+    copy_dir(&dir.path().join("wal"), &image.path().join("wal"));
+    let segment = damage_middle(image.path());
+    (s, dir, image, segment)
 }
 
 async fn write_docs(s: &Store, n: usize) {

@@ -38,13 +38,7 @@ async fn damage_that_sled_covers_is_repaired_with_nothing_lost() {
 
 #[tokio::test]
 async fn damage_that_hides_acknowledged_batches_is_named_and_nothing_is_changed() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    sled_image(dir.path(), image.path());
-    write_docs(&s, 20).await;
-    copy_dir(&dir.path().join("wal"), &image.path().join("wal"));
-    let segment = damage_middle(image.path());
+    let (_s, _dir, image, segment) = lost_batch_image().await;
     let before = std::fs::read(&segment).unwrap();
 
     let report = check_log(image.path()).unwrap();
@@ -74,4 +68,63 @@ async fn damage_that_hides_acknowledged_batches_is_named_and_nothing_is_changed(
         before,
         "the log is untouched"
     );
+}
+
+#[tokio::test]
+async fn accepting_the_loss_keeps_every_intact_write_and_waits_for_the_peers() {
+    let (s, _dir, image, _) = lost_batch_image().await;
+    let report = repair_log_accepting_loss(image.path()).unwrap();
+    let lost = report.lost[0].clone();
+    assert!(
+        check_log(image.path()).unwrap().lost.is_empty(),
+        "the log is whole again"
+    );
+
+    let r = open(image.path());
+    assert!(r.recovering().unwrap().contains("lost"));
+    assert!(matches!(
+        r.storage().problem,
+        Some(StorageProblem::Recovering(_))
+    ));
+    let refused = r.write(&key("new"), Edit::Put(obj(json!({}))), None).await;
+    assert!(matches!(refused, Err(Error::Recovering(_))), "{refused:?}");
+    // before the damage: replayed; after it: held for their documents, merged by the heal
+    let first_lost = *lost.start() as usize; // batch n wrote d{n-1}
+    assert_eq!(get_json(&r, "d0").await, Some(json!({"i": 0})));
+    let held: Vec<DocKey> = r.damaged_documents();
+    assert!(!held.is_empty());
+    for k in &held {
+        // held, not merged yet: refused, never answered as absent
+        assert!(matches!(r.get(k).await, Err(Error::Damaged(_))), "{k}");
+        let healed = r.heal(k, HealSources::default()).await.unwrap();
+        assert!(matches!(healed, Healed::Healed { .. }), "{k}: {healed:?}");
+    }
+    for i in (0..20).filter(|i| !(first_lost - 1..*lost.end() as usize).contains(i)) {
+        assert_eq!(
+            get_json(&r, &format!("d{i}")).await,
+            Some(json!({"i": i})),
+            "d{i}"
+        );
+    }
+    // what only the lost batches held comes back from a peer that has it
+    for i in first_lost - 1..*lost.end() as usize {
+        let k = key(&format!("d{i}"));
+        assert_eq!(r.get(&k).await.unwrap(), None);
+        let changes = s.changes_since(&k, &[]).await.unwrap();
+        r.merge_remote(
+            vec![(k.clone(), changes.iter().map(|c| remote(c)).collect())],
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(get_json(&r, &format!("d{i}")).await, Some(json!({"i": i})));
+    }
+    r.recovered().await.unwrap();
+    drop(r);
+    let r = open(image.path());
+    assert_eq!(r.recovering(), None, "durably");
+    assert!(r.damaged_documents().is_empty());
+    r.write(&key("new"), Edit::Put(obj(json!({}))), None)
+        .await
+        .unwrap();
 }

@@ -102,6 +102,13 @@ pub struct ServeArgs {
     /// Seconds between anti-entropy passes with each peer. Default: 30.
     #[arg(long, env = "MERIDIAN_ANTI_ENTROPY_SECS")]
     pub anti_entropy_secs: Option<u64>,
+    /// Documents the background scrub checks per second at most, from disk, against their
+    /// checksums (0: no scrub; damage is still found when a document is loaded). Default: 100.
+    #[arg(long, env = "MERIDIAN_SCRUB_PER_SECOND")]
+    pub scrub_per_second: Option<u32>,
+    /// Seconds from the start of one scrub pass over every document to the next. Default: 3600.
+    #[arg(long, env = "MERIDIAN_SCRUB_EVERY_SECS")]
+    pub scrub_every_secs: Option<u64>,
     /// Seconds this node's feed keeps changes a peer has not read; a peer away longer catches
     /// up by anti-entropy. Default: 86400.
     #[arg(long, env = "MERIDIAN_FEED_RETENTION_SECS")]
@@ -252,6 +259,8 @@ impl ServeArgs {
             request_timeout_ms: pick!(request_timeout_ms),
             session_wait_ms: pick!(session_wait_ms),
             anti_entropy_secs: pick!(anti_entropy_secs),
+            scrub_per_second: pick!(scrub_per_second),
+            scrub_every_secs: pick!(scrub_every_secs),
             feed_retention_secs: pick!(feed_retention_secs),
             max_drift_ms: pick!(max_drift_ms),
             sync_max_connections: pick!(sync_max_connections),

@@ -42,6 +42,8 @@ pub struct Settings {
     pub cluster_secret: Option<String>,
     pub session_wait_ms: u64,
     pub anti_entropy_secs: u64,
+    pub scrub_per_second: u32,
+    pub scrub_every_secs: u64,
     pub feed_retention_secs: u64,
     pub max_drift_ms: u64,
     pub feed_mode: FeedMode,
@@ -86,6 +88,8 @@ impl Default for Settings {
             cluster_secret: None,
             session_wait_ms: limits.session_wait.as_millis() as u64,
             anti_entropy_secs: sync.anti_entropy_every.as_secs(),
+            scrub_per_second: sync.scrub_per_second,
+            scrub_every_secs: sync.scrub_every.as_secs(),
             feed_retention_secs: sync.feed_retention.as_secs(),
             max_drift_ms: store.max_drift.as_millis() as u64,
             feed_mode: sync.feed_mode,
@@ -188,6 +192,7 @@ impl Settings {
             .map_err(|e| anyhow::anyhow!("invalid region: {e}"))?;
         for (name, value) in [
             ("anti_entropy_secs", self.anti_entropy_secs as usize),
+            ("scrub_every_secs", self.scrub_every_secs as usize),
             ("feed_retention_secs", self.feed_retention_secs as usize),
             ("max_in_flight", self.max_in_flight),
             ("request_timeout_ms", self.request_timeout_ms as usize),
@@ -222,6 +227,8 @@ impl Settings {
     pub fn replication(&self) -> ReplicationConfig {
         let mut c = ReplicationConfig::new(self.peers.clone());
         c.anti_entropy_every = Duration::from_secs(self.anti_entropy_secs);
+        c.scrub_per_second = self.scrub_per_second;
+        c.scrub_every = Duration::from_secs(self.scrub_every_secs);
         c.feed_retention = Duration::from_secs(self.feed_retention_secs);
         c.feed_mode = self.feed_mode;
         c
