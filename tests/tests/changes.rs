@@ -277,8 +277,11 @@ async fn a_consumer_that_falls_behind_is_cut_off_without_slowing_writes() {
     let dir = tempfile::tempdir().unwrap();
     let node = Process::start(dir.path(), &["--node-id", "us", "--changes-buffer", "8"]);
     let c = http_client();
-    // opened and never read while the writes go on: the socket's buffers fill, then its queue
-    let mut slow = open(&c, &node, "/v1/users", &[]).await;
+    // opened and never read while the writes go on: the socket's buffers fill, then its queue.
+    // Through a client without a total timeout: on a slow machine the writes take longer than
+    // `http_client`'s 10 s, which would end the stream on the test's side, not the node's
+    let slow_client = reqwest::Client::new();
+    let mut slow = open(&slow_client, &node, "/v1/users", &[]).await;
     let big = "x".repeat(32 << 10);
     const N: usize = 400;
     let start = Instant::now();

@@ -187,6 +187,56 @@ async fn writes_stop_at_the_free_space_floor_and_resume_by_themselves_when_space
     assert_eq!(s, 404);
 }
 
+/// Another process fills the disk past the floor: the ballast is released, and with its room the
+/// node still shuts down cleanly; with space back it is allocated again.
+#[tokio::test]
+async fn the_ballast_is_released_when_the_disk_fills_and_allocated_again_when_space_returns() {
+    let disk = SmallDisk::mount(64);
+    let data = disk.path().join("data");
+    let ballast = data.join("ballast");
+    let node = Process::start(&data, &["--min-free-mb", "16"]);
+    let c = http_client();
+    assert_eq!(
+        std::fs::metadata(&ballast).unwrap().len(),
+        4 << 20,
+        "a quarter of the floor"
+    );
+    let (_, _, status) = send(&c, "GET", node.url("/v1/status"), None).await;
+    assert_eq!(status["storage"]["ballast_bytes"], 4u64 << 20, "{status}");
+    put_users(&c, &node, 10).await;
+
+    // 5 MiB free: below half the floor
+    let filler = disk.fill_leaving(5 << 20);
+    eventually(
+        "the ballast is released",
+        Duration::from_secs(5),
+        || async {
+            let (s, _, _) =
+                send(&c, "PATCH", node.url("/v1/users/u1"), Some(json!({"x": 1}))).await;
+            s == 507 && !ballast.exists()
+        },
+    )
+    .await;
+    assert!(disk.free() >= 8 << 20, "its room is free again");
+    let (_, _, status) = send(&c, "GET", node.url("/v1/status"), None).await;
+    assert_eq!(status["storage"]["ballast_bytes"], 0, "{status}");
+    let (code, log) = node.terminate_with_log();
+    assert!(code.success(), "{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("released the ballast")),
+        "{}",
+        log.join("\n")
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let node = Process::start(&data, &["--min-free-mb", "16"]);
+    assert_eq!(std::fs::metadata(&ballast).unwrap().len(), 4 << 20);
+    let (s, _, body) = send(&c, "GET", node.url("/v1/users/u9"), None).await;
+    assert_eq!((s, &body["value"]["i"]), (200, &json!(9)));
+    let (s, _, _) = send(&c, "PATCH", node.url("/v1/users/u1"), Some(json!({"x": 1}))).await;
+    assert_eq!(s, 200);
+}
+
 #[tokio::test]
 async fn a_start_on_a_full_disk_fails_and_once_space_is_freed_the_store_opens() {
     let disk = SmallDisk::mount(64);

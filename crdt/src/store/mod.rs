@@ -189,6 +189,8 @@ pub struct Storage {
     /// Free bytes on the data dir's filesystem, and the floor kept free.
     pub free_bytes: u64,
     pub floor_bytes: u64,
+    /// The ballast file's size while it is in place (see `space`), else 0.
+    pub ballast_bytes: u64,
     pub problem: Option<StorageProblem>,
 }
 
@@ -252,6 +254,8 @@ const DOC_EVENTS: usize = 16_384;
 impl Store {
     /// Opens (or creates) the store in `config.path`. Fails if another process has it open.
     pub fn open(config: StoreConfig) -> Result<Store> {
+        // first: on a nearly full disk, the ballast is released before sled needs the room
+        let space = space::Space::new(config.path.clone(), config.min_free_bytes)?;
         let dbs = crate::dbs::Dbs::open(&config.path, config.sled_cache_bytes)?;
         let db = dbs.main.clone();
 
@@ -299,7 +303,6 @@ impl Store {
         let recovering = get_meta(&db, repair::RECOVERING)?;
         let digests = digest::initial(&db, &damage, |key, leaf| doc_ids.insert_in(key, leaf))?;
         let events = events::EventLog::open(&config.path, dbs.streams.clone())?;
-        let space = space::Space::new(config.path.clone(), config.min_free_bytes)?;
         let idem = idempotency::IdemKeys::new(db.clone(), config.idempotency_ttl);
         let streams = dbs.streams.clone();
         let commit = GroupCommit::start(dbs, wal_dir, seq, documents)?;
@@ -356,6 +359,7 @@ impl Store {
         Storage {
             free_bytes: space.free(),
             floor_bytes: space.floor,
+            ballast_bytes: space.ballast_bytes(),
             problem,
         }
     }

@@ -39,6 +39,7 @@ fn storage(s: &meridian_crdt::Storage) -> serde_json::Value {
         "problem": problem,
         "free_bytes": s.free_bytes,
         "floor_bytes": s.floor_bytes,
+        "ballast_bytes": s.ballast_bytes,
     })
 }
 

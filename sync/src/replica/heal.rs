@@ -14,10 +14,13 @@ use crate::wire::{DocHeads, Request, Response};
 
 /// Documents the scrub checks between two looks at its rate.
 const SCRUB_BATCH: usize = 32;
+/// The longest wait after start-up for the first scrub pass.
+const FIRST_SCRUB: Duration = Duration::from_secs(300);
 
 impl<T: Transport> Replica<T> {
     /// Passes over every document, each at most `scrub_per_second`, a new one every
-    /// `scrub_every` after the last began.
+    /// `scrub_every` after the last began; the first after `scrub_every` or 5 minutes, whichever
+    /// is sooner.
     pub(super) async fn scrub_loop(self) {
         let (rate, every) = (
             self.shared.config.scrub_per_second,
@@ -27,6 +30,10 @@ impl<T: Transport> Replica<T> {
             return;
         }
         let store = self.shared.store.clone();
+        // not at once: a node just started has catching up to do first
+        if self.pause(every.min(FIRST_SCRUB), None).await {
+            return;
+        }
         loop {
             let began = Instant::now();
             let mut after: Option<DocKey> = None;
