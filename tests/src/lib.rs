@@ -242,6 +242,12 @@ pub fn damage_newest_log_segment(data_dir: &Path) -> (PathBuf, Vec<u8>) {
     (last, bytes)
 }
 
+/// The body of a GET, as text (`/metrics`, say).
+pub async fn get_text(c: &reqwest::Client, url: String) -> String {
+    let r = c.get(url).send().await.expect("an answer");
+    r.text().await.expect("a text body")
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -328,14 +328,7 @@ async fn a_consumer_that_falls_behind_is_cut_off_without_slowing_writes() {
         slow.next_within(WAIT).await.is_none(),
         "closed after `behind`"
     );
-    let metrics = c
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = meridian_tests::get_text(&c, node.url("/metrics")).await;
     assert!(
         metrics.contains("meridian_change_streams_behind_total 1"),
         "{metrics}"

@@ -145,14 +145,7 @@ async fn writes_stop_at_the_free_space_floor_and_resume_by_themselves_when_space
     let (_, _, status) = send(&c, "GET", node.url("/v1/status"), None).await;
     assert_eq!(status["storage"]["state"], "low_space", "{status}");
     assert_eq!(status["storage"]["floor_bytes"], 16u64 << 20);
-    let metrics = c
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = meridian_tests::get_text(&c, node.url("/metrics")).await;
     assert!(metrics.contains("meridian_storage_writable 0"), "{metrics}");
     // a delete still converges
     let (s, _, body) = send(&c, "DELETE", node.url("/v1/users/u19"), None).await;

@@ -155,14 +155,7 @@ async fn flipped_bytes_are_found_refused_and_healed_from_a_peer() {
         },
     )
     .await;
-    let metrics = c
-        .get(b("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = meridian_tests::get_text(&c, b("/metrics")).await;
     assert!(
         metrics.contains("meridian_damage_healed_documents_total 2"),
         "{metrics}"

@@ -268,14 +268,7 @@ async fn a_layout_breaking_change_is_refused_and_the_node_serves_on() {
     .await;
     let (_, v) = get(&c, &node, "/v1/users/dave").await;
     assert_eq!(v["value"], json!({"n": 1}), "nothing of it applied");
-    let metrics = c
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = meridian_tests::get_text(&c, node.url("/metrics")).await;
     assert!(
         metrics.contains("meridian_sync_changes_refused_total 1"),
         "{}",

@@ -62,7 +62,6 @@ impl Store {
 
     async fn rebuild(&self, key: &DocKey, from: HealSources) -> Result<Healed> {
         let inner = &*self.inner;
-        let _in_progress = inner.commit.begin();
         let recorded = inner.read_record_unchecked(key).ok().flatten();
         let (mut doc, held) = self.salvage(key)?;
         let before: HashSet<ChangeHash> = doc.heads().into_iter().collect();
