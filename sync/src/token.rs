@@ -63,6 +63,11 @@ impl SessionToken {
         }
     }
 
+    /// Drops `node`'s entry (a node no region has: see `unknown_session_node`).
+    pub fn forget(&mut self, node: &str) {
+        self.0.remove(node);
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
         self.0.iter().map(|(n, t)| (n.as_str(), *t))
     }

@@ -160,3 +160,22 @@ async fn the_client_fails_over_to_the_next_region_and_still_reads_its_writes() {
         "the token still names a"
     );
 }
+
+#[tokio::test]
+async fn a_session_entry_no_region_can_cover_is_dropped_and_the_call_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Process::start(dir.path(), &["--node-id", "here"]);
+    let client = Client::new([format!("http://{}", node.addr)]).unwrap();
+    client.put("users", "ann", &json!({"n": 1})).await.unwrap();
+    // another user's device handed over a token that names a node this cluster never had
+    client.merge_session(&meridian_client::SessionToken::parse("ghost=1").unwrap());
+    let t0 = std::time::Instant::now();
+    let doc = client.get("users", "ann").await.unwrap().unwrap();
+    assert_eq!(doc.value, json!({"n": 1}));
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let session = client.session().to_string();
+    assert!(
+        !session.contains("ghost") && session.contains("here"),
+        "{session}"
+    );
+}

@@ -17,7 +17,9 @@
 //! - `Accept: application/json`: `text/event-stream` answers a stream that does not end (the
 //!   change feed has its own tests, `changes.rs`).
 //! - `Meridian-Session` empty: a token that fits the grammar may still name a node this cluster
-//!   does not have, or a time it has not reached, which is 503 `session_unavailable` by design.
+//!   does not have (400 `unknown_session_node`) or a time it has not reached (503
+//!   `session_unavailable` after the wait), both by design, and neither the "acceptance" of
+//!   valid input that this run checks.
 //!   The grammar is declared and the parser property-tested (`sync/src/token.rs`).
 
 use std::path::PathBuf;

@@ -307,6 +307,12 @@ impl Client {
                 return Ok((status, headers, body));
             }
             let err = http_error(status, &headers, &body);
+            if let Some(node) = unknown_session_node(&body) {
+                // no region can ever cover it: forget it and ask again at once
+                self.inner.token.lock().forget(&node);
+                last = err;
+                continue;
+            }
             let retryable = matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504);
             if !retryable {
                 return Err(err);
@@ -480,6 +486,14 @@ impl Client {
 /// An idempotency key: 128 random bits.
 fn new_key() -> String {
     hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// The node an `unknown_session_node` answer names: an entry of the session no region can cover.
+fn unknown_session_node(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    (v["error"]["code"] == "unknown_session_node")
+        .then(|| v["error"]["region"].as_str().map(str::to_owned))
+        .flatten()
 }
 
 fn http_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Error {

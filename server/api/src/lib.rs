@@ -106,7 +106,8 @@ pub struct ErrorBody {
 pub struct Error {
     pub code: Code,
     pub message: String,
-    /// `session_unavailable`: the node (region) that has the session's data...
+    /// `session_unavailable`: the node (region) that has the session's data (for
+    /// `unknown_session_node`: the node no region has)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// ...and where clients reach it, if it is a peer: its `--peer-public-url`, else the URL
@@ -137,6 +138,9 @@ pub enum Code {
     Forbidden,
     TooManyRequests,
     SessionUnavailable,
+    /// 400: the session token names a node this cluster does not have, so no region can ever
+    /// cover it; `region` names it. Drop that entry from the token.
+    UnknownSessionNode,
     NotFound,
     InvalidSchema,
     SchemaViolation,

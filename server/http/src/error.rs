@@ -57,12 +57,11 @@ pub enum ApiError {
     #[error("the request took longer than the server's timeout")]
     Timeout,
     /// This node cannot cover the session token in time: `node` has the data.
-    #[error("{}", session_message(node, *unknown))]
-    SessionUnavailable {
-        node: String,
-        url: Option<String>,
-        unknown: bool,
-    },
+    #[error("this node has not yet caught up with the session's changes from {node:?}; retry, or ask {node:?}")]
+    SessionUnavailable { node: String, url: Option<String> },
+    /// The session token names a node this cluster does not have: no region can cover it.
+    #[error("the session token names node {0:?}, which is not in this cluster: no region can cover it; drop that entry from the token")]
+    UnknownSessionNode(String),
     /// Storage has failed; internal details are logged, not sent.
     #[error("storage unavailable")]
     Unavailable(String),
@@ -94,6 +93,7 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::InvalidId(_)
             | ApiError::BadSession(_)
+            | ApiError::UnknownSessionNode(_)
             | ApiError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
             ApiError::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IncompatibleSchema { .. } => StatusCode::CONFLICT,
@@ -130,6 +130,7 @@ impl ApiError {
             ApiError::Forbidden(_) => Code::Forbidden,
             ApiError::TooManyRequests(_) => Code::TooManyRequests,
             ApiError::SessionUnavailable { .. } => Code::SessionUnavailable,
+            ApiError::UnknownSessionNode(_) => Code::UnknownSessionNode,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::InvalidSchema(_) => Code::InvalidSchema,
             ApiError::SchemaViolation(_) => Code::SchemaViolation,
@@ -156,14 +157,6 @@ impl ApiError {
 /// Whole seconds, rounded up, at least 1 (`Retry-After`).
 fn retry_secs(d: std::time::Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-}
-
-fn session_message(node: &str, unknown: bool) -> String {
-    if unknown {
-        format!("the session token names node {node:?}, which is not in this cluster")
-    } else {
-        format!("this node has not yet caught up with the session's changes from {node:?}; retry, or ask {node:?}")
-    }
 }
 
 impl From<CrdtError> for ApiError {
@@ -201,10 +194,14 @@ impl IntoResponse for ApiError {
         }
         let mut error = meridian_api::Error::new(self.code(), self.to_string());
         match &self {
-            ApiError::SessionUnavailable { node, url, .. } => {
+            ApiError::SessionUnavailable { node, url } => {
                 // where the client can go instead
                 error.region = Some(node.clone());
                 error.url = Some(url.clone());
+            }
+            ApiError::UnknownSessionNode(node) => {
+                error.region = Some(node.clone());
+                error.url = Some(None);
             }
             ApiError::SchemaViolation(errors) => error.errors = Some(errors.clone()),
             ApiError::IncompatibleSchema {

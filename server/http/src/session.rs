@@ -53,10 +53,12 @@ pub(crate) async fn wait(
         st.replica
             .await_token(&s.token, s.max_wait)
             .await
-            .map_err(|behind| ApiError::SessionUnavailable {
-                url: st.peer_url(&behind.node),
-                node: behind.node,
-                unknown: behind.unknown,
+            .map_err(|behind| match behind.unknown {
+                true => ApiError::UnknownSessionNode(behind.node),
+                false => ApiError::SessionUnavailable {
+                    url: st.peer_url(&behind.node),
+                    node: behind.node,
+                },
             })?;
     }
     Ok(next.run(req).await)

@@ -645,6 +645,27 @@ async fn openapi_describes_every_route() {
             assert!(paths[path][m].is_object(), "{m} {path} is not described");
         }
     }
+    // the key as a query parameter is offered on GET only, where it is taken
+    let schemes = |path: &str, m: &str| -> Vec<String> {
+        let security = &paths[path][m]["security"];
+        let list = match security.as_array() {
+            Some(l) => l,
+            None => r.body["security"].as_array().unwrap(),
+        };
+        list.iter()
+            .flat_map(|s| s.as_object().unwrap().keys().cloned())
+            .collect()
+    };
+    assert!(schemes("/v1/{collection}/{id}", "get").contains(&"access_token".to_owned()));
+    for (path, m) in [
+        ("/v1/{collection}/{id}", "put"),
+        ("/v1/{collection}/{id}", "patch"),
+        ("/v1/{collection}/{id}", "delete"),
+        ("/v1/{collection}/{id}/ops", "post"),
+        ("/v1/_schemas/{collection}", "put"),
+    ] {
+        assert_eq!(schemes(path, m), ["bearer"], "{m} {path}");
+    }
 }
 
 #[tokio::test]
@@ -695,7 +716,7 @@ async fn bad_session_headers_get_400_and_change_nothing() {
 async fn a_token_this_node_cannot_cover_gets_503_session_unavailable_within_the_bound() {
     let n = node();
     let a = &n.app;
-    // a node that is not in the cluster: refused at once
+    // a node that is not in the cluster: no region can ever cover it, so a 4xx, at once
     let r = send_with(
         a,
         "GET",
@@ -704,10 +725,11 @@ async fn a_token_this_node_cannot_cover_gets_503_session_unavailable_within_the_
         &[("meridian-session", "elsewhere=1")],
     )
     .await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(r.code(), "session_unavailable");
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.code(), "unknown_session_node");
     assert_eq!(r.body["error"]["region"], "elsewhere");
-    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(r.body["error"]["url"], serde_json::Value::Null);
+    assert!(!r.headers.contains_key("retry-after"));
     // this node's own future: waits no longer than asked, then says so; writes are refused too
     let future = format!("test-node={:x}", u64::MAX / 2);
     let t0 = std::time::Instant::now();

@@ -358,6 +358,20 @@ async fn a_browser_may_send_the_key_as_a_query_parameter_on_get_only() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("GET only"), "{message}");
+    // not even beside the header: a schema write with it is refused as such, not as a bad query
+    let auth = format!("Bearer {ADMIN}");
+    let r = call(
+        app,
+        "PUT",
+        &format!("/v1/_schemas/users?force=true&access_token={ADMIN}"),
+        &[("authorization", &auth)],
+        Some(r#"{"type":"object"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
     // the key in both places, or an empty one: refused
     let auth = format!("Bearer {READ}");
     let r = call(

@@ -231,11 +231,12 @@ enum Refusal {
 /// then removed from the URI, so that no handler, log or error repeats it).
 fn take_credentials(req: &mut Request) -> Presented {
     let header = req.headers_mut().remove(header::AUTHORIZATION);
-    let param = if req.method() == Method::GET {
-        strip_token_param(req)
-    } else {
-        None
-    };
+    let param = strip_token_param(req);
+    if param.is_some() && req.method() != Method::GET {
+        return Presented::Malformed(
+            "access_token is taken on GET only; send the key in the Authorization header",
+        );
+    }
     match (header, param) {
         (Some(_), Some(_)) => Presented::Malformed(
             "send the key once: in the Authorization header or in access_token, not both",

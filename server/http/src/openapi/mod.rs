@@ -77,6 +77,27 @@ impl utoipa::Modify for Access {
                  browsers cannot set headers)",
             ))),
         );
+        // the query parameter is offered where it is taken: on GET. Every other operation that
+        // inherits the document's schemes gets the header alone
+        let bearer_only = vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )];
+        for item in api.paths.paths.values_mut() {
+            for op in [
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if op.security.is_none() {
+                    op.security = Some(bearer_only.clone());
+                }
+            }
+        }
     }
 }
 
