@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde_json::Value;
+
 /// What went wrong, as an application needs to tell it apart.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,5 +54,30 @@ impl From<meridian_crdt::Error> for Error {
             }
             other => Error::Local(other.to_string()),
         }
+    }
+}
+
+/// The node an `unknown_session_node` answer names: an entry of the session no region can cover.
+pub(crate) fn unknown_session_node(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    (v["error"]["code"] == "unknown_session_node")
+        .then(|| v["error"]["region"].as_str().map(str::to_owned))
+        .flatten()
+}
+
+/// The error an answer that is not a success carries (its body as the node wrote it).
+pub(crate) fn http_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Error {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let field = |k: &str| v["error"][k].as_str().map(str::to_owned);
+    Error::Http {
+        status: status.as_u16(),
+        code: field("code").unwrap_or_else(|| status.as_str().to_owned()),
+        message: field("message")
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into()),
+        retry_after: headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs),
     }
 }

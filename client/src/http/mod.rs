@@ -20,12 +20,12 @@ use meridian_crdt::DocKey;
 use meridian_sync::SessionToken;
 use parking_lot::Mutex;
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{http_error, unknown_session_node, Error, Result};
 
 mod answers;
 mod tls;
@@ -486,28 +486,4 @@ impl Client {
 /// An idempotency key: 128 random bits.
 fn new_key() -> String {
     hex::encode(rand::random::<[u8; 16]>())
-}
-
-/// The node an `unknown_session_node` answer names: an entry of the session no region can cover.
-fn unknown_session_node(body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    (v["error"]["code"] == "unknown_session_node")
-        .then(|| v["error"]["region"].as_str().map(str::to_owned))
-        .flatten()
-}
-
-fn http_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Error {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let field = |k: &str| v["error"][k].as_str().map(str::to_owned);
-    Error::Http {
-        status: status.as_u16(),
-        code: field("code").unwrap_or_else(|| status.as_str().to_owned()),
-        message: field("message")
-            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into()),
-        retry_after: headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs),
-    }
 }
