@@ -291,7 +291,9 @@ async fn concurrent_writers_of_one_document_lose_nothing() {
 async fn large_documents_and_expired_idempotency_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = StoreConfig::new(dir.path());
-    c.idempotency_ttl = Duration::from_millis(50);
+    // long enough that a loaded machine (CI runs the tests in parallel) does not expire the key
+    // between the two writes that must share it: 50 ms did, once
+    c.idempotency_ttl = Duration::from_millis(1000);
     let s = Store::open(c.clone()).unwrap();
     // a document well over sled's blob threshold
     let big: Vec<String> = (0..4000)
@@ -307,7 +309,7 @@ async fn large_documents_and_expired_idempotency_keys() {
     let idem = || Some(Idempotency::new("short-lived", b"f".to_vec()).unwrap());
     s.write(&key("ttl"), incr(), idem()).await.unwrap();
     assert!(s.write(&key("ttl"), incr(), idem()).await.unwrap().replayed);
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(s.purge_idempotency_keys().unwrap(), 1);
     assert!(!s.write(&key("ttl"), incr(), idem()).await.unwrap().replayed);
     assert_eq!(get_json(&s, "ttl").await, Some(json!({"c": 2})));
