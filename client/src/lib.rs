@@ -40,7 +40,7 @@ mod replica;
 mod sync;
 
 pub use error::{Error, Result};
-pub use http::{Client, ClientBuilder, Deleted, Doc, Item, Page, Retry, Written};
+pub use http::{Client, ClientBuilder, Deleted, Doc, Item, Page, Retry, TokenProvider, Written};
 pub use replica::{LocalDoc, Replicas, SyncStatus};
 pub use sync::{Connector, Link, Syncer, WsConnector};
 

@@ -60,9 +60,10 @@ impl Connector for WsConnector {
                     url.as_str(),
                 )
                 .map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
-            if let Some(k) = self.client.api_key() {
+            let bearer = self.client.bearer().await?;
+            if let Some(k) = &bearer {
                 let v = format!("Bearer {k}").parse().map_err(|_| {
-                    Error::Invalid("the API key is not a valid header value".into())
+                    Error::Invalid("the key or token is not a valid header value".into())
                 })?;
                 request.headers_mut().insert("authorization", v);
             }
@@ -79,7 +80,16 @@ impl Connector for WsConnector {
             )
             .await
             .map_err(|_| Error::Unreachable(format!("{url}: timed out")))?
-            .map_err(|e| Error::Unreachable(format!("{url}: {e}")))?;
+            .map_err(|e| {
+                use tokio_tungstenite::tungstenite::Error as WsError;
+                if let (WsError::Http(r), Some(b)) = (&e, &bearer) {
+                    if r.status() == 401 {
+                        // expired or revoked: the next try fetches a fresh token
+                        self.client.refused_bearer(b);
+                    }
+                }
+                Error::Unreachable(format!("{url}: {e}"))
+            })?;
             Ok(pump(ws))
         })
     }

@@ -46,7 +46,7 @@ mod wal;
 pub use contract::{Contract, Merge, Violation};
 pub use doc::{
     genesis_bytes, genesis_hash, parse_ops, sync_message_carries_changes, Applied, ClientChanges,
-    Conflict, ConflictValue, Document, Edit, Op, RemoteChange, State, SyncState,
+    ClientCheck, Conflict, ConflictValue, Document, Edit, Op, RemoteChange, State, SyncState,
 };
 pub use docid::{BadDocumentId, DocumentId};
 pub use error::{Error, Result};

@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod repo_client;
 pub mod sim_client;
 pub mod sse;
+pub mod tokens;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -191,6 +192,11 @@ impl Process {
     }
 
     /// Resident set size in KiB, from /proc.
+    /// CPU time (user + system) the process has used so far, from /proc.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.pid())
+    }
+
     pub fn rss_kib(&self) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
@@ -246,6 +252,41 @@ pub fn damage_newest_log_segment(data_dir: &Path) -> (PathBuf, Vec<u8>) {
 pub async fn get_text(c: &reqwest::Client, url: String) -> String {
     let r = c.get(url).send().await.expect("an answer");
     r.text().await.expect("a text body")
+}
+
+/// CPU time (user + system) of process `pid` so far, from /proc.
+pub fn cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name, which is in parentheses
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The lines of a `/metrics` text that mention `part` (for an assertion's message).
+pub fn metric_lines(metrics: &str, part: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| l.contains(part))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `req` with `body` as JSON: a merge patch for PATCH, plain JSON otherwise.
+pub fn json_body(
+    req: reqwest::RequestBuilder,
+    method: &str,
+    body: &serde_json::Value,
+) -> reqwest::RequestBuilder {
+    let ct = if method == "PATCH" {
+        "application/merge-patch+json"
+    } else {
+        "application/json"
+    };
+    req.header("content-type", ct).body(body.to_string())
 }
 
 pub fn http_client() -> reqwest::Client {

@@ -13,6 +13,10 @@
 //! changes which later writes to that collection are accepted. Its contract is tested in
 //! `server/http/tests/schemas.rs`.
 //!
+//! The node has an auth file (an admin key, and scoped tokens accepted) and schemathesis presents
+//! the admin key through the description's bearer scheme, so the schemes it declares are the ones
+//! in force.
+//!
 //! Two things are held fixed rather than generated, and why:
 //! - `Accept: application/json`: `text/event-stream` answers a stream that does not end (the
 //!   change feed has its own tests, `changes.rs`).
@@ -30,7 +34,18 @@ use meridian_tests::Process;
 #[test]
 fn the_served_openapi_description_matches_what_the_node_does() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Process::start(dir.path(), &[]);
+    let (admin, entry) = meridian_tests::create_key("schemathesis", "admin", "*");
+    let auth = dir.path().join("auth.toml");
+    // schemathesis also sends requests without credentials, to see them refused: more than the
+    // default 20 failures per address would turn its valid requests into 429s
+    let file = entry
+        + &meridian_tests::tokens::section("users")
+        + "\n[failed_auth]\nburst = 1000000\nper_second = 1000.0\n";
+    std::fs::write(&auth, file).unwrap();
+    let node = Process::start(
+        &dir.path().join("data"),
+        &["--auth-file", auth.to_str().unwrap()],
+    );
     let tool = std::env::var("SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
     let seed = std::env::var("MERIDIAN_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
     let tests_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -54,6 +69,7 @@ fn the_served_openapi_description_matches_what_the_node_does() {
              response_headers_conformance,response_schema_conformance,positive_data_acceptance",
         ])
         .env("NO_COLOR", "1")
+        .env("MERIDIAN_ADMIN_KEY", &admin)
         .output()
         .unwrap_or_else(|e| {
             panic!("cannot run {tool}: {e}; pip install schemathesis, or set SCHEMATHESIS")
@@ -63,9 +79,16 @@ fn the_served_openapi_description_matches_what_the_node_does() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let refusals: Vec<String> = node
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("refused: 401"))
+        .take(5)
+        .collect();
     assert!(
         out.status.success(),
-        "schemathesis (seed {seed}) found problems:\n{report}"
+        "schemathesis (seed {seed}) found problems:\n{report}\nthe node's first 401s:\n{}",
+        refusals.join("\n")
     );
     assert!(report.contains(" passed"), "{report}");
     // the links make the stateful phase run: without them it is "not applicable"

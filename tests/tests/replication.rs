@@ -23,12 +23,7 @@ async fn call(
 ) -> Reply {
     let mut req = c.request(method.parse().unwrap(), p.url(path));
     if let Some(b) = body {
-        let ct = if method == "PATCH" {
-            "application/merge-patch+json"
-        } else {
-            "application/json"
-        };
-        req = req.header("content-type", ct).body(b.to_string());
+        req = meridian_tests::json_body(req, method, &b);
     }
     for (k, v) in headers {
         req = req.header(*k, *v);

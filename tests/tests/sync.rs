@@ -272,11 +272,7 @@ async fn a_layout_breaking_change_is_refused_and_the_node_serves_on() {
     assert!(
         metrics.contains("meridian_sync_changes_refused_total 1"),
         "{}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("sync"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        meridian_tests::metric_lines(&metrics, "sync")
     );
 
     // --- the other client goes on

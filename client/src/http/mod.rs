@@ -28,10 +28,14 @@ use serde_json::Value;
 use crate::error::{http_error, unknown_session_node, Error, Result};
 
 mod answers;
+mod builder;
+mod credentials;
 mod tls;
 
 pub use answers::{Deleted, Doc, Item, Page, Written};
-use tls::tls_config;
+pub use builder::ClientBuilder;
+use credentials::Credentials;
+pub use credentials::TokenProvider;
 
 const SESSION: &str = "meridian-session";
 
@@ -75,7 +79,7 @@ struct Inner {
     token: Mutex<SessionToken>,
     retry: Retry,
     /// Sent as `Authorization: Bearer` on every request and the sync socket.
-    api_key: Option<String>,
+    credentials: Credentials,
     /// TLS for `https://` regions (and `wss://` sync), shared with the sync socket.
     tls: Arc<rustls::ClientConfig>,
 }
@@ -84,81 +88,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
-}
-
-/// Builds a [`Client`].
-#[derive(Debug)]
-pub struct ClientBuilder {
-    regions: Vec<String>,
-    retry: Retry,
-    timeout: Duration,
-    api_key: Option<String>,
-    ca_pem: Option<Vec<u8>>,
-}
-
-impl ClientBuilder {
-    pub fn retry(mut self, r: Retry) -> Self {
-        self.retry = r;
-        self
-    }
-
-    /// The API key for nodes that require one (`meridian key create`).
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
-        self
-    }
-
-    /// Trust this CA (PEM) for `https://` regions, instead of the public CAs: a cluster with
-    /// its own CA (`meridian cert` makes one for tests and demos).
-    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.ca_pem = Some(pem.into());
-        self
-    }
-
-    /// The longest one try may take (default 15 s: the node's own timeout is 10 s).
-    pub fn timeout(mut self, t: Duration) -> Self {
-        self.timeout = t;
-        self
-    }
-
-    pub fn build(self) -> Result<Client> {
-        if self.regions.is_empty() {
-            return Err(Error::Invalid(
-                "a client needs at least one region URL".into(),
-            ));
-        }
-        let mut regions = Vec::new();
-        for r in self.regions {
-            let r = r.trim_end_matches('/').to_owned();
-            let host = r
-                .strip_prefix("http://")
-                .or_else(|| r.strip_prefix("https://"));
-            if host.is_none_or(str::is_empty) {
-                return Err(Error::Invalid(format!(
-                    "region {r:?}: an http:// or https:// URL"
-                )));
-            }
-            regions.push(r);
-        }
-        let tls = Arc::new(tls_config(self.ca_pem.as_deref())?);
-        let http = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(Duration::from_secs(3))
-            .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
-            .build()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                http,
-                regions,
-                current: AtomicUsize::new(0),
-                token: Mutex::new(SessionToken::default()),
-                retry: self.retry,
-                api_key: self.api_key,
-                tls,
-            }),
-        })
-    }
 }
 
 /// One request, as sent on every try.
@@ -184,13 +113,7 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        ClientBuilder {
-            regions: regions.into_iter().map(Into::into).collect(),
-            retry: Retry::default(),
-            timeout: Duration::from_secs(15),
-            api_key: None,
-            ca_pem: None,
-        }
+        ClientBuilder::new(regions.into_iter().map(Into::into).collect())
     }
 
     pub fn new<I, S>(regions: I) -> Result<Client>
@@ -232,8 +155,14 @@ impl Client {
         self.inner.tls.clone()
     }
 
-    pub(crate) fn api_key(&self) -> Option<&str> {
-        self.inner.api_key.as_deref()
+    /// What to send as `Authorization: Bearer` now (a token is fetched if need be).
+    pub(crate) async fn bearer(&self) -> Result<Option<String>> {
+        self.inner.credentials.bearer().await
+    }
+
+    /// A node refused `used`: the next [`Client::bearer`] asks the provider for a new token.
+    pub(crate) fn refused_bearer(&self, used: &str) {
+        self.inner.credentials.refused(used);
     }
 
     pub(crate) fn current_index(&self) -> usize {
@@ -258,6 +187,7 @@ impl Client {
     async fn send(&self, call: Call) -> Result<(StatusCode, HeaderMap, bytes::Bytes)> {
         let retry = &self.inner.retry;
         let mut last = Error::Unreachable("no try was made".into());
+        let mut refreshed = false;
         for attempt in 0..retry.attempts.max(1) {
             if attempt > 0 {
                 let pause = match &last {
@@ -272,8 +202,9 @@ impl Client {
             let i = self.current_index();
             let url = format!("{}{}", self.region_at(i), call.path);
             let mut req = self.inner.http.request(call.method.clone(), &url);
-            if let Some(k) = &self.inner.api_key {
-                req = req.bearer_auth(k);
+            let bearer = self.bearer().await?;
+            if let Some(b) = &bearer {
+                req = req.bearer_auth(b);
             }
             let token = self.session();
             if !token.is_empty() {
@@ -312,6 +243,20 @@ impl Client {
                 self.inner.token.lock().forget(&node);
                 last = err;
                 continue;
+            }
+            let stale = matches!(
+                err.code(),
+                Some("token_expired" | "token_revoked" | "invalid_token")
+            );
+            if stale && !refreshed {
+                if let Some(b) = &bearer {
+                    if self.inner.credentials.refused(b) {
+                        // a fresh token, once: the provider may have a newer one
+                        refreshed = true;
+                        last = err;
+                        continue;
+                    }
+                }
             }
             let retryable = matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504);
             if !retryable {

@@ -6,7 +6,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use uhlc::Timestamp;
 
-use super::order::{self, Adopted};
+use super::order::Adopted;
 use super::{counter, layout, stamped, state_of, value_of, Document, State};
 use crate::contract::Contract;
 use crate::error::{Error, Result};
@@ -20,9 +20,19 @@ pub struct ClientChanges {
     client: Vec<ChangeHash>,
     /// Creation changes of counters (see `counter`), new here: checked to be genuine.
     created: Vec<ChangeHash>,
-    /// Changes of other nodes the client relays (it synced with them), new here, with their
-    /// stamps: merged like changes from a peer.
-    relayed: Vec<(ChangeHash, Timestamp)>,
+}
+
+/// What a client's sync message comes to (see [`Document::check_client`]).
+#[derive(Debug)]
+pub enum ClientCheck {
+    /// Nothing new here.
+    Nothing,
+    /// It relays changes of other nodes (it synced with them) that this node lacks. A client
+    /// cannot prove a node made them, so none is taken from it (a forged one could take a
+    /// sequence number that node will use, and stop that document's replication): nothing of
+    /// the message applies, and it waits until replication brings those changes.
+    Waiting(Vec<ChangeHash>),
+    Changes(Box<ClientChanges>),
 }
 
 impl ClientChanges {
@@ -32,12 +42,7 @@ impl ClientChanges {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.client.is_empty() && self.relayed.is_empty() && self.created.is_empty()
-    }
-
-    /// The stamps of the relayed node changes (for the clock's drift check).
-    pub fn relayed_stamps(&self) -> impl Iterator<Item = &Timestamp> {
-        self.relayed.iter().map(|(_, ts)| ts)
+        self.client.is_empty() && self.created.is_empty()
     }
 }
 
@@ -53,26 +58,37 @@ pub fn sync_message_carries_changes(data: &[u8]) -> bool {
 impl Document {
     /// Applies the changes of a client's sync message to a copy of this document and checks
     /// them (`layout`): a client writes under its own actor and leaves a document the HTTP API
-    /// renders; changes of other nodes it relays carry their stamps; none is this node's own.
-    /// `Ok(None)`: nothing new. `Err(Refused)`: nothing may be applied.
+    /// renders; none is this node's own or genesis's; changes of other nodes it relays are taken
+    /// only from replication ([`ClientCheck::Waiting`]). `Err(Refused)`: nothing may be applied.
     pub fn check_client(
         &self,
         message: &sync::Message,
         contract: Option<&dyn Contract>,
-    ) -> Result<Option<ClientChanges>> {
+    ) -> Result<ClientCheck> {
         let refuse = |m: String| Error::Refused(m);
         let mut received = Vec::new();
         for chunk in message.changes.iter() {
             received.extend(layout::decode_chunk(chunk).map_err(refuse)?);
         }
         if received.is_empty() {
-            return Ok(None);
+            return Ok(ClientCheck::Nothing);
+        }
+        let me = self.am.get_actor();
+        let mut relayed: Vec<ChangeHash> = Vec::new();
+        for c in &received {
+            let actor = c.actor_id();
+            let new = self.am.get_change_meta_by_hash(&c.hash()).is_none();
+            if new && actor != me && layout::is_node_actor(actor.to_bytes()) {
+                relayed.push(c.hash());
+            }
+        }
+        if !relayed.is_empty() {
+            return Ok(ClientCheck::Waiting(relayed));
         }
         let mut am = self.am.clone();
         am.apply_changes(received)
             .map_err(|e| refuse(format!("changes that do not apply: {e}")))?;
-        let me = self.am.get_actor();
-        let (mut client, mut relayed, mut actors, mut created) = (vec![], vec![], vec![], vec![]);
+        let (mut client, mut actors, mut created) = (vec![], vec![], vec![]);
         for m in am.get_changes_meta(&self.am.get_heads()) {
             let actor = m.actor.to_bytes();
             if counter::is_counter_actor(actor) {
@@ -94,18 +110,13 @@ impl Document {
                     m.actor
                 )));
             }
-            if layout::is_node_actor(actor) {
-                let stamp = order::node_stamp(actor, m.message.as_deref()).ok_or_else(|| {
-                    refuse(format!("a change of node {} without its stamp", m.actor))
-                })?;
-                relayed.push((m.hash, stamp));
-            } else {
-                client.push(m.hash);
-                actors.push(m.actor.into_owned());
-            }
+            // a node's change new here came from this message, and was sent to wait above
+            debug_assert!(!layout::is_node_actor(actor));
+            client.push(m.hash);
+            actors.push(m.actor.into_owned());
         }
-        if client.is_empty() && relayed.is_empty() && created.is_empty() {
-            return Ok(None);
+        if client.is_empty() && created.is_empty() {
+            return Ok(ClientCheck::Nothing);
         }
         layout::check_client_changes(&am, &actors).map_err(refuse)?;
         if let (Some(contract), State::Live) = (contract, state_of(&am)) {
@@ -114,19 +125,17 @@ impl Document {
                 return Err(Error::SchemaViolation(violations));
             }
         }
-        Ok(Some(ClientChanges {
+        Ok(ClientCheck::Changes(Box::new(ClientChanges {
             am,
             client,
             created,
-            relayed,
-        }))
+        })))
     }
 
     /// Takes in a client's changes checked by [`Document::check_client`] (of this same state)
     /// and, if it wrote any of its own, stamps them with an empty change whose message is
     /// `stamp`. Returns every new change with its bytes and whether it is the client's (or the
-    /// stamp change: this node's own); relayed node changes come first, then the client's, then
-    /// the stamp change.
+    /// stamp change: this node's own): the client's, then the stamp change.
     pub fn accept_client(
         &mut self,
         checked: ClientChanges,
@@ -136,19 +145,11 @@ impl Document {
             am,
             client,
             created,
-            relayed,
         } = checked;
         let actor = self.am.get_actor().clone();
         self.am = am;
         self.am.set_actor(actor);
         let mut out: Vec<(ChangeHash, Vec<u8>, bool)> = Vec::new();
-        for (h, _) in &relayed {
-            out.push((
-                *h,
-                self.change_bytes(h).expect("a change just applied is here"),
-                false,
-            ));
-        }
         for h in created.iter().chain(&client) {
             out.push((
                 *h,

@@ -45,7 +45,7 @@ use order::{Adopted, Ranker};
 pub use remote::RemoteChange;
 use render::Renderer;
 
-pub use client::{sync_message_carries_changes, ClientChanges, SyncState};
+pub use client::{sync_message_carries_changes, ClientChanges, ClientCheck, SyncState};
 pub use edit::Edit;
 pub use layout::{genesis_bytes, genesis_hash};
 pub use ops::{parse_ops, Op};

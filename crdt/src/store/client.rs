@@ -11,7 +11,7 @@ use automerge::sync;
 
 use super::write::NewChange;
 use super::{Inner, Store};
-use crate::doc::SyncState;
+use crate::doc::{ClientCheck, SyncState};
 use crate::docid::DocumentId;
 use crate::error::{Error, Result};
 use crate::key::DocKey;
@@ -23,6 +23,10 @@ pub struct ClientSynced {
     pub reply: Option<Vec<u8>>,
     /// Changes of the client's that are now durable here.
     pub accepted: usize,
+    /// The message relayed changes of other nodes that this node lacks, so nothing of it was
+    /// taken (see [`crate::ClientCheck::Waiting`]); there is no reply. Once the document changes
+    /// here, [`Store::client_ask_again`] asks the client to send again what it has.
+    pub waiting: bool,
 }
 
 /// Notices of documents whose durable state changed, by any kind of write (see [`Store::watch`]).
@@ -79,7 +83,18 @@ impl Store {
         let accepted = match &message {
             Some(m) if !m.changes.is_empty() => {
                 inner.space.check(super::space::Need::New)?;
-                inner.accept_client(key, m).await?
+                match inner.accept_client(key, m).await? {
+                    Some(n) => n,
+                    None => {
+                        // its heads are not noted either: the client keeps what it sent, and
+                        // answering its heads would ask for them, again and again
+                        return Ok(ClientSynced {
+                            reply: None,
+                            accepted: 0,
+                            waiting: true,
+                        });
+                    }
+                }
             }
             _ => 0,
         };
@@ -91,6 +106,7 @@ impl Store {
             return Ok(ClientSynced {
                 reply: doc.generate_sync(state),
                 accepted,
+                waiting: false,
             });
         };
         let (left_out, need) = doc.left_out(&m);
@@ -100,15 +116,29 @@ impl Store {
         } else {
             doc.generate_sync(state)
         };
-        Ok(ClientSynced { reply, accepted })
+        Ok(ClientSynced {
+            reply,
+            accepted,
+            waiting: false,
+        })
+    }
+
+    /// A message that asks the client to send again whatever this document lacks (after a
+    /// message of its waited for changes of other nodes, and the document has changed since).
+    pub async fn client_ask_again(&self, key: &DocKey, state: &mut SyncState) -> Result<Vec<u8>> {
+        let Some((slot, _lock)) = self.inner.settled_slot(key).await? else {
+            return Err(Error::NotFound);
+        };
+        let doc = slot.doc.lock();
+        Ok(doc.generate_sync_asking(state, vec![]))
     }
 }
 
 impl Inner {
     /// Checks, stamps and commits a client's changes; returns how many of its own are new, once
-    /// durable. Changes of other nodes it relays are merged as from a peer (no feed entries here:
-    /// peers get them from their origin, or through anti-entropy).
-    async fn accept_client(&self, key: &DocKey, message: &sync::Message) -> Result<usize> {
+    /// durable, or `None` when the message relays changes of other nodes this node lacks (then
+    /// nothing of it is taken: only replication brings a node's changes).
+    async fn accept_client(&self, key: &DocKey, message: &sync::Message) -> Result<Option<usize>> {
         self.check_writable()?;
         if key.collection().starts_with('_') {
             return Err(Error::Refused(format!(
@@ -120,15 +150,19 @@ impl Inner {
             return Err(Error::NotFound);
         }
         let contract = self.contract_of(key.collection());
-        let Some(checked) = w.doc().check_client(message, contract.as_deref())? else {
-            let _ = w.unchanged();
-            return Ok(0);
+        let check = w.doc().check_client(message, contract.as_deref())?;
+        let checked = match check {
+            ClientCheck::Changes(c) => *c,
+            ClientCheck::Nothing => {
+                let _ = w.unchanged();
+                return Ok(Some(0));
+            }
+            ClientCheck::Waiting(relayed) => {
+                let _ = w.unchanged();
+                tracing::debug!(%key, changes = relayed.len(), "a client relays changes of other nodes this node lacks: its message waits for replication");
+                return Ok(None);
+            }
         };
-        for ts in checked.relayed_stamps() {
-            self.clock.observe(ts).map_err(|e| {
-                Error::Refused(format!("a relayed change of another node is refused: {e}"))
-            })?;
-        }
         let n = checked.len();
         // the client's changes and the stamp change: n + 1 stamps, the last on the stamp change
         let stamps = (n > 0).then(|| self.stamps(n + 1));
@@ -149,6 +183,6 @@ impl Inner {
             .collect();
         w.commit(changes, |_| vec![])?.durable().await?;
         drop(stamps);
-        Ok(n)
+        Ok(Some(n))
     }
 }

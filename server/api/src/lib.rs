@@ -135,8 +135,17 @@ pub enum Code {
     InvalidId,
     InvalidSessionToken,
     Unauthorized,
+    /// 401: a scoped token (JWT) that does not verify: signature, audience, claims or alg.
+    InvalidToken,
+    /// 401: a scoped token past its `exp` (or before its `nbf`): mint a new one.
+    TokenExpired,
+    /// 401: a scoped token whose `jti` or `sub` the auth file revokes.
+    TokenRevoked,
     Forbidden,
     TooManyRequests,
+    /// 429: this token's `sub` (or this API key) made more requests than its rate; retry after
+    /// `Retry-After`.
+    RateLimited,
     SessionUnavailable,
     /// 400: the session token names a node this cluster does not have, so no region can ever
     /// cover it; `region` names it. Drop that entry from the token.

@@ -9,7 +9,8 @@ use meridian_crdt::{
 };
 use serde::Deserialize;
 
-use crate::changes::{self, Filter};
+use crate::auth::Caller;
+use crate::changes::{self, Filter, Scope};
 use crate::error::ApiError;
 use crate::extract::{CollectionPath, DocPath, IdempotencyKey, Json, MergePatch, Query, WriteBody};
 use crate::state::AppState;
@@ -17,6 +18,22 @@ use crate::state::AppState;
 /// Largest page of a list.
 pub(crate) const MAX_LIMIT: usize = 1000;
 pub(crate) const DEFAULT_LIMIT: usize = 100;
+
+/// Who asked (the auth layer puts it on every request; `Anyone` on a node without keys).
+pub(crate) type Who = Option<axum::Extension<Caller>>;
+
+fn caller_of(who: Who) -> Caller {
+    who.map_or(Caller::Anyone, |c| c.0)
+}
+
+/// What a change stream of `caller` may show, and when it ends.
+fn stream_scope(st: &AppState, caller: Caller, collection: Option<&str>) -> Scope {
+    Scope {
+        readable: collection.and_then(|c| caller.readable_in(c)),
+        ended: (!matches!(caller, Caller::Anyone))
+            .then(|| Box::pin(st.auth.ended(caller)) as std::pin::Pin<Box<_>>),
+    }
+}
 
 /// A JSON response of an API type.
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
@@ -109,6 +126,7 @@ pub(crate) async fn get_doc(
     DocPath(key): DocPath,
     Query(p): Query<GetParams>,
     headers: HeaderMap,
+    who: Who,
 ) -> Result<Response, ApiError> {
     if changes::requested(&headers) {
         if p.conflicts {
@@ -117,7 +135,8 @@ pub(crate) async fn get_doc(
             ));
         }
         let resume = changes::resume_of(&headers, st.store.event_epoch())?;
-        return st.changes.open(Filter::Doc(key), resume);
+        let scope = stream_scope(&st, caller_of(who), None);
+        return st.changes.open(Filter::Doc(key), resume, scope);
     }
     let not_found = || ApiError::NotFound(format!("no document {key}"));
     let contract = st.store.contract_of(key.collection());
@@ -189,7 +208,9 @@ pub(crate) async fn list_docs(
     CollectionPath(collection): CollectionPath,
     Query(p): Query<ListParams>,
     headers: HeaderMap,
+    who: Who,
 ) -> Result<Response, ApiError> {
+    let caller = caller_of(who);
     if changes::requested(&headers) {
         if p.limit.is_some() || p.after.is_some() || p.invalid.is_some() {
             return Err(ApiError::BadRequest(
@@ -198,7 +219,10 @@ pub(crate) async fn list_docs(
             ));
         }
         let resume = changes::resume_of(&headers, st.store.event_epoch())?;
-        return st.changes.open(Filter::Collection(collection), resume);
+        let scope = stream_scope(&st, caller, Some(&collection));
+        return st
+            .changes
+            .open(Filter::Collection(collection), resume, scope);
     }
     let limit = match p.limit.as_deref() {
         None => DEFAULT_LIMIT,
@@ -211,14 +235,7 @@ pub(crate) async fn list_docs(
             Ok(n) => n.min(MAX_LIMIT),
         },
     };
-    let page = st
-        .store
-        .list(&collection, p.after.as_deref(), limit)
-        .await
-        .map_err(|e| match e {
-            meridian_crdt::Error::InvalidId(m) => ApiError::BadRequest(m),
-            other => other.into(),
-        })?;
+    let page = list_readable(&st, &caller, &collection, p.after.as_deref(), limit).await?;
     let only_invalid = match p.invalid.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -248,6 +265,50 @@ pub(crate) async fn list_docs(
         next: page.next,
     };
     Ok(json_response(StatusCode::OK, &page))
+}
+
+/// A page of `collection` with only what `caller` may read. A token's page is filled from as
+/// many of the store's pages as it takes, up to a bound of scanned documents; past it the page
+/// holds fewer than `limit` items and `next` goes on from the last one scanned.
+async fn list_readable(
+    st: &AppState,
+    caller: &Caller,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<meridian_crdt::Page, ApiError> {
+    let list = |after: Option<String>| async move {
+        st.store
+            .list(collection, after.as_deref(), limit)
+            .await
+            .map_err(|e| match e {
+                meridian_crdt::Error::InvalidId(m) => ApiError::BadRequest(m),
+                other => other.into(),
+            })
+    };
+    let Some(readable) = caller.readable_in(collection) else {
+        return list(after.map(str::to_owned)).await;
+    };
+    const MAX_SCANNED: usize = 10 * MAX_LIMIT;
+    let mut out = meridian_crdt::Page {
+        items: Vec::new(),
+        next: after.map(str::to_owned),
+    };
+    let mut scanned = 0;
+    loop {
+        let page = list(out.next.take()).await?;
+        scanned += page.items.len();
+        out.items
+            .extend(page.items.into_iter().filter(|d| readable.has(&d.id)));
+        out.next = page.next;
+        if out.items.len() >= limit || out.next.is_none() || scanned >= MAX_SCANNED {
+            if out.items.len() > limit {
+                out.items.truncate(limit);
+                out.next = out.items.last().map(|d| d.id.clone());
+            }
+            return Ok(out);
+        }
+    }
 }
 
 /// 405 for a known path with another method.

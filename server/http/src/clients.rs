@@ -36,11 +36,17 @@ pub(crate) async fn sync_or_list(
             CollectionPath("sync".into()),
             Query::parse(&uri)?,
             headers,
+            caller,
         );
         return list.await;
     }
     // a full node says so before it looks at the handshake
-    let access = caller.map_or(Caller::Anyone, |c| c.0).sync_access();
+    let caller = caller.map_or(Caller::Anyone, |c| c.0);
+    let access = caller.sync_access();
+    let ended: Ended = match caller {
+        Caller::Anyone => Box::pin(std::future::pending()),
+        _ => Box::pin(st.auth.ended(caller)),
+    };
     let conn = Connection::open_as(&st.hub, access).map_err(|_| {
         ApiError::LimitReached(format!(
             "this node serves at most {} sync connections at once; retry shortly",
@@ -61,7 +67,7 @@ pub(crate) async fn sync_or_list(
         .write_buffer_size(0)
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
-        .on_upgrade(move |socket| serve(socket, conn, limits)))
+        .on_upgrade(move |socket| serve(socket, conn, limits, ended)))
 }
 
 fn close_frame(c: &Close) -> Ws {
@@ -82,7 +88,10 @@ fn close_frame(c: &Close) -> Ws {
     }))
 }
 
-async fn serve(socket: WebSocket, mut conn: Connection, limits: SyncLimits) {
+/// Resolves when the client's credentials are no longer in force.
+type Ended = std::pin::Pin<Box<dyn std::future::Future<Output = ApiError> + Send>>;
+
+async fn serve(socket: WebSocket, mut conn: Connection, limits: SyncLimits, mut ended: Ended) {
     let (mut sink, mut stream) = socket.split();
     let queued = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Ws, usize)>();
@@ -125,6 +134,10 @@ async fn serve(socket: WebSocket, mut conn: Connection, limits: SyncLimits) {
                 }
             },
             _ = notices.ready() => conn.drain_notices().await,
+            why = &mut ended => {
+                tracing::info!(reason = %why, "closing a sync connection: its credentials ended");
+                conn.refuse(&why.to_string())
+            }
             _ = ping.tick() => {
                 if heard.elapsed() > limits.idle_timeout {
                     vec![Output::Close(Close::Normal("idle for too long".into()))]

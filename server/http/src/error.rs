@@ -17,6 +17,16 @@ pub enum ApiError {
     /// No key, a malformed one, an unknown or expired one (or no cluster secret).
     #[error("{0}")]
     Unauthorized(String),
+    /// A scoped token that does not verify; expired (or not yet valid); revoked.
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error("{0}")]
+    TokenExpired(String),
+    #[error("{0}")]
+    TokenRevoked(String),
+    /// A principal over its request rate; retry after the wait.
+    #[error("{1}; retry in {secs} s", secs = retry_secs(*.0))]
+    RateLimited(std::time::Duration, String),
     /// A valid key without the access the request needs.
     #[error("{0}")]
     Forbidden(String),
@@ -97,7 +107,11 @@ impl ApiError {
             | ApiError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
             ApiError::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IncompatibleSchema { .. } => StatusCode::CONFLICT,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_)
+            | ApiError::InvalidToken(_)
+            | ApiError::TokenExpired(_)
+            | ApiError::TokenRevoked(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -127,6 +141,10 @@ impl ApiError {
             ApiError::InvalidId(_) => Code::InvalidId,
             ApiError::BadSession(_) => Code::InvalidSessionToken,
             ApiError::Unauthorized(_) => Code::Unauthorized,
+            ApiError::InvalidToken(_) => Code::InvalidToken,
+            ApiError::TokenExpired(_) => Code::TokenExpired,
+            ApiError::TokenRevoked(_) => Code::TokenRevoked,
+            ApiError::RateLimited(..) => Code::RateLimited,
             ApiError::Forbidden(_) => Code::Forbidden,
             ApiError::TooManyRequests(_) => Code::TooManyRequests,
             ApiError::SessionUnavailable { .. } => Code::SessionUnavailable,
@@ -221,13 +239,16 @@ impl IntoResponse for ApiError {
         let mut resp = (status, axum::Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {
-            ApiError::Unauthorized(_) => {
+            ApiError::Unauthorized(_)
+            | ApiError::InvalidToken(_)
+            | ApiError::TokenExpired(_)
+            | ApiError::TokenRevoked(_) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"meridian\""),
                 );
             }
-            ApiError::TooManyRequests(wait) => {
+            ApiError::TooManyRequests(wait) | ApiError::RateLimited(wait, _) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(*wait)));
             }
             // space comes back when someone frees it: not in a second

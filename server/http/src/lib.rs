@@ -91,6 +91,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(guard)
         .route("/v1/status", get(status::status))
         .route("/v1/cluster", get(status::cluster))
+        .route("/v1/_auth/reload", post(status::reload_auth))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::stamp,

@@ -58,6 +58,7 @@ pub struct Metrics {
     sync_sent: Counter,
     sync_accepted: Counter,
     sync_refused: Counter,
+    sync_waiting: Counter,
     sync_connections_refused: Counter,
     change_streams: Gauge,
     change_events_sent: Counter,
@@ -106,6 +107,7 @@ impl Default for Metrics {
             sync_sent: Counter::default(),
             sync_accepted: Counter::default(),
             sync_refused: Counter::default(),
+            sync_waiting: Counter::default(),
             sync_connections_refused: Counter::default(),
             change_streams: Gauge::default(),
             change_events_sent: Counter::default(),
@@ -199,7 +201,7 @@ impl Default for Metrics {
             "Bytes received from peers (requests and answers)",
             m.replication_received.clone(),
         );
-        let sync: [(&str, &str, &Counter); 5] = [
+        let sync: [(&str, &str, &Counter); 6] = [
             (
                 "sync_received_bytes",
                 "Bytes received from sync clients",
@@ -219,6 +221,11 @@ impl Default for Metrics {
                 "sync_changes_refused",
                 "Client sync messages refused (layout)",
                 &m.sync_refused,
+            ),
+            (
+                "sync_messages_waiting",
+                "Client sync messages that relayed other nodes' changes this node lacked (not taken; they wait for replication)",
+                &m.sync_waiting,
             ),
             (
                 "sync_connections_refused",
@@ -291,6 +298,7 @@ impl Metrics {
         set(&self.sync_sent, y.bytes_out);
         set(&self.sync_accepted, y.changes_accepted);
         set(&self.sync_refused, y.changes_refused);
+        set(&self.sync_waiting, y.changes_waiting);
         set(&self.sync_connections_refused, y.connections_refused);
         self.change_streams.set(f.streams as i64);
         set(&self.change_events_sent, f.events_sent);

@@ -110,3 +110,23 @@ pub(crate) async fn cluster(State(st): State<AppState>) -> Json<ClusterReport> {
     let report = tokio::task::spawn_blocking(move || replica.report()).await;
     Json(report.unwrap_or_else(|_| st.replica.report()))
 }
+
+/// `POST /v1/_auth/reload` (admin): re-reads the auth file, as SIGHUP does. A broken file keeps
+/// the keys in force and answers 422 saying why; open connections and change streams whose
+/// credentials the new file revokes or removes end within a second.
+pub(crate) async fn reload_auth(
+    State(st): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match st.auth.reload() {
+        Ok(n) => {
+            tracing::info!(keys = n, "admin request: reloaded the auth file");
+            Ok(Json(serde_json::json!({"reloaded": true, "keys": n})))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin request: the auth file is broken; the keys in force stay");
+            Err(ApiError::Unprocessable(format!(
+                "{e}; the keys in force stay"
+            )))
+        }
+    }
+}

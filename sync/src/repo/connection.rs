@@ -147,7 +147,18 @@ impl Connection {
                         }
                         Err(_) => 0,
                     };
+                    if result.as_ref().is_ok_and(|r| r.waiting) {
+                        counters.changes_waiting.fetch_add(1, Ordering::Relaxed);
+                        self.protocol.waiting(doc);
+                    }
                     self.protocol.synced(doc, result.map(|r| r.reply))
+                }
+                Step::AskAgain { doc, key } => {
+                    let Some(state) = self.protocol.sync_state(doc) else {
+                        continue;
+                    };
+                    let result = self.hub.store.client_ask_again(&key, state).await;
+                    self.protocol.synced(doc, result.map(Some))
                 }
                 other => {
                     out.extend(self.apply(other));
@@ -178,7 +189,7 @@ impl Connection {
             Step::Unfollow(key) => self.hub.close_doc(self.id, &key),
             Step::Relay(key, note) => self.hub.relay(self.id, &key, note),
             Step::Disconnect(keys) => self.hub.disconnect(self.id, keys.into_iter()),
-            Step::Resolve(_) | Step::Sync { .. } => {
+            Step::Resolve(_) | Step::Sync { .. } | Step::AskAgain { .. } => {
                 unreachable!("store work runs in Connection::run")
             }
         }

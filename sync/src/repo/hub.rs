@@ -58,6 +58,9 @@ pub struct SyncStats {
     pub bytes_out: u64,
     pub changes_accepted: u64,
     pub changes_refused: u64,
+    /// Client messages that relayed other nodes' changes this node lacked, and so waited for
+    /// replication (nothing of them taken).
+    pub changes_waiting: u64,
     pub connections_refused: u64,
 }
 
@@ -67,6 +70,7 @@ pub(super) struct Counters {
     pub(super) bytes_out: AtomicU64,
     pub(super) changes_accepted: AtomicU64,
     pub(super) changes_refused: AtomicU64,
+    pub(super) changes_waiting: AtomicU64,
     pub(super) connections_refused: AtomicU64,
 }
 
@@ -184,6 +188,7 @@ impl Hub {
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
             changes_accepted: c.changes_accepted.load(Ordering::Relaxed),
             changes_refused: c.changes_refused.load(Ordering::Relaxed),
+            changes_waiting: c.changes_waiting.load(Ordering::Relaxed),
             connections_refused: c.connections_refused.load(Ordering::Relaxed),
         }
     }

@@ -8,7 +8,8 @@
 //!   work among them, answered by the caller).
 //! - `connection`: runs a protocol's steps against the store and the hub: frames in, frames out.
 //! - `hub`: the node's connections, which documents each has open, change notices, limits.
-//! - [`Access`]: what a connection's client may read and write, decided by the server.
+//! - [`Access`]: what a connection's client may read and write, per document, decided by the
+//!   server.
 
 #[cfg(feature = "node")]
 mod connection;
@@ -29,16 +30,17 @@ pub use protocol::Close;
 #[cfg(all(test, feature = "node"))]
 mod tests;
 
-/// What one connection's client may do, per collection; the server decides (API keys). A
-/// document the client may not read is refused when it asks for it; changes to one it may not
-/// write are refused before anything is applied. Either way the connection gets an `error`
-/// naming the document and the reason, and closes: refused, never filtered silently.
+/// What one connection's client may do, per document; the server decides (API keys, scoped
+/// tokens). A document the client may not read is answered `doc-unavailable` when it asks for
+/// it, and the connection goes on with the others; changes to one it may read but not write are
+/// refused before anything is applied, with an `error` naming the document and the reason, and
+/// the connection closes.
 pub trait Access: Send + Sync + std::fmt::Debug {
-    /// `Err(reason)` when the client may not read `collection`.
-    fn read(&self, collection: &str) -> Result<(), String>;
-    /// `Err(reason)` when the client may not change documents of `collection` (asked of every
-    /// sync message; the connection refuses only one that carries changes, and logs that).
-    fn write(&self, collection: &str) -> Result<(), String>;
+    /// `Err(reason)` when the client may not read the document `key`.
+    fn read(&self, key: &meridian_crdt::DocKey) -> Result<(), String>;
+    /// `Err(reason)` when the client may not change the document `key` (asked of every sync
+    /// message; the connection refuses only one that carries changes, and logs that).
+    fn write(&self, key: &meridian_crdt::DocKey) -> Result<(), String>;
 }
 
 /// No restriction: a node without API keys.
@@ -46,10 +48,10 @@ pub trait Access: Send + Sync + std::fmt::Debug {
 pub struct Open;
 
 impl Access for Open {
-    fn read(&self, _: &str) -> Result<(), String> {
+    fn read(&self, _: &meridian_crdt::DocKey) -> Result<(), String> {
         Ok(())
     }
-    fn write(&self, _: &str) -> Result<(), String> {
+    fn write(&self, _: &meridian_crdt::DocKey) -> Result<(), String> {
         Ok(())
     }
 }

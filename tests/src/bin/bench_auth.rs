@@ -1,7 +1,9 @@
-//! What API keys and TLS cost: the node's GET and durable PATCH with no keys, with a key on
-//! every request, and with a key over TLS; the constant handler over plain HTTP and over TLS
+//! What API keys, scoped tokens and TLS cost: the node's GET and durable PATCH with no keys,
+//! with a key on every request, with a JWT on every request, and with a key over TLS; the constant handler over plain HTTP and over TLS
 //! (the node's own TLS listener) in the same run, each measured before and after the nodes.
-//! Prints each figure and its ratio to the ceiling of the same transport.
+//! The four nodes run side by side and are measured in interleaved rounds (GET on each, then
+//! PATCH on each, `--rounds` times); prints each setting's median and its ratio to the ceiling
+//! of the same transport and to the setting without keys.
 //!
 //! `cargo build --release --workspace --bins && target/release/bench_auth`
 
@@ -23,7 +25,13 @@ struct Args {
     /// Documents in the working set.
     #[arg(long, default_value_t = 10_000)]
     docs: u64,
+    /// Interleaved rounds over the four settings.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
+
+/// Each round's figures of one setting, with the node's CPU seconds per request.
+type Runs = Vec<(Phase, f64)>;
 
 #[tokio::main]
 async fn main() {
@@ -52,8 +60,20 @@ async fn main() {
         );
     }
     file += &entry;
+    // tokens too, with a rate far above what the load makes (the limiter runs, and never
+    // refuses)
+    file += &meridian_tests::tokens::section("users");
+    file += "\n[rate_limit]\nper_sub = { per_second = 1e9, burst = 1000000000 }\n";
     std::fs::write(&keys, file).unwrap();
     let bearer = format!("Bearer {}", api_key.trim());
+    let jwt = format!(
+        "Bearer {}",
+        meridian_tests::tokens::token(
+            "bench-device",
+            serde_json::json!({"jti": "bench-1", "meridian": {"grants": [
+                {"collection": "bench", "prefix": "u", "access": "write"}]}}),
+        )
+    );
 
     let ceilings = |tls: bool| {
         let (cert, key, ca) = (cert.clone(), key.clone(), ca.clone());
@@ -82,11 +102,15 @@ async fn main() {
 
     let docs = a.docs;
     let doc = move |i: u64| format!("/v1/bench/u{:07}", (i * 7919) % docs);
-    let mut rows: Vec<(String, Phase, bool)> = vec![];
-    for (label, extra, tls) in [
+    let settings: Vec<(&str, Vec<&str>, bool)> = vec![
         ("no keys", vec![], false),
         (
             "a key on every request",
+            vec!["--auth-file", keys.to_str().unwrap()],
+            false,
+        ),
+        (
+            "a JWT on every request",
             vec!["--auth-file", keys.to_str().unwrap()],
             false,
         ),
@@ -102,56 +126,67 @@ async fn main() {
             ],
             true,
         ),
-    ] {
+    ];
+    // every node starts on fresh data and fills its working set before any is measured
+    let mut nodes = vec![];
+    for (label, extra, tls) in &settings {
         let mut args = vec!["--node-id", "bench"];
-        args.extend(extra);
-        // a fresh node each: PATCHes grow documents' histories, so a later phase on the same
-        // data would pay for the earlier ones
+        args.extend(extra.iter().copied());
         let data = tempfile::tempdir().unwrap();
         let node = Process::start(data.path(), &args);
-        let mut target = if tls {
+        let mut target = if *tls {
             Target::tls(&node.addr, &ca)
         } else {
             Target::plain(&node.addr)
         };
-        if label != "no keys" {
-            target = target.with_header("authorization", &bearer);
+        match *label {
+            "no keys" => {}
+            "a JWT on every request" => target = target.with_header("authorization", &jwt),
+            _ => target = target.with_header("authorization", &bearer),
         }
-        {
-            // the working set
-            let fill = drive(
-                "fill",
-                &target,
-                a.clients,
-                Duration::from_secs(2),
-                move |i| {
-                    Req::patch(
-                        format!("/v1/bench/u{:07}", i % docs),
-                        format!(r#"{{"n":{i}}}"#),
-                    )
-                },
-            )
-            .await;
-            eprintln!("fill: {:.0} writes/s", fill.rps);
-        }
-        let get = drive(
-            &format!("GET, {label}"),
+        let fill = drive(
+            "fill",
             &target,
             a.clients,
-            dur,
-            move |i| Req::get(doc(i)),
+            Duration::from_secs(2),
+            move |i| {
+                Req::patch(
+                    format!("/v1/bench/u{:07}", i % docs),
+                    format!(r#"{{"n":{i}}}"#),
+                )
+            },
         )
         .await;
-        let patch = drive(
-            &format!("PATCH, {label}"),
-            &target,
-            a.clients,
-            dur,
-            move |i| Req::patch(doc(i), format!(r#"{{"n":{i}}}"#)),
-        )
-        .await;
-        rows.push((get.name.clone(), get, tls));
-        rows.push((patch.name.clone(), patch, tls));
+        eprintln!("{label}: fill {:.0} writes/s", fill.rps);
+        nodes.push((label.to_string(), *tls, node, target, data));
+    }
+    // (name, over TLS, each round's figures and the node's CPU seconds per request)
+    let mut rows: Vec<(String, bool, Runs)> = vec![];
+    for op in ["GET", "PATCH"] {
+        for (label, tls, ..) in &nodes {
+            rows.push((format!("{op}, {label}"), *tls, vec![]));
+        }
+    }
+    for _ in 0..a.rounds {
+        for (k, op) in ["GET", "PATCH"].into_iter().enumerate() {
+            for (n, (label, _, node, target, _)) in nodes.iter().enumerate() {
+                let name = format!("{op}, {label}");
+                let cpu0 = node.cpu_secs();
+                let p = if op == "GET" {
+                    drive(&name, target, a.clients, dur, move |i| Req::get(doc(i))).await
+                } else {
+                    drive(&name, target, a.clients, dur, move |i| {
+                        Req::patch(doc(i), format!(r#"{{"n":{i}}}"#))
+                    })
+                    .await
+                };
+                let per_request = (node.cpu_secs() - cpu0) / (p.rps * dur.as_secs_f64()).max(1.0);
+                rows[k * nodes.len() + n].2.push((p, per_request));
+            }
+        }
+    }
+    let per_op = nodes.len();
+    for (_, _, node, _, _) in nodes {
         let _ = node.terminate();
     }
     let plain_after = ceilings(false).await;
@@ -165,17 +200,36 @@ async fn main() {
         plain, plain_before.rps, plain_after.rps, (plain_before.p99_ms + plain_after.p99_ms) / 2.0,
         tls, tls_before.rps, tls_after.rps, (tls_before.p99_ms + tls_after.p99_ms) / 2.0);
     println!();
-    println!("| operation | requests/s | p50 ms | p99 ms | errors | vs ceiling of its transport |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, p, over_tls) in &rows {
+    println!("| operation | requests/s (median of {}) | p50 ms | p99 ms | errors | vs ceiling of its transport | vs no keys | node CPU µs per request | vs no keys |", a.rounds);
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        meridian_tests::percentile(v, 0.5)
+    };
+    let figures: Vec<(f64, f64, f64, u64, f64)> = rows
+        .iter()
+        .map(|(_, _, ps)| {
+            let pick = |f: fn(&(Phase, f64)) -> f64| median(&mut ps.iter().map(f).collect());
+            (
+                pick(|(p, _)| p.rps),
+                pick(|(p, _)| p.p50_ms),
+                pick(|(p, _)| p.p99_ms),
+                ps.iter().map(|(p, _)| p.errors).sum(),
+                pick(|(_, cpu)| *cpu * 1e6),
+            )
+        })
+        .collect();
+    // rows: the GETs of each setting, then the PATCHes; the first of each is without keys
+    for (i, ((name, over_tls, _), (rps, p50, p99, errors, cpu))) in
+        rows.iter().zip(&figures).enumerate()
+    {
         let ceil = if *over_tls { tls } else { plain };
+        let open = &figures[i / per_op * per_op];
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.2}x |",
-            p.rps,
-            p.p50_ms,
-            p.p99_ms,
-            p.errors,
-            p.rps / ceil
+            "| {name} | {rps:.0} | {p50:.2} | {p99:.2} | {errors} | {:.2}x | {:.2}x | {cpu:.1} | {:.2}x |",
+            rps / ceil,
+            rps / open.0,
+            cpu / open.4
         );
     }
 }

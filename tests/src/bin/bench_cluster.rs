@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use meridian_tests::cpu_secs;
 use meridian_tests::mesh::{Mesh, IDS, SECRET};
 use meridian_tests::percentile;
 use serde_json::{json, Value};
@@ -43,18 +44,6 @@ fn client() -> reqwest::Client {
         .pool_max_idle_per_host(256)
         .build()
         .expect("client")
-}
-
-/// CPU time (user + system) of a process so far, from /proc.
-fn cpu_secs(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // fields after the command name, which is in parentheses
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 async fn json_get(c: &reqwest::Client, url: &str) -> Value {

@@ -41,6 +41,16 @@ impl Phone {
     }
 }
 
+/// Every change of `s`'s feed, as a peer receives them.
+fn feed_of(s: &Store) -> Vec<RemoteChange> {
+    s.feed(None, 100)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|(_, e)| remote(&e.change))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_client_edit_is_durable_stamped_and_in_the_feed() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,14 +115,7 @@ async fn a_client_change_whose_dependency_the_node_lacks_is_asked_for_again() {
     s.write(&k, Edit::Put(obj(json!({"a": 1}))), None)
         .await
         .unwrap();
-    let from_s: Vec<RemoteChange> = s
-        .feed(None, 100)
-        .unwrap()
-        .entries
-        .iter()
-        .map(|(_, e)| remote(&e.change))
-        .collect();
-    t.merge_remote(vec![(k.clone(), from_s)], vec![])
+    t.merge_remote(vec![(k.clone(), feed_of(&s))], vec![])
         .await
         .unwrap();
     t.write(&k, Edit::Patch(obj(json!({"b": 2}))), None)
@@ -158,10 +161,30 @@ async fn a_client_change_whose_dependency_the_node_lacks_is_asked_for_again() {
         .is_some_and(|f| f.contains(automerge::sync::MessageFlags::SYNC_RESET)));
     assert_eq!(get_json(&s, "dep").await, Some(json!({"a": 1})));
 
-    // the phone answers it with what n1 lacks, and n1 takes both changes
+    // the phone answers it with what n1 lacks, n2's change among it: no client can prove a
+    // node made a change, so n1 takes nothing of that message and answers nothing (answering
+    // would ask for the same changes again, and again)
     phone.doc.receive_sync(&mut phone.state, reply).unwrap();
     phone.node_state = node_state;
-    assert_eq!(phone.sync(&s, &k).await.unwrap(), 1);
+    assert_eq!(phone.sync(&s, &k).await.unwrap(), 0);
+    assert_eq!(get_json(&s, "dep").await, Some(json!({"a": 1})));
+
+    // replication brings n2's change; n1 asks the phone again, and takes its edit
+    s.merge_remote(vec![(k.clone(), feed_of(&t))], vec![])
+        .await
+        .unwrap();
+    let ask = s.client_ask_again(&k, &mut phone.node_state).await.unwrap();
+    let m = automerge::sync::Message::decode(&ask).unwrap();
+    phone.doc.receive_sync(&mut phone.state, m).unwrap();
+    let out = phone
+        .doc
+        .generate_sync(&mut phone.state)
+        .expect("the phone sends again");
+    let r = s
+        .client_sync(&k, &mut phone.node_state, Some(&out))
+        .await
+        .unwrap();
+    assert_eq!((r.accepted, r.waiting), (1, false));
     assert_eq!(
         get_json(&s, "dep").await,
         Some(json!({"a": 1, "b": 2, "c": 3}))

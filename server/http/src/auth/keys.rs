@@ -18,51 +18,22 @@
 //! against a key nobody can guess).
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::time::SystemTime;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// What a key may do to a collection; each level includes the ones below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    Read,
-    Write,
-    /// Write, plus the node-wide routes when held on `*` (`/v1/status`, `/v1/cluster`,
-    /// `/metrics`).
-    Admin,
-}
-
-impl fmt::Display for Access {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Access::Read => "read",
-            Access::Write => "write",
-            Access::Admin => "admin",
-        })
-    }
-}
-
-impl std::str::FromStr for Access {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "read" => Ok(Access::Read),
-            "write" => Ok(Access::Write),
-            "admin" => Ok(Access::Admin),
-            other => Err(format!("access {other:?} must be read, write or admin")),
-        }
-    }
-}
+pub use super::access::Access;
 
 /// What a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
-    /// `level` on one collection.
+    /// `level` on one collection (a list, a collection's change stream): a token passes with
+    /// a grant on some document of it, and the handler keeps only those.
     Collection(Access, String),
+    /// `level` on one document.
+    Document(Access, String, String),
     /// Admin on `*`: a node-wide route.
     Node,
     /// `/metrics`: admin on `*`, or a key the file names in `metrics_keys`.
@@ -81,6 +52,75 @@ pub struct Key {
     any: Option<Access>,
     pub expires: Option<SystemTime>,
     metrics: bool,
+    /// Requests per second this key may make (`None`: the file's default for keys).
+    pub rate: Option<Rate>,
+}
+
+/// A request rate: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// Tokens and subjects refused although they verify (`[revoked]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    #[serde(default)]
+    pub jti: HashSet<String>,
+    #[serde(default)]
+    pub sub: HashSet<String>,
+}
+
+/// `[failed_auth]`: how many failed authentications an address may make (a token bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedAuth {
+    pub burst: u32,
+    pub per_second: f64,
+}
+
+impl Default for FailedAuth {
+    /// 20 at once, then one every 2 s.
+    fn default() -> Self {
+        FailedAuth {
+            burst: 20,
+            per_second: 0.5,
+        }
+    }
+}
+
+/// `[rate_limit]`: the rates each token's `sub` and each API key get.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// Each `sub` (all its tokens and devices together).
+    #[serde(default = "RateLimits::default_per_sub")]
+    pub per_sub: Option<Rate>,
+    /// Each API key without a `rate` of its own (`None`: unlimited; keys are the app's servers).
+    #[serde(default)]
+    pub per_key: Option<Rate>,
+}
+
+impl RateLimits {
+    fn default_per_sub() -> Option<Rate> {
+        Some(Rate {
+            per_second: 100.0,
+            burst: 200,
+        })
+    }
+}
+
+impl Default for RateLimits {
+    /// 100 requests per second per `sub` (200 at once); API keys unlimited.
+    fn default() -> Self {
+        RateLimits {
+            per_sub: RateLimits::default_per_sub(),
+            per_key: None,
+        }
+    }
 }
 
 impl Key {
@@ -105,7 +145,7 @@ impl Key {
                 "key {:?} needs admin access on \"*\", or to be listed in metrics_keys",
                 self.name
             )),
-            Need::Collection(want, c) => match self.level(c) {
+            Need::Collection(want, c) | Need::Document(want, c, _) => match self.level(c) {
                 Some(have) if have >= *want => Ok(()),
                 Some(have) => Err(format!(
                     "key {:?} needs {want} access to collection {c:?}; it has {have}",
@@ -128,6 +168,12 @@ impl Key {
 #[derive(Debug, Default)]
 pub struct KeyRing {
     keys: Vec<std::sync::Arc<Key>>,
+    /// `[tokens]`: scoped tokens, if the file accepts them.
+    pub tokens: Option<super::token::Tokens>,
+    pub revoked: Revoked,
+    pub rates: RateLimits,
+    /// Read when the node starts (a reload keeps the limiter it has).
+    pub failed_auth: FailedAuth,
 }
 
 /// How a presented key fared.
@@ -155,6 +201,13 @@ impl KeyRing {
         }
     }
 
+    /// Whether `key` is still one of this file's keys (after a reload).
+    pub fn has(&self, key: &Key) -> bool {
+        self.keys
+            .iter()
+            .any(|k| k.name == key.name && k.hash == key.hash)
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -172,6 +225,13 @@ impl KeyRing {
             metrics_keys: Vec<String>,
             #[serde(default)]
             keys: Vec<Entry>,
+            tokens: Option<super::token::Section>,
+            #[serde(default)]
+            revoked: Revoked,
+            #[serde(default)]
+            rate_limit: RateLimits,
+            #[serde(default)]
+            failed_auth: FailedAuth,
         }
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -180,6 +240,7 @@ impl KeyRing {
             hash: String,
             access: BTreeMap<String, Access>,
             expires: Option<String>,
+            rate: Option<Rate>,
         }
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut names = HashSet::new();
@@ -229,6 +290,7 @@ impl KeyRing {
                 exact,
                 any,
                 expires,
+                rate: e.rate,
             }));
         }
         for m in &file.metrics_keys {
@@ -238,7 +300,32 @@ impl KeyRing {
                 ));
             }
         }
-        Ok(KeyRing { keys })
+        let rates = file.rate_limit;
+        for r in [rates.per_sub, rates.per_key]
+            .into_iter()
+            .chain(keys.iter().map(|k| k.rate))
+            .flatten()
+        {
+            if !(r.per_second > 0.0 && r.per_second.is_finite()) || r.burst == 0 {
+                return Err(format!(
+                    "a rate needs per_second > 0 and burst >= 1, not {r:?}"
+                ));
+            }
+        }
+        let f = file.failed_auth;
+        if f.burst == 0 || !(f.per_second > 0.0 && f.per_second.is_finite()) {
+            return Err(format!(
+                "failed_auth needs burst >= 1 and per_second > 0, not {f:?}"
+            ));
+        }
+        let tokens = file.tokens.map(super::token::Tokens::parse).transpose()?;
+        Ok(KeyRing {
+            keys,
+            tokens,
+            revoked: file.revoked,
+            rates,
+            failed_auth: f,
+        })
     }
 }
 
@@ -293,105 +380,5 @@ pub fn hash_of(key: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn ring(entries: &str) -> KeyRing {
-        KeyRing::parse(entries).unwrap()
-    }
-
-    #[test]
-    fn keys_are_found_by_hash_and_expire() {
-        let (k1, h1) = generate();
-        let (k2, h2) = generate();
-        assert_ne!(k1, k2);
-        let r = ring(&format!(
-            "[[keys]]\nname = \"a\"\nhash = \"{h1}\"\naccess = {{ users = \"read\" }}\n\
-             [[keys]]\nname = \"b\"\nhash = \"{h2}\"\naccess = {{ \"*\" = \"admin\" }}\n\
-             expires = \"2020-01-01T00:00:00Z\"\n"
-        ));
-        let now = SystemTime::now();
-        assert!(matches!(r.lookup(&k1, now), Lookup::Valid(k) if k.name == "a"));
-        assert!(matches!(r.lookup(&k2, now), Lookup::Expired(k) if k.name == "b"));
-        assert!(matches!(r.lookup("mdk_00", now), Lookup::Unknown));
-        assert!(matches!(r.lookup("", now), Lookup::Unknown));
-        // before the expiry, the key is valid
-        let then = humantime::parse_rfc3339("2019-12-31T23:59:59Z").unwrap();
-        assert!(matches!(r.lookup(&k2, then), Lookup::Valid(_)));
-        assert!(matches!(
-            r.lookup(&k2, then + Duration::from_secs(1)),
-            Lookup::Expired(_)
-        ));
-    }
-
-    #[test]
-    fn access_levels_nest_and_exact_names_win_over_the_wildcard() {
-        let r = ring(&format!(
-            "metrics_keys = [\"m\"]\n\
-             [[keys]]\nname = \"w\"\nhash = \"{}\"\naccess = {{ users = \"write\", \"*\" = \"read\", secrets = \"read\" }}\n\
-             [[keys]]\nname = \"n\"\nhash = \"{}\"\naccess = {{ \"*\" = \"write\", secrets = \"read\" }}\n\
-             [[keys]]\nname = \"root\"\nhash = \"{}\"\naccess = {{ \"*\" = \"admin\" }}\n\
-             [[keys]]\nname = \"m\"\nhash = \"{}\"\naccess = {{ users = \"admin\" }}\n",
-            hash_of("1"), hash_of("2"), hash_of("3"), hash_of("4")
-        ));
-        let now = SystemTime::now();
-        let key = |k: &str| match r.lookup(k, now) {
-            Lookup::Valid(k) => Key::clone(k),
-            other => panic!("{other:?}"),
-        };
-        let (w, n, root, m) = (key("1"), key("2"), key("3"), key("4"));
-        let c = |a, name: &str| Need::Collection(a, name.into());
-        for (k, need, ok) in [
-            (&w, c(Access::Read, "users"), true),
-            (&w, c(Access::Write, "users"), true),
-            (&w, c(Access::Admin, "users"), false),
-            (&w, c(Access::Read, "other"), true),
-            (&w, c(Access::Write, "other"), false),
-            (&w, Need::Node, false),
-            (&w, Need::Metrics, false),
-            (&n, c(Access::Write, "anything"), true),
-            (&n, c(Access::Write, "secrets"), false),
-            (&n, c(Access::Read, "secrets"), true),
-            (&root, c(Access::Admin, "x"), true),
-            (&root, Need::Node, true),
-            (&root, Need::Metrics, true),
-            (&m, Need::Metrics, true),
-            (&m, Need::Node, false),
-            (&m, c(Access::Read, "settings"), false),
-            (&m, c(Access::Write, "users"), true),
-            (&m, Need::AnyKey, true),
-        ] {
-            assert_eq!(k.allows(&need).is_ok(), ok, "{} {need:?}", k.name);
-        }
-        let why = w.allows(&c(Access::Write, "other")).unwrap_err();
-        assert!(
-            why.contains("write") && why.contains("\"other\"") && why.contains("read"),
-            "{why}"
-        );
-    }
-
-    #[test]
-    fn a_broken_file_is_refused_whole_with_the_entry_named() {
-        let h = hash_of("x");
-        for (text, wanted) in [
-            ("[[keys]]\nname = \"a\"\n", "missing field"),
-            (&format!("[[keys]]\nname = \"a b\"\nhash = \"{h}\"\naccess = {{ u = \"read\" }}\n") as &str, "key name"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{}\"\naccess = {{ u = \"read\" }}\n", "md5:00"), "sha256:"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{}\"\naccess = {{ u = \"read\" }}\n", "sha256:zz"), "not hex"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{}\"\naccess = {{ u = \"read\" }}\n", "sha256:00"), "64 hex"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{h}\"\naccess = {{ u = \"owner\" }}\n"), "unknown variant"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{h}\"\naccess = {{}}\n"), "names no collection"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{h}\"\naccess = {{ \"u/x\" = \"read\" }}\n"), "key \"a\": access"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{h}\"\naccess = {{ u = \"read\" }}\nexpires = \"soon\"\n"), "RFC 3339"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{h}\"\naccess = {{ u = \"read\" }}\nwho = 1\n"), "unknown field"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{h}\"\naccess = {{ u = \"read\" }}\n[[keys]]\nname = \"a\"\nhash = \"{}\"\naccess = {{ u = \"read\" }}\n", hash_of("y")), "twice"),
-            (&format!("[[keys]]\nname = \"a\"\nhash = \"{h}\"\naccess = {{ u = \"read\" }}\n[[keys]]\nname = \"b\"\nhash = \"{h}\"\naccess = {{ u = \"read\" }}\n"), "same hash"),
-            (&format!("metrics_keys = [\"p\"]\n[[keys]]\nname = \"a\"\nhash = \"{h}\"\naccess = {{ u = \"read\" }}\n"), "metrics_keys"),
-        ] {
-            let err = KeyRing::parse(text).unwrap_err();
-            assert!(err.contains(wanted), "{err:?} should mention {wanted:?}");
-        }
-        assert!(KeyRing::parse("").unwrap().is_empty());
-    }
-}
+#[path = "keys_tests.rs"]
+mod tests;

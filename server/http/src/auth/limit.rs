@@ -2,6 +2,7 @@
 //! refills at `per_second`. While an address's bucket is empty, every request from it that
 //! needs a key gets 429, whatever key it holds: answering a right key differently would let a
 //! guesser go on guessing. Addresses that fail nothing cost nothing; the table is bounded.
+//! And [`RateLimiter`]: requests per token `sub` and per API key.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -96,6 +97,62 @@ impl FailureLimiter {
     }
 }
 
+/// Requests per principal (a token's `sub`, an API key's name): a token bucket each, so that
+/// one device or one key cannot starve the node. Sharded so that requests of different
+/// principals rarely meet on a lock; idle principals are forgotten when a shard fills.
+#[derive(Debug)]
+pub struct RateLimiter {
+    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+    max_per_shard: usize,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter {
+            shards: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
+            max_per_shard: 20_000,
+        }
+    }
+}
+
+impl RateLimiter {
+    /// Takes one request of `who` at `rate`; `Err(wait)` when its bucket is empty.
+    pub fn take(&self, who: &str, rate: super::keys::Rate, now: Instant) -> Result<(), Duration> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(who);
+        let mut shard = self.shards[hash as usize % self.shards.len()].lock();
+        let burst = f64::from(rate.burst);
+        if shard.len() >= self.max_per_shard && !shard.contains_key(who) {
+            shard.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate.per_second
+                    < burst
+            });
+        }
+        if !shard.contains_key(who) {
+            // the key is allocated once per principal, not per request
+            let fresh = Bucket {
+                tokens: burst,
+                at: now,
+                logged: false,
+            };
+            shard.insert(who.to_owned(), fresh);
+        }
+        let b = shard.get_mut(who).expect("just inserted");
+        let tokens = (b.tokens
+            + now.saturating_duration_since(b.at).as_secs_f64() * rate.per_second)
+            .min(burst);
+        b.at = now;
+        if tokens >= 1.0 {
+            b.tokens = tokens - 1.0;
+            Ok(())
+        } else {
+            b.tokens = tokens;
+            Err(Duration::from_secs_f64((1.0 - tokens) / rate.per_second))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +183,31 @@ mod tests {
             l.fail(a, t2);
         }
         assert!(l.blocked(a, t2).is_some());
+    }
+
+    #[test]
+    fn each_principal_has_its_own_rate() {
+        let l = RateLimiter::default();
+        let rate = super::super::keys::Rate {
+            per_second: 10.0,
+            burst: 3,
+        };
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(l.take("sub:alice", rate, t0).is_ok());
+        }
+        let wait = l.take("sub:alice", rate, t0).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        assert!(l.take("sub:bob", rate, t0).is_ok(), "bob is not alice");
+        assert!(l
+            .take("sub:alice", rate, t0 + Duration::from_millis(100))
+            .is_ok());
+        assert!(l
+            .take("sub:alice", rate, t0 + Duration::from_millis(100))
+            .is_err());
     }
 
     #[test]

@@ -1,34 +1,46 @@
-//! Who may do what: API keys from the auth file, checked on every `/v1` route, the change streams,
-//! `/v1/sync` and `/metrics`. `docs/security.md` is the contract.
+//! Who may do what: API keys and scoped tokens from the auth file, checked on every `/v1` route,
+//! the change streams, `/v1/sync` and `/metrics`. `docs/security.md` is the contract.
 //!
-//! - `keys`: the file (named keys stored as hashes, access per collection, expiry) and the
-//!   checks, without I/O.
-//! - `limit`: failed authentication limited per client address.
+//! - `keys`: the file (named keys stored as hashes, access per collection, expiry; revoked
+//!   tokens; rate limits) and the checks, without I/O.
+//! - `token`: scoped tokens (JWTs the app's backend mints) and their grants per document.
+//! - `limit`: failed authentication limited per client address, requests per principal.
+//! - `request`: what a request presents and what its route needs.
+//! - `caller`: who a request comes from, and what it may touch.
 //!
-//! [`require`] is the one layer: it takes the key from `Authorization: Bearer` (or, on GET, the
+//! [`require`] is the one layer: it takes the key or token from `Authorization: Bearer` (or, on GET, the
 //! `access_token` query parameter, for browsers' `EventSource` and `WebSocket`, which cannot set
 //! headers; removed from the request before anything else sees it), decides what the route
 //! needs ([`Need`]), and answers 401, 403 or 429, or lets the request through with its
 //! [`Caller`]. A node without an auth file serves only on loopback (or with
 //! `--insecure-no-auth`), and then every request passes.
 
+mod access;
+mod caller;
 mod keys;
 mod limit;
+mod request;
+mod token;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request, State};
-use axum::http::{header, Method};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::RequestExt;
 use parking_lot::RwLock;
 
-pub use keys::{generate, hash_of, validate_key_name, Access, Key, KeyRing, Lookup, Need};
-pub use limit::FailureLimiter;
+pub use keys::{
+    generate, hash_of, validate_key_name, Access, Key, KeyRing, Lookup, Need, Rate, RateLimits,
+};
+pub use limit::{FailureLimiter, RateLimiter};
+pub use token::{Entry, Target, Token, TokenRefusal};
+
+use caller::{revoked, token_allows};
+pub(crate) use caller::{Caller, Readable};
+use request::{need_of, take_credentials, Presented};
 
 use crate::error::ApiError;
 use meridian_net::tls::ConnInfo;
@@ -53,6 +65,11 @@ pub struct Auth {
     mode: Mode,
     ring: RwLock<Arc<KeyRing>>,
     limiter: FailureLimiter,
+    /// Requests per token `sub`, and per API key.
+    sub_rates: RateLimiter,
+    key_rates: RateLimiter,
+    /// Bumped at each reload: open connections and streams check their credentials again.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Auth {
@@ -69,7 +86,9 @@ impl Auth {
     /// Keys from `path`; an unreadable or broken file is an error (the node does not start).
     pub fn from_file(path: &Path) -> Result<Self, String> {
         let ring = read_file(path)?;
-        Ok(Auth::with_mode(Mode::Keys(path.to_owned()), ring))
+        let f = ring.failed_auth;
+        Ok(Auth::with_mode(Mode::Keys(path.to_owned()), ring)
+            .with_limiter(FailureLimiter::new(f.burst, f.per_second)))
     }
 
     /// Keys given directly (tests).
@@ -82,6 +101,9 @@ impl Auth {
             mode,
             ring: RwLock::new(Arc::new(ring)),
             limiter: FailureLimiter::default(),
+            sub_rates: RateLimiter::default(),
+            key_rates: RateLimiter::default(),
+            generation: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -103,13 +125,84 @@ impl Auth {
         };
         let ring = read_file(path)?;
         let n = ring.len();
-        *self.ring.write() = Arc::new(ring);
+        self.replace(ring);
         Ok(n)
+    }
+
+    /// Puts `ring` in force; open connections and streams check their credentials against it.
+    pub fn replace(&self, ring: KeyRing) {
+        *self.ring.write() = Arc::new(ring);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// `Err(why)` once `caller`'s credentials are no longer in force: expired, revoked, or
+    /// gone from the file.
+    pub(crate) fn still_valid(&self, caller: &Caller) -> Result<(), ApiError> {
+        let ring = self.ring.read().clone();
+        match caller {
+            Caller::Anyone => Ok(()),
+            Caller::Key(k) if !ring.has(k) => Err(ApiError::Unauthorized(format!(
+                "the API key {:?} is no longer in the auth file",
+                k.name
+            ))),
+            Caller::Key(k) if k.expired(SystemTime::now()) => Err(ApiError::Unauthorized(format!(
+                "the API key {:?} expired",
+                k.name
+            ))),
+            Caller::Key(_) => Ok(()),
+            Caller::Token(t) => {
+                let Some(tokens) = &ring.tokens else {
+                    return Err(ApiError::InvalidToken(
+                        "this node no longer accepts tokens".into(),
+                    ));
+                };
+                t.current(unix_now(), tokens.leeway)
+                    .map_err(ApiError::TokenExpired)?;
+                revoked(&ring, t)
+            }
+        }
+    }
+
+    /// Resolves, with the reason, once `caller`'s credentials are no longer in force: at a
+    /// token's expiry or a key's, or at the reload that revokes or removes them. Open sync
+    /// connections and change streams end on it.
+    pub(crate) fn ended(
+        self: &Arc<Self>,
+        caller: Caller,
+    ) -> impl std::future::Future<Output = ApiError> + Send + 'static {
+        let auth = self.clone();
+        let mut reloads = self.generation.subscribe();
+        async move {
+            loop {
+                if let Err(e) = auth.still_valid(&caller) {
+                    return e;
+                }
+                let expiry = caller.expiry().map(|at| {
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::Instant::now() + left
+                });
+                tokio::select! {
+                    changed = reloads.changed() => {
+                        if changed.is_err() {
+                            // the node is going away with its auth
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    _ = async {
+                        match expiry {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                }
+            }
+        }
     }
 
     /// What `/v1/status` says about access.
     pub fn describe(&self) -> &'static str {
         match self.mode {
+            Mode::Keys(_) if self.ring.read().tokens.is_some() => "keys and tokens",
             Mode::Keys(_) => "keys",
             Mode::Loopback => "open (loopback only)",
             Mode::Insecure => "OFF: --insecure-no-auth on a non-loopback address",
@@ -131,17 +224,20 @@ impl Auth {
             self.limiter.fail(addr, now);
             Refusal::Unauthenticated { reason, key }
         };
-        let key = match presented {
-            Presented::Nothing => {
-                return Err(failed(
-                    "this request needs an API key: send Authorization: Bearer <key>".into(),
+        let key =
+            match presented {
+                Presented::Nothing => return Err(failed(
+                    "this request needs an API key or a token: send Authorization: Bearer <key>"
+                        .into(),
                     None,
-                ))
-            }
-            Presented::Malformed(why) => return Err(failed(why.into(), None)),
-            Presented::Key(k) => k,
-        };
+                )),
+                Presented::Malformed(why) => return Err(failed(why.into(), None)),
+                Presented::Key(k) => k,
+            };
         let ring = self.ring.read().clone();
+        if looks_like_token(&key) {
+            return self.check_token(&ring, &key, need, addr, now);
+        }
         let key = match ring.lookup(&key, SystemTime::now()) {
             Lookup::Valid(k) => k.clone(),
             Lookup::Expired(k) => {
@@ -161,54 +257,70 @@ impl Auth {
             reason,
             key: key.name.clone(),
         })?;
+        if let Some(rate) = key.rate.or(ring.rates.per_key) {
+            self.key_rates
+                .take(&key.name, rate, now)
+                .map_err(|wait| Refusal::Rate {
+                    wait,
+                    who: format!("API key {:?}", key.name),
+                })?;
+        }
         Ok(Caller::Key(key))
     }
+
+    fn check_token(
+        &self,
+        ring: &KeyRing,
+        presented: &str,
+        need: &Need,
+        addr: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<Caller, Refusal> {
+        let Some(tokens) = &ring.tokens else {
+            self.limiter.fail(addr, now);
+            return Err(Refusal::Token(ApiError::InvalidToken(
+                "this node accepts no tokens (its auth file has no [tokens] section)".into(),
+            )));
+        };
+        let token = tokens.verify(presented, unix_now()).map_err(|why| {
+            self.limiter.fail(addr, now);
+            Refusal::Token(match why {
+                TokenRefusal::Invalid(m) => ApiError::InvalidToken(m),
+                TokenRefusal::Expired(m) => ApiError::TokenExpired(m),
+            })
+        })?;
+        revoked(ring, &token).map_err(Refusal::Token)?;
+        token_allows(&token, need).map_err(|reason| Refusal::Forbidden {
+            reason,
+            key: format!("token of {:?}", token.sub),
+        })?;
+        if let Some(rate) = ring.rates.per_sub {
+            self.sub_rates
+                .take(&token.sub, rate, now)
+                .map_err(|wait| Refusal::Rate {
+                    wait,
+                    who: format!("the tokens of {:?}", token.sub),
+                })?;
+        }
+        Ok(Caller::Token(token))
+    }
+}
+
+/// A JWT is three base64url parts; an API key (`mdk_…`) has no dot.
+fn looks_like_token(s: &str) -> bool {
+    s.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn read_file(path: &Path) -> Result<KeyRing, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the auth file {}: {e}", path.display()))?;
     KeyRing::parse(&text).map_err(|e| format!("invalid auth file {}: {e}", path.display()))
-}
-
-/// Who a request comes from, for handlers that check more than the route (`/v1/sync`).
-#[derive(Debug, Clone)]
-pub(crate) enum Caller {
-    /// A node without keys.
-    Anyone,
-    Key(Arc<Key>),
-}
-
-impl Caller {
-    /// What a sync connection of this caller may do.
-    pub(crate) fn sync_access(&self) -> Arc<dyn meridian_sync::repo::Access> {
-        match self {
-            Caller::Anyone => Arc::new(meridian_sync::repo::Open),
-            Caller::Key(k) => Arc::new(SyncAccess(k.clone())),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct SyncAccess(Arc<Key>);
-
-impl meridian_sync::repo::Access for SyncAccess {
-    fn read(&self, collection: &str) -> Result<(), String> {
-        self.0
-            .allows(&Need::Collection(Access::Read, collection.into()))
-    }
-    fn write(&self, collection: &str) -> Result<(), String> {
-        self.0
-            .allows(&Need::Collection(Access::Write, collection.into()))
-    }
-}
-
-/// What a request presented.
-#[derive(Debug)]
-enum Presented {
-    Nothing,
-    Malformed(&'static str),
-    Key(String),
 }
 
 #[derive(Debug)]
@@ -225,114 +337,13 @@ enum Refusal {
         wait: std::time::Duration,
         first: bool,
     },
-}
-
-/// Takes the credentials out of the request: the header, or `access_token` on a GET (which is
-/// then removed from the URI, so that no handler, log or error repeats it).
-fn take_credentials(req: &mut Request) -> Presented {
-    let header = req.headers_mut().remove(header::AUTHORIZATION);
-    let param = strip_token_param(req);
-    if param.is_some() && req.method() != Method::GET {
-        return Presented::Malformed(
-            "access_token is taken on GET only; send the key in the Authorization header",
-        );
-    }
-    match (header, param) {
-        (Some(_), Some(_)) => Presented::Malformed(
-            "send the key once: in the Authorization header or in access_token, not both",
-        ),
-        (None, None) => Presented::Nothing,
-        (None, Some(k)) if k.is_empty() => Presented::Malformed("access_token is empty"),
-        (None, Some(k)) => Presented::Key(k),
-        (Some(h), None) => {
-            let Ok(h) = h.to_str() else {
-                return Presented::Malformed("the Authorization header is not ASCII");
-            };
-            match h.split_once(' ') {
-                Some((scheme, key))
-                    if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() =>
-                {
-                    Presented::Key(key.trim().to_owned())
-                }
-                _ => Presented::Malformed("malformed Authorization header: expected Bearer <key>"),
-            }
-        }
-    }
-}
-
-/// Removes `access_token` from the query, leaving the other parameters as they were; returns
-/// its (last) value.
-fn strip_token_param(req: &mut Request) -> Option<String> {
-    let query = req.uri().query()?;
-    let mut value = None;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|segment| {
-            match serde_urlencoded::from_str::<Vec<(String, String)>>(segment).as_deref() {
-                Ok([(k, v)]) if k == TOKEN_PARAM => {
-                    value = Some(v.clone());
-                    false
-                }
-                _ => true,
-            }
-        })
-        .collect();
-    let value = value?;
-    let path = req.uri().path();
-    let pq = if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    };
-    let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = pq.parse().ok();
-    if let Ok(uri) = axum::http::Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
-    }
-    Some(value)
-}
-
-/// What the matched route needs.
-async fn need_of(req: &mut Request) -> Need {
-    let upgrade = req.headers().contains_key(header::UPGRADE);
-    let fixed = match req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-    {
-        Some("/metrics") => Some(Need::Metrics),
-        Some("/v1/status" | "/v1/cluster") => Some(Need::Node),
-        Some("/v1/sync") if upgrade => Some(Need::AnyKey),
-        Some("/v1/sync") => Some(Need::Collection(Access::Read, "sync".into())),
-        _ => None,
-    };
-    if let Some(need) = fixed {
-        return need;
-    }
-    let collection = match req.extract_parts::<RawPathParams>().await {
-        Ok(params) => params
-            .iter()
-            .find(|(k, _)| *k == "collection")
-            .map(|(_, v)| v.to_owned()),
-        Err(_) => None,
-    };
-    let schema = req
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| p.as_str() == "/v1/_schemas/{collection}");
-    let level = if matches!(*req.method(), Method::GET | Method::HEAD) {
-        Access::Read
-    } else if schema {
-        // a collection's contract is its admins' to change
-        Access::Admin
-    } else {
-        Access::Write
-    };
-    match collection {
-        Some(c) => Need::Collection(level, c),
-        // every keyed route names a collection; one that does not is node-wide
-        None => Need::Node,
-    }
+    /// A token that does not verify, is expired or revoked.
+    Token(ApiError),
+    /// A principal over its rate.
+    Rate {
+        wait: std::time::Duration,
+        who: String,
+    },
 }
 
 /// The layer on every route that needs a key (see the module docs).
@@ -368,6 +379,15 @@ pub(crate) async fn require(
         Err(Refusal::Forbidden { reason, key }) => {
             tracing::info!(key, address = ?addr, %method, path, reason, "refused: 403");
             ApiError::Forbidden(reason).into_response()
+        }
+        Err(Refusal::Token(e)) => {
+            tracing::info!(address = ?addr, %method, path, reason = %e, "refused: 401");
+            e.into_response()
+        }
+        Err(Refusal::Rate { wait, who }) => {
+            tracing::debug!(who, %method, path, "refused: 429 (rate)");
+            ApiError::RateLimited(wait, format!("{who} made more requests than their rate"))
+                .into_response()
         }
         Err(Refusal::Limited { wait, first }) => {
             if first {

@@ -23,6 +23,7 @@ use meridian_crdt::{ChangeEvent, DocKey, Store};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::auth::Readable;
 use crate::error::ApiError;
 
 mod events;
@@ -68,6 +69,15 @@ impl Filter {
             Filter::Collection(c) => *c == e.collection,
         }
     }
+}
+
+/// What the caller of one stream may see, and when it must stop.
+pub(crate) struct Scope {
+    /// `None`: every document the filter takes; else only these (a token's collection stream).
+    pub(crate) readable: Option<Readable>,
+    /// Resolves when the caller's credentials are no longer in force (expired, revoked): the
+    /// stream ends with a `closed` event.
+    pub(crate) ended: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ApiError> + Send>>>,
 }
 
 /// An event rendered once for every stream that wants it.
@@ -223,6 +233,7 @@ impl ChangeStreams {
         self: &Arc<Self>,
         filter: Filter,
         resume: Resume,
+        scope: Scope,
     ) -> Result<Response, ApiError> {
         let (tx, rx) = mpsc::channel(self.limits.buffer.max(1));
         let behind = Arc::new(AtomicBool::new(false));
@@ -259,6 +270,7 @@ impl ChangeStreams {
             backfill: None,
             skip_upto: 0,
             done: false,
+            readable: scope.readable,
         };
         let epoch = self.store.event_epoch();
         match resume {
@@ -281,10 +293,26 @@ impl ChangeStreams {
             // ahead of this node: the data dir lost its tail (restored from a backup)
             Resume::After(_) | Resume::Foreign => st.queue.push_back(reset(epoch, from)),
         }
-        let stream = futures_util::stream::unfold(st, |mut st| async move {
-            let ev = st.next().await?;
-            Some((Ok::<_, Infallible>(ev), st))
-        });
+        let stream =
+            futures_util::stream::unfold((st, scope.ended), |(mut st, ended)| async move {
+                let Some(mut f) = ended else {
+                    let ev = st.next().await?;
+                    return Some((Ok::<_, Infallible>(ev), (st, None)));
+                };
+                tokio::select! {
+                    ev = st.next() => Some((Ok(ev?), (st, Some(f)))),
+                    why = &mut f => {
+                        // one last event saying why, then the end (`ended` is gone: the next poll
+                        // finds the stream done)
+                        st.done = true;
+                        st.queue.clear();
+                        st.backfill = None;
+                        st.rx.close();
+                        let data = serde_json::json!({"message": why.to_string()}).to_string();
+                        Some((Ok(Event::default().event("closed").data(data)), (st, None)))
+                    }
+                }
+            });
         Ok(Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(self.limits.keep_alive))
             .into_response())
@@ -345,9 +373,17 @@ struct StreamState {
     /// Events up to this position are already in the `document` event that opened the stream.
     skip_upto: u64,
     done: bool,
+    readable: Option<Readable>,
 }
 
 impl StreamState {
+    fn allowed(&self, doc: &Filter) -> bool {
+        match (&self.readable, doc) {
+            (Some(r), Filter::Doc(key)) => r.has(key.id()),
+            _ => true,
+        }
+    }
+
     async fn next(&mut self) -> Option<Event> {
         const PAGE: usize = 512;
         let epoch = self.feed.store.event_epoch();
@@ -363,7 +399,12 @@ impl StreamState {
                 match self.feed.store.events(after, upto, PAGE) {
                     Ok(Some(page)) => {
                         let last = page.last().map(|(seq, _)| *seq);
-                        for (seq, e) in page.iter().filter(|(_, e)| self.filter.wants(e)) {
+                        let allowed =
+                            |e: &ChangeEvent| self.readable.as_ref().is_none_or(|r| r.has(&e.id));
+                        for (seq, e) in page
+                            .iter()
+                            .filter(|(_, e)| self.filter.wants(e) && allowed(e))
+                        {
                             self.queue.push_back(change(epoch, *seq, render(e)));
                         }
                         self.backfill = match last {
@@ -384,6 +425,7 @@ impl StreamState {
             }
             match self.rx.recv().await {
                 Some(r) if r.seq <= self.skip_upto => {}
+                Some(r) if !self.allowed(&r.filter_doc) => {}
                 Some(r) => {
                     debug_assert!(
                         matches!(&self.filter, Filter::Collection(_))

@@ -249,7 +249,7 @@ pub(crate) struct Error(meridian_api::ErrorBody);
 /// 401.
 #[derive(ToResponse)]
 #[response(
-    description = "no key, a malformed, unknown or expired key",
+    description = "no key or token, a malformed, unknown or expired key (unauthorized), a token that does not verify (invalid_token), is expired or not yet valid (token_expired), or is revoked (token_revoked)",
     headers(("WWW-Authenticate" = String))
 )]
 #[allow(dead_code)]
@@ -257,14 +257,16 @@ pub(crate) struct Unauthorized(meridian_api::ErrorBody);
 
 /// 403.
 #[derive(ToResponse)]
-#[response(description = "the key lacks the access this request needs; the message names it")]
+#[response(
+    description = "the key or token lacks the access this request needs; the message names it"
+)]
 #[allow(dead_code)]
 pub(crate) struct Forbidden(meridian_api::ErrorBody);
 
 /// 429.
 #[derive(ToResponse)]
 #[response(
-    description = "too many failed authentications from this address",
+    description = "too many failed authentications from this address (too_many_requests), or this token's sub or this key over its request rate (rate_limited)",
     headers(("Retry-After" = i64))
 )]
 #[allow(dead_code)]

@@ -37,7 +37,8 @@ use meridian_schema::Schema;
     paths(
         paths::get_doc, paths::put_doc, paths::patch_doc, paths::delete_doc, paths::post_ops,
         paths::list_docs, paths::sync, paths::get_schema, paths::put_schema,
-        paths::delete_schema, paths::status, paths::cluster, paths::metrics, paths::healthz,
+        paths::delete_schema, paths::status, paths::cluster, paths::reload_auth, paths::metrics,
+        paths::healthz,
         paths::readyz, paths::openapi, paths::rpc, paths::subscribe,
     ),
     components(
@@ -57,7 +58,8 @@ use meridian_schema::Schema;
 )]
 struct Description;
 
-/// The security schemes: API keys as bearer tokens, and as a query parameter on GET.
+/// The security schemes: API keys and scoped tokens (JWTs) as bearer tokens, and as a query
+/// parameter on GET.
 struct Access;
 
 impl utoipa::Modify for Access {
@@ -67,13 +69,17 @@ impl utoipa::Modify for Access {
         };
         let components = api.components.get_or_insert_with(Default::default);
         let mut bearer = Http::new(HttpAuthScheme::Bearer);
-        bearer.description = Some("An API key from `meridian key create`".into());
+        bearer.description = Some(
+            "An API key from `meridian key create` (access per collection), or a scoped token: a \
+             JWT the app's backend mints, with access per document (docs/security.md)"
+                .into(),
+        );
         components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
         components.add_security_scheme(
             "access_token",
             SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
                 "access_token",
-                "The same key as a query parameter, on GET only (EventSource and WebSocket in \
+                "The same key or token as a query parameter, on GET only (EventSource and WebSocket in \
                  browsers cannot set headers)",
             ))),
         );

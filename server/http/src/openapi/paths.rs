@@ -175,6 +175,18 @@ fn status() {}
         (status = 429, response = TooManyRequests)))]
 fn cluster() {}
 
+/// Re-reads the auth file, as SIGHUP does (admin on *)
+///
+/// A broken file keeps the keys and tokens in force and is 422 saying why. Open sync connections
+/// and change streams whose credentials the new file revokes or removes end (docs/security.md).
+#[utoipa::path(post, path = "/v1/_auth/reload", tag = "operations",
+    responses(
+        (status = 200, description = "reloaded: {\"reloaded\": true, \"keys\": n}"),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 422, response = Error),
+        (status = 429, response = TooManyRequests)))]
+fn reload_auth() {}
+
 /// Prometheus metrics
 ///
 /// Needs admin access on *, or a key listed in metrics_keys, when keys are on.

@@ -64,6 +64,10 @@ pub(crate) enum Step {
         key: DocKey,
         data: Option<Vec<u8>>,
     },
+    /// Store work: a message asking the client to send again what the document lacks (its
+    /// last message waited for other nodes' changes, and the document has changed since).
+    /// Answer with [`Protocol::synced`].
+    AskAgain { doc: DocumentId, key: DocKey },
     /// Tell this connection when `key` changes.
     Follow(DocKey),
     /// No longer.
@@ -93,6 +97,9 @@ enum Phase {
 struct OpenDoc {
     key: DocKey,
     state: SyncState,
+    /// The client's last message waited for changes of other nodes (see
+    /// `meridian_crdt::ClientCheck::Waiting`): the next change here asks it to send again.
+    waiting: bool,
 }
 
 /// One connection's protocol state.
@@ -246,9 +253,10 @@ impl Protocol {
         }
         match found {
             Ok(Some(key)) => {
-                if let Err(e) = self.access.read(key.collection()) {
-                    tracing::info!(conn = self.conn, %doc, reason = %e, "sync refused");
-                    return self.fail(format!("document {doc}: {e}"));
+                if let Err(e) = self.access.read(&key) {
+                    // this document only: the connection goes on with the others
+                    tracing::info!(conn = self.conn, %doc, reason = %e, "sync of a document refused");
+                    return self.unavailable(doc);
                 }
                 self.by_key.insert(key.clone(), doc);
                 self.docs.insert(
@@ -256,6 +264,7 @@ impl Protocol {
                     OpenDoc {
                         key: key.clone(),
                         state: SyncState::new(),
+                        waiting: false,
                     },
                 );
                 let mut out = vec![Step::Follow(key)];
@@ -316,11 +325,28 @@ impl Protocol {
         }
     }
 
-    /// `key` changed here: a sync round if it is open on this connection.
+    /// `key` changed here: a sync round if it is open on this connection (one that asks the
+    /// client to send again, if its last message waited).
     pub(crate) fn changed(&mut self, key: &DocKey) -> Vec<Step> {
-        match self.by_key.get(key).copied() {
-            Some(doc) => self.sync(doc, None),
-            None => vec![],
+        let Some(doc) = self.by_key.get(key).copied() else {
+            return vec![];
+        };
+        match self.docs.get_mut(&doc) {
+            Some(open) if open.waiting => {
+                open.waiting = false;
+                vec![Step::AskAgain {
+                    doc,
+                    key: key.clone(),
+                }]
+            }
+            _ => self.sync(doc, None),
+        }
+    }
+
+    /// The client's message for `doc` waits for other nodes' changes this node lacks.
+    pub(crate) fn waiting(&mut self, doc: DocumentId) {
+        if let Some(open) = self.docs.get_mut(&doc) {
+            open.waiting = true;
         }
     }
 
@@ -392,7 +418,7 @@ impl Protocol {
         };
         // the message is decoded to look for changes only when the client may not write: an
         // allowed write is decoded once, by the store
-        if let Err(e) = self.access.write(open.key.collection()) {
+        if let Err(e) = self.access.write(&open.key) {
             if data
                 .as_deref()
                 .is_some_and(meridian_crdt::sync_message_carries_changes)

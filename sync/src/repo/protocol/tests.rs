@@ -16,14 +16,14 @@ const PEER: &str = "client-1";
 struct ReadOnly;
 
 impl Access for ReadOnly {
-    fn read(&self, collection: &str) -> Result<(), String> {
-        match collection {
+    fn read(&self, key: &DocKey) -> Result<(), String> {
+        match key.collection() {
             "users" => Ok(()),
-            _ => Err(format!("this key may not read {collection}")),
+            c => Err(format!("this key may not read {c}")),
         }
     }
-    fn write(&self, collection: &str) -> Result<(), String> {
-        Err(format!("this key may not write {collection}"))
+    fn write(&self, key: &DocKey) -> Result<(), String> {
+        Err(format!("this key may not write {}", key.collection()))
     }
 }
 
@@ -240,13 +240,27 @@ fn a_lookup_that_fails_ends_the_connection_naming_the_document() {
 }
 
 #[test]
-fn a_document_the_client_may_not_read_is_refused_before_it_is_followed() {
+fn a_document_the_client_may_not_read_is_unavailable_to_it_and_the_connection_goes_on() {
     let mut p = joined(Arc::new(ReadOnly), 10);
     let secret = DocKey::new("secrets", "x").unwrap();
     let id = DocumentId::of(&secret);
     assert_eq!(p.receive(&request(id, b"")), vec![Step::Resolve(id)]);
-    let message = format!("document {id}: this key may not read secrets");
-    assert_eq!(p.resolved(id, Ok(Some(secret))), refused(&message));
+    assert_eq!(
+        p.resolved(id, Ok(Some(secret))),
+        vec![Step::Send(Message::DocUnavailable {
+            sender: ME.into(),
+            target: PEER.into(),
+            doc: id,
+        })]
+    );
+    // not followed, and the connection still opens the documents it may read
+    assert!(!p.is_closed());
+    p.receive(&request(doc("ada"), &message_without_changes()));
+    let steps = p.resolved(doc("ada"), Ok(Some(key("ada"))));
+    assert!(
+        matches!(steps.first(), Some(Step::Follow(k)) if *k == key("ada")),
+        "{steps:?}"
+    );
 }
 
 #[test]

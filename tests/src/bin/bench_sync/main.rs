@@ -10,6 +10,9 @@
 //! - `offline`: a client back with `--offline` local changes to one document: time until the
 //!   node has acknowledged them, and bytes on the wire against the changes' size.
 //!
+//! With `--tokens`, the node has an auth file: every sync client presents its own scoped token
+//! (a JWT for its document only) and the HTTP calls an admin key.
+//!
 //! Bytes are counted by a TCP proxy between client and node (WebSocket framing and the
 //! upgrade included). Build with `cargo build --release --workspace --bins`, run
 //! `target/release/bench_sync`.
@@ -50,6 +53,30 @@ struct Args {
     changes: usize,
     #[arg(long, default_value_t = 1000)]
     offline: usize,
+    /// Every client on its own scoped token, HTTP with an admin key.
+    #[arg(long)]
+    tokens: bool,
+}
+
+/// The admin key for HTTP calls, when the node has an auth file (`--tokens`).
+static ADMIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn http_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(k) = ADMIN.get() {
+        headers.insert("authorization", format!("Bearer {k}").parse().unwrap());
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// The bearer a sync client `name` of document `d{doc}` presents: its own token (`--tokens`).
+fn bearer_of(doc: usize, name: &str) -> Option<String> {
+    ADMIN
+        .get()
+        .map(|_| meridian_tests::tokens::token(&format!("d{doc}"), json!({ "jti": name })))
 }
 
 type Socket =
@@ -65,7 +92,7 @@ fn ms(d: Duration) -> f64 {
 
 /// HTTP PATCHes to `collection/d{i}` for i in docs, `n` each, 32 at a time.
 async fn write_docs(addr: &str, collection: &str, docs: usize, n: usize) {
-    let http = reqwest::Client::new();
+    let http = http_client();
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = vec![];
     for i in 0..docs {
@@ -93,7 +120,7 @@ async fn write_docs(addr: &str, collection: &str, docs: usize, n: usize) {
 
 /// Median of a few HTTP PATCH round trips (the baseline of the push part).
 async fn patch_rtt(addr: &str) -> f64 {
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut lat = vec![];
     for i in 0..200 {
         let t = Instant::now();
@@ -131,7 +158,9 @@ async fn push(args: &Args, node: &Process) {
             ("m1", "m0")
         };
         tokio::spawn(async move {
-            let mut p = Peer::connect(&addr, format!("bench-{c}")).await;
+            let name = format!("bench-{c}");
+            let token = bearer_of(c / 2, &name);
+            let mut p = Peer::connect(&addr, name, token.as_deref()).await;
             p.offer(doc).await;
             let mut announced = false;
             let mut last = -1i64;
@@ -255,7 +284,7 @@ async fn fresh(args: &Args, node: &Process) {
     proxy.set_target(&node.addr);
     let addr = proxy.addr.to_string();
     let t0 = Instant::now();
-    let mut p = Peer::connect(&addr, "fresh".into()).await;
+    let mut p = Peer::connect(&addr, "fresh".into(), ADMIN.get().map(String::as_str)).await;
     let ids: Vec<DocumentId> = (0..args.docs)
         .map(|i| DocumentId::of(&key("fresh", i)))
         .collect();
@@ -318,7 +347,12 @@ async fn offline(args: &Args, node: &Process) {
     write_docs(&node.addr, "offline", 1, 10).await;
     let id = DocumentId::of(&key("offline", 0));
     // --- a client syncs the document, then goes away
-    let mut p = Peer::connect(&node.addr, "offline-1".into()).await;
+    let mut p = Peer::connect(
+        &node.addr,
+        "offline-1".into(),
+        ADMIN.get().map(String::as_str),
+    )
+    .await;
     p.offer(id).await;
     while !p.in_sync(&id) || p.docs[&id].0.heads() == [meridian_crdt::genesis_hash()] {
         let f = p.next_frame(Duration::from_secs(10)).await.expect("synced");
@@ -342,7 +376,12 @@ async fn offline(args: &Args, node: &Process) {
     let proxy = Proxy::start().await;
     proxy.set_target(&node.addr);
     let t0 = Instant::now();
-    let mut p = Peer::connect(&proxy.addr.to_string(), "offline-2".into()).await;
+    let mut p = Peer::connect(
+        &proxy.addr.to_string(),
+        "offline-2".into(),
+        ADMIN.get().map(String::as_str),
+    )
+    .await;
     p.docs.insert(id, (doc, SyncState::new()));
     p.offer(id).await;
     loop {
@@ -392,11 +431,25 @@ async fn offline(args: &Args, node: &Process) {
 async fn main() {
     let args = Args::parse();
     let dir = tempfile::tempdir().expect("temp dir");
-    let node = Process::start(dir.path(), &["--sync-max-connections", "20000"]);
+    let mut node_args = vec!["--sync-max-connections".to_string(), "20000".into()];
+    if args.tokens {
+        let (admin, entry) = meridian_tests::create_key("bench", "admin", "*");
+        let file = dir.path().join("auth.toml");
+        std::fs::write(&file, entry + &meridian_tests::tokens::section("push")).unwrap();
+        node_args.extend(["--auth-file".to_string(), file.to_str().unwrap().to_owned()]);
+        ADMIN.set(admin).unwrap();
+    }
+    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let node = Process::start(&dir.path().join("data"), &node_args);
     println!(
-        "meridian sync benchmark: release node {} on loopback, {} cores shared with the clients",
+        "meridian sync benchmark: release node {} on loopback, {} cores shared with the clients{}",
         node.addr,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if args.tokens {
+            "; every sync client on its own scoped token"
+        } else {
+            ""
+        }
     );
     println!();
     for part in &args.parts {

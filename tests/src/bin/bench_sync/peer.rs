@@ -19,8 +19,12 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    pub(crate) async fn connect(addr: &str, me: String) -> Peer {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sync"))
+    /// Connects to `addr`'s `/v1/sync` with `bearer` (a key or a token) if there is one.
+    pub(crate) async fn connect(addr: &str, me: String, bearer: Option<&str>) -> Peer {
+        let query = bearer
+            .map(|b| format!("?access_token={b}"))
+            .unwrap_or_default();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sync{query}"))
             .await
             .expect("connect");
         let join = Message::Join {
