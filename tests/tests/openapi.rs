@@ -17,14 +17,16 @@
 //! the admin key through the description's bearer scheme, so the schemes it declares are the ones
 //! in force.
 //!
-//! Two things are held fixed rather than generated, and why:
-//! - `Accept: application/json`: `text/event-stream` answers a stream that does not end (the
-//!   change feed has its own tests, `changes.rs`).
-//! - `Meridian-Session` empty: a token that fits the grammar may still name a node this cluster
-//!   does not have (400 `unknown_session_node`) or a time it has not reached (503
-//!   `session_unavailable` after the wait), both by design, and neither the "acceptance" of
-//!   valid input that this run checks.
-//!   The grammar is declared and the parser property-tested (`sync/src/token.rs`).
+//! `Accept: application/json` is held fixed rather than generated: `text/event-stream` answers a
+//! stream that does not end (the change feed has its own tests, `changes.rs`).
+//!
+//! `Meridian-Session` is generated from its declared grammar, then mapped by a hook
+//! (`tests/schemathesis_hooks.py`) onto tokens the node can cover: the same shape, each entry
+//! naming the node under test at a time it has reached. A token naming a node this cluster does not
+//! have (400 `unknown_session_node`) or a time it has not reached (503 `session_unavailable` after
+//! the wait) is refused by design, not the "acceptance" of valid input this run checks; those
+//! answers are tested in `server/http/tests/api.rs`, and the parser is property-tested
+//! (`sync/src/token.rs`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -46,6 +48,20 @@ fn the_served_openapi_description_matches_what_the_node_does() {
         &dir.path().join("data"),
         &["--auth-file", auth.to_str().unwrap()],
     );
+    // the node's own entry of a session token (after one write): its id, and a time it has reached
+    let session = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let r = meridian_tests::http_client()
+            .put(node.url("/v1/seed/s"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.headers()["meridian-session"].to_str().unwrap().to_owned()
+    });
+    let (session_node, session_max) = session.split_once('=').expect("node=time");
     let tool = std::env::var("SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
     let seed = std::env::var("MERIDIAN_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
     let tests_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -62,7 +78,7 @@ fn the_served_openapi_description_matches_what_the_node_does() {
             "10",
         ])
         .args(["--exclude-path-regex", "^/internal/|^/v1/_schemas/"])
-        .args(["-H", "Accept: application/json", "-H", "Meridian-Session: "])
+        .args(["-H", "Accept: application/json"])
         .args([
             "-c",
             "not_a_server_error,status_code_conformance,content_type_conformance,\
@@ -70,6 +86,10 @@ fn the_served_openapi_description_matches_what_the_node_does() {
         ])
         .env("NO_COLOR", "1")
         .env("MERIDIAN_ADMIN_KEY", &admin)
+        .env("MERIDIAN_SESSION_NODE", session_node)
+        .env("MERIDIAN_SESSION_MAX", session_max)
+        .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
+        .env("PYTHONPATH", &tests_dir)
         .output()
         .unwrap_or_else(|e| {
             panic!("cannot run {tool}: {e}; pip install schemathesis, or set SCHEMATHESIS")
