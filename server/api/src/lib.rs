@@ -160,6 +160,8 @@ pub enum Code {
     UpgradeRequired,
     Unprocessable,
     Overloaded,
+    /// 503: the node is draining before it stops; `region` and `url` name a peer to use instead.
+    Draining,
     Timeout,
     Unavailable,
     /// 507: the node's disk is below the free space it keeps; reads go on.

@@ -134,6 +134,9 @@ pub(crate) async fn get_doc(
                 "conflicts=true does not apply to a change stream".into(),
             ));
         }
+        if st.drain.is_on() {
+            return Err(st.draining_error());
+        }
         let resume = changes::resume_of(&headers, st.store.event_epoch())?;
         let scope = stream_scope(&st, caller_of(who), None);
         return st.changes.open(Filter::Doc(key), resume, scope);
@@ -217,6 +220,9 @@ pub(crate) async fn list_docs(
                 "limit, after and invalid do not apply to a change stream (resume with Last-Event-ID)"
                     .into(),
             ));
+        }
+        if st.drain.is_on() {
+            return Err(st.draining_error());
         }
         let resume = changes::resume_of(&headers, st.store.event_epoch())?;
         let scope = stream_scope(&st, caller, Some(&collection));

@@ -40,6 +40,9 @@ pub(crate) async fn sync_or_list(
         );
         return list.await;
     }
+    if st.drain.is_on() {
+        return Err(st.draining_error());
+    }
     // a full node says so before it looks at the handshake
     let caller = caller.map_or(Caller::Anyone, |c| c.0);
     let access = caller.sync_access();

@@ -69,6 +69,12 @@ pub enum ApiError {
     /// This node cannot cover the session token in time: `node` has the data.
     #[error("this node has not yet caught up with the session's changes from {node:?}; retry, or ask {node:?}")]
     SessionUnavailable { node: String, url: Option<String> },
+    /// The node is draining before it stops: go to `node` (at `url`) instead.
+    #[error("this node is draining before it stops; use another region")]
+    Draining {
+        node: Option<String>,
+        url: Option<String>,
+    },
     /// The session token names a node this cluster does not have: no region can cover it.
     #[error("the session token names node {0:?}, which is not in this cluster: no region can cover it; drop that entry from the token")]
     UnknownSessionNode(String),
@@ -127,7 +133,8 @@ impl ApiError {
             | ApiError::Faulted(_)
             | ApiError::Damaged(_)
             | ApiError::Recovering(_)
-            | ApiError::SessionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::SessionUnavailable { .. }
+            | ApiError::Draining { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -148,6 +155,7 @@ impl ApiError {
             ApiError::Forbidden(_) => Code::Forbidden,
             ApiError::TooManyRequests(_) => Code::TooManyRequests,
             ApiError::SessionUnavailable { .. } => Code::SessionUnavailable,
+            ApiError::Draining { .. } => Code::Draining,
             ApiError::UnknownSessionNode(_) => Code::UnknownSessionNode,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::InvalidSchema(_) => Code::InvalidSchema,
@@ -215,6 +223,10 @@ impl IntoResponse for ApiError {
             ApiError::SessionUnavailable { node, url } => {
                 // where the client can go instead
                 error.region = Some(node.clone());
+                error.url = Some(url.clone());
+            }
+            ApiError::Draining { node, url } => {
+                error.region = node.clone();
                 error.url = Some(url.clone());
             }
             ApiError::UnknownSessionNode(node) => {

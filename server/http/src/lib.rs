@@ -13,7 +13,9 @@
 //! - `schemas`: `/v1/_schemas/{collection}`, over the `meridian-schema` compiler.
 //! - `internal`: the node-to-node endpoints (`/internal/rpc`, `/internal/subscribe`) and the
 //!   fault controls (`/internal/faults`, `--fault-controls` only).
-//! - `status`: `/v1/status`, `/v1/cluster`, `/readyz` and `/metrics`.
+//! - `status`: `/v1/status`, `/v1/cluster`, `/readyz`, `/metrics`, `/v1/_auth/reload`,
+//!   `/v1/_drain`.
+//! - `drain`: turning clients away before the node stops.
 //! - `metrics`: Prometheus metrics and the request-tracking middleware.
 //! - `openapi`: the OpenAPI description served at `/openapi.json`.
 //!
@@ -24,6 +26,7 @@ mod api;
 pub mod auth;
 mod changes;
 mod clients;
+pub mod drain;
 mod error;
 mod extract;
 mod internal;
@@ -92,6 +95,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/cluster", get(status::cluster))
         .route("/v1/_auth/reload", post(status::reload_auth))
+        .route("/v1/_drain", post(status::drain))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::stamp,
@@ -127,7 +131,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::no_route)
         .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
+            state.clone(),
             metrics::track,
         ))
         .with_state(state)

@@ -1,7 +1,6 @@
 //! Prometheus metrics: requests by route and status, latency histograms, and the store's
 //! figures (read at scrape time).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -311,7 +310,9 @@ impl Metrics {
 }
 
 /// Middleware: counts every request and times it.
-pub(crate) async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(State(st): State<crate::AppState>, req: Request, next: Next) -> Response {
+    let m = &st.metrics;
+    st.drain.touch();
     let start = Instant::now();
     let method = req.method().to_string();
     let route = req

@@ -84,6 +84,8 @@ pub struct Shared {
     pub schemas: Arc<meridian_schema::Compiler>,
     /// Where clients reach other nodes, by node id, when not at their peer URLs.
     pub public_urls: Arc<HashMap<String, String>>,
+    /// Whether the node is draining before it stops (`crate::drain`).
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 /// What an [`AppState`] is made of, for [`AppState::build`].
@@ -151,6 +153,7 @@ impl AppState {
             tls: o.tls,
             schemas,
             public_urls: Arc::new(public_urls),
+            drain: Arc::default(),
             faults,
             fault_controls: o.fault_controls,
             replica: Replica::new(store.clone(), transport, o.replication, &workers)?,
@@ -207,6 +210,25 @@ impl AppState {
     /// For the builder above, before the state is shared.
     fn shared(&mut self) -> &mut Shared {
         Arc::make_mut(&mut self.0)
+    }
+
+    /// Starts draining: `/readyz` goes 503, sync connections are told to go and change streams
+    /// end, and new ones are refused naming a peer. `false` if it had started already.
+    pub fn start_drain(&self) -> bool {
+        if !self.drain.start() {
+            return false;
+        }
+        tracing::info!("draining: sync clients and change streams are sent to other regions");
+        self.hub.shutdown();
+        self.changes.shutdown();
+        true
+    }
+
+    /// 503 `draining`, naming where to go instead (if the node has peers).
+    pub(crate) fn draining_error(&self) -> crate::ApiError {
+        let node = self.replica.elsewhere();
+        let url = node.as_deref().and_then(|n| self.peer_url(n));
+        crate::ApiError::Draining { node, url }
     }
 
     /// The URL of a peer, to tell a client where the data is: its public URL if one is set,

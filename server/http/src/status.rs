@@ -75,6 +75,9 @@ fn scrub(s: &meridian_crdt::ScrubStatus) -> serde_json::Value {
 /// another region; reads here still work).
 pub(crate) async fn ready(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     use meridian_crdt::StorageProblem;
+    if st.drain.is_on() {
+        return Err(st.draining_error());
+    }
     match st.store.storage().problem {
         None => Ok(Json(serde_json::json!({"ready": true}))),
         Some(StorageProblem::LowSpace(m)) => Err(ApiError::NotReady(format!(
@@ -129,4 +132,15 @@ pub(crate) async fn reload_auth(
             )))
         }
     }
+}
+
+/// `POST /v1/_drain` (admin): starts draining, as SIGTERM does; the node stops once quiet, or
+/// at its drain deadline (`--drain-secs`).
+pub(crate) async fn drain(State(st): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let started = st.start_drain();
+    tracing::info!(started, "admin request: drain");
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"draining": true, "started_now": started})),
+    )
 }

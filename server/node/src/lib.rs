@@ -1,6 +1,6 @@
 //! The `meridian` binary: the command line and config, a running node (store, replication and
 //! the HTTP API over a plain or TLS listener), `meridian demo`, `meridian cert`,
-//! `meridian key` and `meridian repair`.
+//! `meridian key`, `meridian repair` and `meridian drain`.
 //!
 //! # Layout
 //! - `config`: command line, environment and config file; the one [`Settings`] struct.
@@ -10,6 +10,7 @@
 //! - `keys`: `meridian key create`.
 //! - `repair`: `meridian repair`, a damaged write-ahead log checked and, when nothing is lost,
 //!   rewritten.
+//! - `drain`: `meridian drain`, a running node told to drain and stop.
 //!
 //! The HTTP API is `meridian-http`; TLS, the peer transport and the fault controls are
 //! `meridian-net`; the schema compiler is `meridian-schema`.
@@ -18,6 +19,7 @@
 pub mod cert;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod keys;
 mod node;
 pub mod repair;

@@ -29,6 +29,16 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Command::Demo(args) => meridian_node::demo::run(args).await,
+        Command::Drain(args) => match args.run().await {
+            Ok(answer) => {
+                println!("{answer}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::from(1);
+            }
+        },
         Command::Cert(args) => match args.run() {
             Ok(files) => {
                 for f in files {

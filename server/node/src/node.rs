@@ -121,9 +121,17 @@ impl Node {
         spawn_trim(&workers, store.clone(), settings.streams().retention);
 
         let stop = workers.clone();
+        let drain = Duration::from_secs(settings.drain_secs);
+        let draining = state.clone();
         let app = meridian_http::app(state).into_make_service_with_connect_info::<ConnInfo>();
         let shutdown = async move {
-            shutdown.await;
+            tokio::select! {
+                _ = shutdown => {}
+                _ = draining.drain.started() => {}
+            }
+            if !drain.is_zero() {
+                drain_for(&draining, drain).await;
+            }
             // every worker ends: the long polls peers wait on, client-sync sockets and change
             // streams close, so the shutdown does not wait on them
             stop.stop();
@@ -154,6 +162,28 @@ impl Node {
         Ok(())
     }
 }
+
+/// Drains (see `meridian_http::drain`): until no request has come for a second, at most
+/// `deadline`.
+async fn drain_for(state: &meridian_http::AppState, deadline: Duration) {
+    state.start_drain();
+    let t0 = std::time::Instant::now();
+    tracing::info!(
+        deadline_secs = deadline.as_secs(),
+        "draining before stopping"
+    );
+    while t0.elapsed() < deadline && state.drain.quiet_for() < QUIET {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(
+        drained_ms = t0.elapsed().as_millis() as u64,
+        quiet = state.drain.quiet_for() >= QUIET,
+        "drained: stopping"
+    );
+}
+
+/// A draining node stops once no request has come for this long.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// How long the background workers get to end after the listener has stopped, before they
 /// are aborted (the store is flushed after them either way).

@@ -214,6 +214,18 @@ impl<T: Transport> Replica<T> {
         self.shared.drift_refusals.load(Ordering::Relaxed)
     }
 
+    /// A peer to send clients to: the first one reachable now, else the first one; `None`
+    /// without peers.
+    pub fn elsewhere(&self) -> Option<String> {
+        let (now, silence) = (Instant::now(), self.shared.config.silence_limit());
+        let peers = &self.shared.peers;
+        peers
+            .iter()
+            .find(|p| p.status.lock().reachable(now, silence))
+            .or(peers.first())
+            .map(|p| p.peer.id.to_string())
+    }
+
     /// Where a peer is reached, if it is one.
     pub fn peer_url(&self, id: &str) -> Option<String> {
         self.peer(id).map(|p| p.peer.addr.clone())

@@ -90,7 +90,7 @@ pub(super) async fn need_of(req: &mut Request) -> Need {
         .map(MatchedPath::as_str)
     {
         Some("/metrics") => Some(Need::Metrics),
-        Some("/v1/status" | "/v1/cluster" | "/v1/_auth/reload") => Some(Need::Node),
+        Some("/v1/status" | "/v1/cluster" | "/v1/_auth/reload" | "/v1/_drain") => Some(Need::Node),
         Some("/v1/sync") if upgrade => Some(Need::AnyKey),
         Some("/v1/sync") => Some(Need::Collection(Access::Read, "sync".into())),
         _ => None,

@@ -187,6 +187,18 @@ fn cluster() {}
         (status = 429, response = TooManyRequests)))]
 fn reload_auth() {}
 
+/// Drains and stops the node, as SIGTERM does (admin on *)
+///
+/// `/readyz` goes 503, sync connections are closed with "going away" and change streams end;
+/// new ones are 503 `draining` naming a peer; requests are served on until none has come for a
+/// second, or until `--drain-secs` (0: the node stops at once).
+#[utoipa::path(post, path = "/v1/_drain", tag = "operations",
+    responses(
+        (status = 202, description = "draining: {\"draining\": true, \"started_now\": bool}"),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests)))]
+fn drain() {}
+
 /// Prometheus metrics
 ///
 /// Needs admin access on *, or a key listed in metrics_keys, when keys are on.
@@ -202,7 +214,7 @@ fn metrics() {}
     responses((status = 200, description = "up")))]
 fn healthz() {}
 
-/// Storage is open and healthy
+/// Storage is open and healthy, and the node is not draining (503 `draining` while it does)
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "ready"),

@@ -33,6 +33,8 @@ pub enum Command {
     Cert(crate::cert::CertArgs),
     /// Check a stopped node's write-ahead log, and repair it when that loses nothing.
     Repair(crate::repair::RepairArgs),
+    /// Tell a running node to drain (send its clients to other regions) and stop.
+    Drain(crate::drain::DrainArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +111,12 @@ pub struct ServeArgs {
     /// Seconds from the start of one scrub pass over every document to the next. Default: 3600.
     #[arg(long, env = "MERIDIAN_SCRUB_EVERY_SECS")]
     pub scrub_every_secs: Option<u64>,
+    /// Seconds a node that is told to stop (SIGTERM, `POST /v1/_drain`) drains first: ready goes
+    /// 503, sync clients and change streams are sent to other regions, requests are served on;
+    /// it stops once no request has come for a second, or at this deadline. Default: 0 (stop at
+    /// once).
+    #[arg(long, env = "MERIDIAN_DRAIN_SECS")]
+    pub drain_secs: Option<u64>,
     /// Seconds this node's feed keeps changes a peer has not read; a peer away longer catches
     /// up by anti-entropy. Default: 86400.
     #[arg(long, env = "MERIDIAN_FEED_RETENTION_SECS")]
@@ -261,6 +269,7 @@ impl ServeArgs {
             anti_entropy_secs: pick!(anti_entropy_secs),
             scrub_per_second: pick!(scrub_per_second),
             scrub_every_secs: pick!(scrub_every_secs),
+            drain_secs: pick!(drain_secs),
             feed_retention_secs: pick!(feed_retention_secs),
             max_drift_ms: pick!(max_drift_ms),
             sync_max_connections: pick!(sync_max_connections),

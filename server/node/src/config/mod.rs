@@ -44,6 +44,8 @@ pub struct Settings {
     pub anti_entropy_secs: u64,
     pub scrub_per_second: u32,
     pub scrub_every_secs: u64,
+    /// How long a node told to stop drains first (0: it stops at once).
+    pub drain_secs: u64,
     pub feed_retention_secs: u64,
     pub max_drift_ms: u64,
     pub feed_mode: FeedMode,
@@ -90,6 +92,7 @@ impl Default for Settings {
             anti_entropy_secs: sync.anti_entropy_every.as_secs(),
             scrub_per_second: sync.scrub_per_second,
             scrub_every_secs: sync.scrub_every.as_secs(),
+            drain_secs: 0,
             feed_retention_secs: sync.feed_retention.as_secs(),
             max_drift_ms: store.max_drift.as_millis() as u64,
             feed_mode: sync.feed_mode,
