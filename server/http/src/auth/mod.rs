@@ -17,6 +17,7 @@
 
 mod access;
 mod caller;
+mod grant;
 mod keys;
 mod limit;
 mod request;
