@@ -56,11 +56,11 @@ pub use key::{validate_name, DocKey, MAX_NAME_LEN};
 pub use record::{ChangeEvent, FeedEntry, WriteOutcome};
 #[cfg(feature = "store")]
 pub use store::{
-    check_log, repair_log, repair_log_accepting_loss, ClientSynced, Contracts, DocEvents, DocState,
-    DocView, EventBounds, EventWatch, FeedPage, Finding, HealSources, Healed, Idempotency,
-    LogReport, Merged, Missed, Page, Progress, ScrubBatch, ScrubStatus, SegmentReport, Storage,
-    StorageProblem, Store, StoreConfig, StoreStats, Written, DEFAULT_FLOOR_BYTES, DIGEST_BUCKETS,
-    DIGEST_LEAVES, LEAVES_PER_BUCKET, SCHEMAS,
+    backup_format, check_log, repair_log, repair_log_accepting_loss, BackupPage, ClientSynced,
+    Contracts, DocEvents, DocState, DocView, EventBounds, EventWatch, FeedPage, Finding,
+    HealSources, Healed, Idempotency, LogReport, Merged, Missed, Page, Progress, ScrubBatch,
+    ScrubStatus, SegmentReport, Storage, StorageProblem, Store, StoreConfig, StoreStats, Written,
+    DEFAULT_FLOOR_BYTES, DIGEST_BUCKETS, DIGEST_LEAVES, LEAVES_PER_BUCKET, SCHEMAS,
 };
 
 pub use automerge::{ActorId, ChangeHash};

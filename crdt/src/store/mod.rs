@@ -23,6 +23,7 @@
 //! - `scrub`: checksums checked on load, damaged documents, the background scrub.
 //! - `heal`: rebuilding a damaged document from its intact pieces and the peers' copies.
 
+mod backup;
 mod cache;
 mod client;
 mod contracts;
@@ -52,6 +53,7 @@ use crate::hlc::{Clock, NodeId, DEFAULT_MAX_DRIFT};
 use crate::key::DocKey;
 use crate::record::{self, FeedEntry, WriteOutcome};
 
+pub use backup::{format as backup_format, BackupPage};
 pub use client::{ClientSynced, DocEvents, Missed};
 pub use contracts::{Contracts, SCHEMAS};
 pub use digest::{DIGEST_BUCKETS, DIGEST_LEAVES, LEAVES_PER_BUCKET};

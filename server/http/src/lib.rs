@@ -16,6 +16,7 @@
 //! - `status`: `/v1/status`, `/v1/cluster`, `/readyz`, `/metrics`, `/v1/_auth/reload`,
 //!   `/v1/_drain`.
 //! - `drain`: turning clients away before the node stops.
+//! - `backup`: `/v1/_backup`, an online backup streamed.
 //! - `metrics`: Prometheus metrics and the request-tracking middleware.
 //! - `openapi`: the OpenAPI description served at `/openapi.json`.
 //!
@@ -24,6 +25,7 @@
 
 mod api;
 pub mod auth;
+mod backup;
 mod changes;
 mod clients;
 pub mod drain;
@@ -96,6 +98,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cluster", get(status::cluster))
         .route("/v1/_auth/reload", post(status::reload_auth))
         .route("/v1/_drain", post(status::drain))
+        .route("/v1/_backup", get(backup::backup))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::stamp,

@@ -1,6 +1,6 @@
 //! The `meridian` binary: the command line and config, a running node (store, replication and
 //! the HTTP API over a plain or TLS listener), `meridian demo`, `meridian cert`,
-//! `meridian key`, `meridian repair` and `meridian drain`.
+//! `meridian key`, `meridian repair`, `meridian drain`, `meridian backup` and `meridian restore`.
 //!
 //! # Layout
 //! - `config`: command line, environment and config file; the one [`Settings`] struct.
@@ -11,11 +11,13 @@
 //! - `repair`: `meridian repair`, a damaged write-ahead log checked and, when nothing is lost,
 //!   rewritten.
 //! - `drain`: `meridian drain`, a running node told to drain and stop.
+//! - `backup`: `meridian backup` of a running node, and `meridian restore` under a new id.
 //!
 //! The HTTP API is `meridian-http`; TLS, the peer transport and the fault controls are
 //! `meridian-net`; the schema compiler is `meridian-schema`.
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+pub mod backup;
 pub mod cert;
 pub mod config;
 pub mod demo;

@@ -29,6 +29,26 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Command::Demo(args) => meridian_node::demo::run(args).await,
+        Command::Backup(args) => match args.run().await {
+            Ok(manifest) => {
+                println!("{manifest}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::from(1);
+            }
+        },
+        Command::Restore(args) => match args.run().await {
+            Ok(n) => {
+                println!("restored {n} documents; start the node with this data dir, its new id and its peers");
+                return std::process::ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::from(1);
+            }
+        },
         Command::Drain(args) => match args.run().await {
             Ok(answer) => {
                 println!("{answer}");

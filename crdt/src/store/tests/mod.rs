@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 
+mod backup;
 mod clients;
 mod contracts;
 mod crash;

@@ -199,6 +199,18 @@ fn reload_auth() {}
         (status = 429, response = TooManyRequests)))]
 fn drain() {}
 
+/// An online backup of this node (admin on *)
+///
+/// Every document's whole history, read while writes go on, as frames (length, payload,
+/// CRC-32) ending in a trailer; `meridian backup` writes it to a directory and `meridian
+/// restore` makes a new node from it (docs/replication.md, Backups).
+#[utoipa::path(get, path = "/v1/_backup", tag = "operations",
+    responses(
+        (status = 200, description = "the backup stream", content_type = "application/octet-stream"),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests)))]
+fn backup() {}
+
 /// Prometheus metrics
 ///
 /// Needs admin access on *, or a key listed in metrics_keys, when keys are on.

@@ -35,6 +35,10 @@ pub enum Command {
     Repair(crate::repair::RepairArgs),
     /// Tell a running node to drain (send its clients to other regions) and stop.
     Drain(crate::drain::DrainArgs),
+    /// Copy a running node's documents to a directory, while it serves.
+    Backup(crate::backup::BackupArgs),
+    /// Make a new node's data dir from a backup, under a new node id.
+    Restore(crate::backup::RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
