@@ -11,6 +11,19 @@ use meridian_tests::{binary, http_client, Process};
 use parking_lot::Mutex;
 use serde_json::Value;
 
+/// `meridian restore --from FROM --data-dir DATA --node-id ID`.
+fn restore(from: &std::path::Path, data: &std::path::Path, id: &str) -> (bool, String, String) {
+    meridian(&[
+        "restore",
+        "--from",
+        from.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--node-id",
+        id,
+    ])
+}
+
 fn meridian(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(binary())
         .args(args)
@@ -90,15 +103,7 @@ async fn a_backup_under_writes_restores_every_write_acknowledged_before_it_began
 
     // bad input changes nothing
     let data = dir.path().join("a2");
-    let (ok, _, err) = meridian(&[
-        "restore",
-        "--from",
-        to.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--node-id",
-        "a",
-    ]);
+    let (ok, _, err) = restore(&to, &data, "a");
     assert!(!ok && err.contains("new node id"), "{err}");
     assert!(!data.exists(), "nothing was made");
     let (ok, _, err) = meridian(&["backup", "http://127.0.0.1:1", "--to", to.to_str().unwrap()]);
@@ -108,27 +113,11 @@ async fn a_backup_under_writes_restores_every_write_acknowledged_before_it_began
     let whole = std::fs::read(to.join("meridian.backup")).unwrap();
     std::fs::write(cut.join("meridian.backup"), &whole[..whole.len() - 5]).unwrap();
     std::fs::copy(to.join("manifest.json"), cut.join("manifest.json")).unwrap();
-    let (ok, _, err) = meridian(&[
-        "restore",
-        "--from",
-        cut.to_str().unwrap(),
-        "--data-dir",
-        dir.path().join("x").to_str().unwrap(),
-        "--node-id",
-        "a3",
-    ]);
+    let (ok, _, err) = restore(&cut, &dir.path().join("x"), "a3");
     assert!(!ok && err.contains("truncated"), "{err}");
 
     // restored under a new id, every write acknowledged before the backup began is there
-    let (ok, out, err) = meridian(&[
-        "restore",
-        "--from",
-        to.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--node-id",
-        "a2",
-    ]);
+    let (ok, out, err) = restore(&to, &data, "a2");
     assert!(ok, "{err}");
     assert!(out.contains("restored 304 documents"), "{out}");
     let restored = Process::start(&data, &["--node-id", "a2"]);

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -59,14 +59,12 @@ impl BackupArgs {
     /// What the backup holds (the trailer), once it is whole on disk.
     pub async fn run(self) -> anyhow::Result<serde_json::Value> {
         empty_dir(&self.to, "backup directory")?;
-        let url = format!("{}/v1/_backup", self.url.trim_end_matches('/'));
-        let mut req = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()?
-            .get(&url);
-        if let Some(k) = &self.api_key {
-            req = req.bearer_auth(k);
-        }
+        let (url, req) = crate::admin::request(
+            reqwest::Method::GET,
+            &self.url,
+            "/v1/_backup",
+            self.api_key.as_deref(),
+        )?;
         let t0 = Instant::now();
         let resp = req
             .send()

@@ -16,15 +16,14 @@ pub struct DrainArgs {
 impl DrainArgs {
     /// The node's answer, or why there was none.
     pub async fn run(self) -> anyhow::Result<String> {
-        let url = format!("{}/v1/_drain", self.url.trim_end_matches('/'));
-        let mut req = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?
-            .post(&url);
-        if let Some(k) = &self.api_key {
-            req = req.bearer_auth(k);
-        }
+        let (url, req) = crate::admin::request(
+            reqwest::Method::POST,
+            &self.url,
+            "/v1/_drain",
+            self.api_key.as_deref(),
+        )?;
         let resp = req
+            .timeout(Duration::from_secs(10))
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;

@@ -17,6 +17,7 @@
 //! `meridian-net`; the schema compiler is `meridian-schema`.
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+mod admin;
 pub mod backup;
 pub mod cert;
 pub mod config;

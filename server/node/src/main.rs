@@ -29,78 +29,55 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Command::Demo(args) => meridian_node::demo::run(args).await,
-        Command::Backup(args) => match args.run().await {
-            Ok(manifest) => {
-                println!("{manifest}");
-                return std::process::ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return std::process::ExitCode::from(1);
-            }
-        },
-        Command::Restore(args) => match args.run().await {
-            Ok(n) => {
-                println!("restored {n} documents; start the node with this data dir, its new id and its peers");
-                return std::process::ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return std::process::ExitCode::from(1);
-            }
-        },
-        Command::Drain(args) => match args.run().await {
-            Ok(answer) => {
-                println!("{answer}");
-                return std::process::ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return std::process::ExitCode::from(1);
-            }
-        },
-        Command::Cert(args) => match args.run() {
-            Ok(files) => {
+        Command::Backup(args) => return finish(args.run().await, 1, |m| println!("{m}")),
+        Command::Restore(args) => {
+            return finish(args.run().await, 1, |n| {
+                println!("restored {n} documents; start the node with this data dir, its new id and its peers")
+            })
+        }
+        Command::Drain(args) => return finish(args.run().await, 1, |a| println!("{a}")),
+        Command::Cert(args) => {
+            return finish(args.run(), 2, |files| {
                 for f in files {
                     println!("{}", f.display());
                 }
-                return std::process::ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return std::process::ExitCode::from(2);
-            }
-        },
-        Command::Repair(args) => match args.run() {
-            Ok(report) => {
-                print!("{report}");
-                return std::process::ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return std::process::ExitCode::from(1);
-            }
-        },
-        Command::Key(KeyCommand::Create(args)) => match args.run() {
-            Ok((key, entry)) => {
+            })
+        }
+        Command::Repair(args) => return finish(args.run(), 1, |r| print!("{r}")),
+        Command::Key(KeyCommand::Create(args)) => {
+            return finish(args.run(), 2, |(key, entry)| {
                 println!("{key}\n\n{entry}");
                 eprintln!(
                     "The first line is the key: it is shown once, store it now. Add the entry \
                      to the auth file, then send the node SIGHUP (kill -HUP <pid>)."
                 );
-                return std::process::ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return std::process::ExitCode::from(2);
-            }
-        },
+            })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// A one-shot command's outcome: `show` its result and exit 0, or print the error and exit with
+/// `failure` (2 for bad input, 1 for a failure).
+fn finish<T, E: std::fmt::Display>(
+    result: Result<T, E>,
+    failure: u8,
+    show: impl FnOnce(T),
+) -> std::process::ExitCode {
+    match result {
+        Ok(v) => {
+            show(v);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(failure)
         }
     }
 }

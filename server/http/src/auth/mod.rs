@@ -258,14 +258,13 @@ impl Auth {
             reason,
             key: key.name.clone(),
         })?;
-        if let Some(rate) = key.rate.or(ring.rates.per_key) {
-            self.key_rates
-                .take(&key.name, rate, now)
-                .map_err(|wait| Refusal::Rate {
-                    wait,
-                    who: format!("API key {:?}", key.name),
-                })?;
-        }
+        take_rate(
+            &self.key_rates,
+            &key.name,
+            key.rate.or(ring.rates.per_key),
+            now,
+            || format!("API key {:?}", key.name),
+        )?;
         Ok(Caller::Key(key))
     }
 
@@ -295,15 +294,26 @@ impl Auth {
             reason,
             key: format!("token of {:?}", token.sub),
         })?;
-        if let Some(rate) = ring.rates.per_sub {
-            self.sub_rates
-                .take(&token.sub, rate, now)
-                .map_err(|wait| Refusal::Rate {
-                    wait,
-                    who: format!("the tokens of {:?}", token.sub),
-                })?;
-        }
+        take_rate(&self.sub_rates, &token.sub, ring.rates.per_sub, now, || {
+            format!("the tokens of {:?}", token.sub)
+        })?;
         Ok(Caller::Token(token))
+    }
+}
+
+/// One request of `who` against its `rate` (none: unlimited); `label` names it in a 429.
+fn take_rate(
+    limiter: &RateLimiter,
+    who: &str,
+    rate: Option<Rate>,
+    now: Instant,
+    label: impl FnOnce() -> String,
+) -> Result<(), Refusal> {
+    match rate {
+        Some(rate) => limiter
+            .take(who, rate, now)
+            .map_err(|wait| Refusal::Rate { wait, who: label() }),
+        None => Ok(()),
     }
 }
 
