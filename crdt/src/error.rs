@@ -44,6 +44,9 @@ pub enum Error {
     /// what they hold (see `store::repair`).
     #[error("{0}")]
     Recovering(String),
+    /// This node was removed from the cluster: nobody follows it, so it takes no local write.
+    #[error("{0}")]
+    Retired(String),
     /// The storage engine failed.
     #[error("storage error: {0}")]
     Storage(String),

@@ -27,7 +27,8 @@
 //!   merging what peers send), `serve` (answering peers), `follow` (following their feeds),
 //!   `repair` (anti-entropy),
 //!   `trim` (trimming this node's feed), `session` (token waits), `status` (each peer's link,
-//!   the reachability rule, `/v1/cluster`).
+//!   the reachability rule, `/v1/cluster`), `members` and `regions` (the set of regions,
+//!   changed while nodes run).
 //! - `repo`: the automerge-repo sync server for clients: messages, connections, the hub.
 //! - `workers`: [`Workers`], the one runner of a node's background loops, with one stop signal
 //!   and an exit deadline.
@@ -51,8 +52,9 @@ pub mod workers;
 pub use error::{Error, Result};
 #[cfg(feature = "node")]
 pub use replica::{
-    Behind, Chunks, ClusterReport, FeedMode, Lag, Peer, PeerReport, RepairPass, Replica,
-    ReplicationConfig, Transport,
+    check_url, Behind, Chunks, ClusterReport, FeedMode, Lag, MemberError, Members, Peer,
+    PeerReport, Plan, RegionReport, RegionsError, RegionsReport, RemovedRegion, RepairPass,
+    Replica, ReplicationConfig, Transport, MEMBERS, REGIONS,
 };
 pub use token::{BadToken, SessionToken, MAX_TOKEN_NODES};
 #[cfg(feature = "node")]

@@ -210,6 +210,18 @@ impl SimCluster {
         nodes: &[(&str, PhysicalClock)],
         tune: impl Fn(&mut ReplicationConfig),
     ) -> SimCluster {
+        Self::start_joining(seed, nodes, &[], tune)
+    }
+
+    /// [`SimCluster::start_with`], where the nodes named in `joining` are not (yet) members:
+    /// nobody's peers name them, and their own peers are the first node only (a seed). They
+    /// join once a member adds them ([`Replica::add_region`]).
+    pub fn start_joining(
+        seed: u64,
+        nodes: &[(&str, PhysicalClock)],
+        joining: &[&str],
+        tune: impl Fn(&mut ReplicationConfig),
+    ) -> SimCluster {
         let net = Arc::new(Net {
             nodes: RwLock::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
@@ -218,9 +230,11 @@ impl SimCluster {
         });
         let peers: Vec<Peer> = nodes
             .iter()
+            .filter(|(id, _)| !joining.contains(id))
             .map(|(id, _)| Peer {
                 id: NodeId::new(id).expect("valid node id"),
-                addr: format!("sim://{id}"),
+                // routed by id; a URL of the shape a real peer has
+                addr: format!("http://{id}.sim"),
             })
             .collect();
         let mut out = Vec::new();
@@ -236,7 +250,12 @@ impl SimCluster {
                 net: net.clone(),
                 me: (*id).to_owned(),
             };
-            let mut config = test_sync_config(peers.clone());
+            let seeds = if joining.contains(id) {
+                peers[..1].to_vec()
+            } else {
+                peers.clone()
+            };
+            let mut config = test_sync_config(seeds);
             tune(&mut config);
             let workers = meridian_sync::Workers::new();
             let hub = meridian_sync::repo::Hub::start(store.clone(), Default::default(), &workers);

@@ -202,12 +202,12 @@ impl Process {
         lines
     }
 
-    /// Resident set size in KiB, from /proc.
     /// CPU time (user + system) the process has used so far, from /proc.
     pub fn cpu_secs(&self) -> f64 {
         cpu_secs(self.pid())
     }
 
+    /// Resident set size in KiB now, from /proc.
     pub fn rss_kib(&self) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();

@@ -32,8 +32,14 @@ async fn visible(store: &Store, k: &DocKey) -> (Option<(State, String, String)>,
 }
 
 async fn converged(c: &SimCluster, keys: &[DocKey]) -> bool {
-    let first = c.nodes[0].store();
-    for n in &c.nodes[1..] {
+    let all: Vec<&str> = c.nodes.iter().map(|n| n.id.as_str()).collect();
+    converged_among(c, &all, keys).await
+}
+
+/// The nodes `ids` hold the same documents.
+async fn converged_among(c: &SimCluster, ids: &[&str], keys: &[DocKey]) -> bool {
+    let first = c.node(ids[0]).store();
+    for n in ids[1..].iter().map(|id| c.node(id)) {
         if n.store().digests() != first.digests() {
             return false;
         }
@@ -54,15 +60,22 @@ struct Session {
     seen: HashMap<DocKey, Vec<ChangeHash>>,
 }
 
-#[test]
-fn random_writes_during_partitions_converge_and_keep_session_guarantees() {
-    for seed in meridian_tests::seeds(16) {
-        let outcome = std::panic::catch_unwind(|| rt().block_on(random_scenario(seed)));
+/// Runs `scenario` for each seed (see [`meridian_tests::seeds`]), naming the one that fails.
+fn for_seeds<F: std::future::Future<Output = ()>>(default: u64, scenario: impl Fn(u64) -> F) {
+    for seed in meridian_tests::seeds(default) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt().block_on(scenario(seed))
+        }));
         if let Err(panic) = outcome {
             eprintln!("failing seed {seed}; replay with MERIDIAN_SEED={seed}");
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+#[test]
+fn random_writes_during_partitions_converge_and_keep_session_guarantees() {
+    for_seeds(16, random_scenario);
 }
 
 async fn random_scenario(seed: u64) {
@@ -215,6 +228,182 @@ async fn random_scenario(seed: u64) {
             );
         }
     }
+    c.stop();
+}
+
+#[test]
+fn random_membership_changes_lose_no_acknowledged_write_and_keep_sessions() {
+    for_seeds(8, membership_scenario);
+}
+
+/// Three members and a fourth node that joins (seeded with `a` only, added through a random
+/// member) while clients write and partitions come and go; later one of b, c, d is removed
+/// through another member, once its clients have stopped (as a drain would). Checked: no
+/// session sees less than it saw, the members that stay converge, every acknowledged write
+/// (the removed node's too) is on each of them, and the removed node refuses writes.
+async fn membership_scenario(seed: u64) {
+    let clocks = skewed_clocks();
+    let c = SimCluster::start_joining(
+        seed,
+        &[
+            ("a", clocks[0]),
+            ("b", clocks[1]),
+            ("c", clocks[2]),
+            ("d", clock_exact),
+        ],
+        &["d"],
+        |cfg| {
+            if seed % 2 == 1 {
+                cfg.feed_mode = FeedMode::LongPoll;
+            }
+        },
+    );
+    c.set_faults(Faults {
+        drop: 0.05,
+        duplicate: 0.05,
+        max_delay: Duration::from_millis(10),
+    });
+    let ids = ["a", "b", "c", "d"];
+    let keys: Vec<DocKey> = (0..5).map(|i| key(&format!("u{i}"))).collect();
+    let mut sessions: Vec<Session> = (0..3).map(|_| Session::default()).collect();
+    let mut acked: Vec<(DocKey, Vec<ChangeHash>)> = Vec::new();
+    let (add_at, remove_at, gone, via) = {
+        let mut r = c.rng();
+        (
+            r.gen_range(5..25),
+            r.gen_range(35..55),
+            ["b", "c", "d"][r.gen_range(0..3)],
+            r.gen_range(0..3),
+        )
+    };
+    let mut members = vec!["a", "b", "c"];
+    let mut removing: Option<bool> = None;
+    for step in 0..80 {
+        // --- partitions come and go (not while a removal waits: it needs the region's feed)
+        let (p, x, y) = {
+            let mut r = c.rng();
+            (r.gen_range(0..100), r.gen_range(0..4), r.gen_range(0..4))
+        };
+        if removing.is_some() && step > remove_at + 5 {
+            c.heal_all();
+        } else if p < 8 && x != y {
+            c.cut(ids[x], ids[y]);
+        } else if p < 14 {
+            c.heal_all();
+        }
+        // --- membership changes
+        if step == add_at {
+            let through = members[via];
+            c.node(through)
+                .replica
+                .add_region("d", "http://d.sim")
+                .await
+                .unwrap();
+            members.push("d");
+        }
+        if step >= remove_at && removing.is_none_or(|done| !done) {
+            removing = Some(false);
+            let through = members.iter().copied().find(|m| *m != gone).unwrap();
+            if c.node(through)
+                .replica
+                .remove_region(gone, false)
+                .await
+                .is_ok()
+            {
+                removing = Some(true);
+                members.retain(|m| *m != gone);
+            }
+        }
+        // --- one client operation on a member (none on a region being removed)
+        let (s, n, d, op, v) = {
+            let mut r = c.rng();
+            (
+                r.gen_range(0..sessions.len()),
+                r.gen_range(0..members.len()),
+                r.gen_range(0..keys.len()),
+                r.gen_range(0..8),
+                r.gen_range(0..1000),
+            )
+        };
+        let node = c.node(members[n]);
+        if removing.is_some() && node.id == gone {
+            continue;
+        }
+        let store = node.store();
+        let k = &keys[d];
+        let session = &mut sessions[s];
+        if node
+            .replica
+            .await_token(&session.token, Duration::from_millis(300))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let seen = session.seen.get(k).cloned().unwrap_or_default();
+        let heads = match op {
+            0..=4 => {
+                let edit = Edit::Patch(obj(json!({format!("f{}", v % 4): v, "by": node.id})));
+                match store.write(k, edit, None).await {
+                    Ok(w) => {
+                        acked.push((k.clone(), w.heads.clone()));
+                        w.heads
+                    }
+                    Err(_) => continue,
+                }
+            }
+            _ => store
+                .read_state(k)
+                .unwrap()
+                .map(|st| st.heads)
+                .unwrap_or_default(),
+        };
+        assert!(
+            seen.is_empty() || store.history_includes(k, &heads, &seen).await.unwrap(),
+            "seed {seed} step {step}: {} showed session {s} less than it saw",
+            node.id
+        );
+        session.seen.insert(k.clone(), heads);
+        session.token.merge(&node.replica.token());
+    }
+    assert_eq!(
+        removing,
+        Some(true),
+        "seed {seed}: {gone} was never removed"
+    );
+
+    // --- heal; the members converge, each holds every acknowledged write
+    c.heal_all();
+    c.set_faults(Faults::default());
+    eventually(
+        &format!("seed {seed}: the members converge"),
+        Duration::from_secs(30),
+        || converged_among(&c, &members, &keys),
+    )
+    .await;
+    for (k, heads) in &acked {
+        for id in &members {
+            let store = c.node(id).store();
+            let now = store.read_state(k).unwrap().unwrap().heads;
+            assert!(
+                store.history_includes(k, &now, heads).await.unwrap(),
+                "seed {seed}: {id} lost an acknowledged write to {k}"
+            );
+        }
+    }
+    // --- the removed node learns it, and takes no more writes
+    eventually(
+        &format!("seed {seed}: {gone} knows it was removed"),
+        Duration::from_secs(10),
+        || async { c.node(gone).replica.removed_at().is_some() },
+    )
+    .await;
+    assert!(c
+        .node(gone)
+        .store()
+        .write(&keys[0], Edit::Patch(obj(json!({"late": 1}))), None)
+        .await
+        .is_err());
     c.stop();
 }
 

@@ -2,13 +2,14 @@
 //! the release binary and starts us, eu, ap and the page as containers; a write in us is read
 //! in ap; partition.sh cuts eu off the network between regions for real; writes on both sides;
 //! a session read on eu is refused while a tokenless one is served; heal.sh; convergence; a
-//! `docker kill` of a container right after acknowledged writes and a restart lose nothing;
-//! down.sh leaves nothing behind. The regions serve HTTPS only and replicate over mutual TLS
+//! `docker kill` of a container right after acknowledged writes and a restart lose nothing; a
+//! fourth region's container joins the running cluster by `meridian region add` (join.sh) and
+//! converges; down.sh leaves nothing behind. The regions serve HTTPS only and replicate over mutual TLS
 //! (certificates from `meridian cert`, made by up.sh).
 //!
 //! Needs Docker with docker-compose (v1) (`.ci/run` makes sure of both). It uses the docker
 //! demo's own names (containers `meridian-demo-*`, project `meridian-demo`) and host ports
-//! 27000-27003, and removes a docker demo left over from an earlier run first. Every wait is
+//! 27000-27004, and removes a docker demo left over from an earlier run first. Every wait is
 //! bounded; the whole test takes well under a minute once the release binary is built.
 
 use std::path::PathBuf;
@@ -18,7 +19,13 @@ use std::time::{Duration, Instant};
 use meridian_tests::{eventually, http_client};
 use serde_json::{json, Value};
 
-const PORTS: [(&str, u16); 4] = [("PAGE", 27000), ("US", 27001), ("EU", 27002), ("AP", 27003)];
+const PORTS: [(&str, u16); 5] = [
+    ("PAGE", 27000),
+    ("US", 27001),
+    ("EU", 27002),
+    ("AP", 27003),
+    ("SA", 27004),
+];
 
 fn script(name: &str, args: &[&str]) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -55,6 +62,7 @@ fn url(region: &str, path: &str) -> String {
         "us" => 27001,
         "eu" => 27002,
         "ap" => 27003,
+        "sa" => 27004,
         _ => 27000,
     };
     // the regions speak HTTPS only; the page server is plain HTTP on the host's loopback
@@ -241,6 +249,33 @@ async fn the_docker_demo_partitions_heals_survives_a_kill_and_cleans_up() {
         get(&c, &url("ap", "/v1/bulk/d199"), None).await.0 == 200
     })
     .await;
+
+    // a fourth region joins the running cluster (join.sh: its container, seeded with us alone,
+    // added by `meridian region add`): it converges, and its writes reach every region
+    script("join.sh", &[]);
+    eventually(
+        "sa holds what the others hold",
+        Duration::from_secs(30),
+        || async {
+            get(&c, &url("sa", "/v1/bulk/d199"), None).await.0 == 200
+                && get(&c, &url("sa", "/v1/users/ada"), None).await.1["value"]["name"] == "Ada"
+        },
+    )
+    .await;
+    let token = patch(&c, &url("sa", "/v1/users/sam"), json!({"name": "Sam"})).await;
+    for r in ["us", "eu", "ap"] {
+        eventually("sa's write everywhere", Duration::from_secs(10), || async {
+            get(&c, &url(r, "/v1/users/sam"), Some(&token)).await.0 == 200
+        })
+        .await;
+        let (_, regions) = get(&c, &url(r, "/v1/_regions"), None).await;
+        assert!(
+            regions["following"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|p| p["id"] == "sa")),
+            "{r}: {regions}"
+        );
+    }
 
     // down.sh leaves nothing behind
     script("down.sh", &[]);

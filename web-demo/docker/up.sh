@@ -38,12 +38,13 @@ if [ ! -s "$secret_file" ]; then
     head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret_file"
 fi
 export MERIDIAN_CLUSTER_SECRET="$(cat "$secret_file")"
-# a development CA and a certificate per region (for its alias on each network), once per demo
-if [ ! -s "$HERE/.tls/ca.pem" ]; then
+# a development CA and a certificate per region (for its alias on each network), once per demo;
+# sa's is for the region join.sh adds
+if [ ! -s "$HERE/.tls/sa.pem" ]; then
     rm -rf "$HERE/.tls"
-    "$bin" cert --dir "$HERE/.tls" --node us --node eu --node ap \
-        --host us.regions --host eu.regions --host ap.regions \
-        --host us.edge --host eu.edge --host ap.edge >/dev/null
+    "$bin" cert --dir "$HERE/.tls" --node us --node eu --node ap --node sa \
+        --host us.regions --host eu.regions --host ap.regions --host sa.regions \
+        --host us.edge --host eu.edge --host ap.edge --host sa.edge >/dev/null
 fi
 compose up -d
 echo "regions (HTTPS; CA $HERE/.tls/ca.pem): us https://127.0.0.1:${MERIDIAN_DEMO_US_PORT:-7001}  eu https://127.0.0.1:${MERIDIAN_DEMO_EU_PORT:-7002}  ap https://127.0.0.1:${MERIDIAN_DEMO_AP_PORT:-7003}"

@@ -142,6 +142,9 @@ impl Inner {
     /// recovers from a log repair that lost batches.
     pub(super) fn check_writable(&self) -> Result<()> {
         self.commit.check()?;
+        if let Some(why) = &*self.retired.lock() {
+            return Err(crate::Error::Retired(why.clone()));
+        }
         match &*self.recovering.lock() {
             Some(why) => Err(crate::Error::Recovering(format!(
                 "{why}: this node takes no writes until every peer has given back what it \

@@ -206,6 +206,8 @@ pub enum StorageProblem {
     /// Batches were lost in a log repair (see `repair`): local writes are refused until a
     /// complete anti-entropy pass with every peer ([`Store::recovered`]).
     Recovering(String),
+    /// The node was removed from the cluster ([`Store::retire`]): it takes no local write.
+    Retired(String),
 }
 
 /// The store. Cheap to clone.
@@ -246,6 +248,8 @@ struct Inner {
     damage: scrub::Damage,
     /// Why local writes wait for the peers after a log repair that lost batches.
     recovering: Mutex<Option<String>>,
+    /// Set once the node is removed from the cluster: local writes are refused.
+    retired: Mutex<Option<String>>,
     replayed: u64,
 }
 
@@ -327,6 +331,7 @@ impl Store {
                 space,
                 damage,
                 recovering: Mutex::new(recovering),
+                retired: Mutex::new(None),
                 replayed: replayed as u64,
             }),
         })
@@ -351,12 +356,15 @@ impl Store {
         let problem = match (self.inner.commit.check(), space.check(space::Need::New)) {
             (Err(e), _) => Some(StorageProblem::Failed(e.to_string())),
             (Ok(()), Err(e)) => Some(StorageProblem::LowSpace(e.to_string())),
-            (Ok(()), Ok(())) => self
-                .inner
-                .recovering
-                .lock()
-                .clone()
-                .map(StorageProblem::Recovering),
+            (Ok(()), Ok(())) => match self.inner.retired.lock().clone() {
+                Some(why) => Some(StorageProblem::Retired(why)),
+                None => self
+                    .inner
+                    .recovering
+                    .lock()
+                    .clone()
+                    .map(StorageProblem::Recovering),
+            },
         };
         Storage {
             free_bytes: space.free(),
@@ -383,6 +391,13 @@ impl Store {
             storage: self.storage(),
             scrub: self.scrub_status(),
         }
+    }
+
+    /// From now on local writes are refused with `why` ([`Error::Retired`]): the node was
+    /// removed from the cluster, so a change made here would reach no other region. Merges
+    /// from peers go on.
+    pub fn retire(&self, why: String) {
+        *self.inner.retired.lock() = Some(why);
     }
 
     /// Why local writes are refused after a log repair that lost batches, if they are.

@@ -151,6 +151,20 @@ pub enum Code {
     /// cover it; `region` names it. Drop that entry from the token.
     UnknownSessionNode,
     NotFound,
+    /// 410: the session token names a region removed from the cluster, past what this node
+    /// merged of it (its last cursor into that region's feed); `region` names it. Read in a
+    /// region that holds it, or start a new session.
+    SessionRegionRemoved,
+    /// 404: no region of that id in the cluster's membership.
+    UnknownRegion,
+    /// 409: the region was removed from the cluster and its id cannot be added again (its
+    /// automerge sequence numbers are taken); or this node itself was removed and takes no
+    /// changes (writes, membership changes).
+    RegionRemoved,
+    /// 409: removing a region was refused because its feed could not be read to the end from
+    /// this node (unreachable, or behind): its unreplicated writes would be lost. Retry once it
+    /// answers, or force.
+    RegionNotCaughtUp,
     InvalidSchema,
     SchemaViolation,
     IncompatibleSchema,

@@ -78,6 +78,16 @@ pub enum ApiError {
     /// The session token names a node this cluster does not have: no region can cover it.
     #[error("the session token names node {0:?}, which is not in this cluster: no region can cover it; drop that entry from the token")]
     UnknownSessionNode(String),
+    /// The session token names a removed region past what this node merged of it.
+    #[error("the session token names region {0:?}, which was removed from the cluster; this node does not hold all of its changes the session has seen, and can no longer fetch them: read in a region that does, or start a new session")]
+    SessionRegionRemoved(String),
+    #[error("{0}")]
+    UnknownRegion(String),
+    /// A removed id added back, or a change on a node that was itself removed; said as it is.
+    #[error("{0}")]
+    RegionRemoved(String),
+    #[error("{0}")]
+    RegionNotCaughtUp(String),
     /// Storage has failed; internal details are logged, not sent.
     #[error("storage unavailable")]
     Unavailable(String),
@@ -120,7 +130,9 @@ impl ApiError {
             ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::UnknownRegion(_) => StatusCode::NOT_FOUND,
+            ApiError::SessionRegionRemoved(_) => StatusCode::GONE,
+            ApiError::RegionRemoved(_) | ApiError::RegionNotCaughtUp(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -158,6 +170,10 @@ impl ApiError {
             ApiError::Draining { .. } => Code::Draining,
             ApiError::UnknownSessionNode(_) => Code::UnknownSessionNode,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::SessionRegionRemoved(_) => Code::SessionRegionRemoved,
+            ApiError::UnknownRegion(_) => Code::UnknownRegion,
+            ApiError::RegionRemoved(_) => Code::RegionRemoved,
+            ApiError::RegionNotCaughtUp(_) => Code::RegionNotCaughtUp,
             ApiError::InvalidSchema(_) => Code::InvalidSchema,
             ApiError::SchemaViolation(_) => Code::SchemaViolation,
             ApiError::IncompatibleSchema { .. } => Code::IncompatibleSchema,
@@ -197,8 +213,30 @@ impl From<CrdtError> for ApiError {
             CrdtError::InsufficientStorage(m) => ApiError::InsufficientStorage(m),
             CrdtError::Damaged(m) => ApiError::Damaged(m),
             CrdtError::Recovering(m) => ApiError::Recovering(m),
+            CrdtError::Retired(m) => ApiError::RegionRemoved(m),
             CrdtError::InUse => ApiError::Unavailable("the data dir is in use".into()),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<meridian_sync::RegionsError> for ApiError {
+    fn from(e: meridian_sync::RegionsError) -> Self {
+        use meridian_sync::{MemberError, RegionsError};
+        match e {
+            RegionsError::Refused(MemberError::Invalid(m)) => ApiError::BadRequest(m),
+            RegionsError::Refused(e @ MemberError::Myself(_)) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            RegionsError::Refused(e @ MemberError::Unknown(_)) => {
+                ApiError::UnknownRegion(e.to_string())
+            }
+            RegionsError::Refused(e @ MemberError::Removed { .. }) => {
+                ApiError::RegionRemoved(e.to_string())
+            }
+            e @ RegionsError::Departed(_) => ApiError::RegionRemoved(e.to_string()),
+            e @ RegionsError::NotCaughtUp { .. } => ApiError::RegionNotCaughtUp(e.to_string()),
+            RegionsError::Store(e) => e.into(),
         }
     }
 }
@@ -229,7 +267,7 @@ impl IntoResponse for ApiError {
                 error.region = node.clone();
                 error.url = Some(url.clone());
             }
-            ApiError::UnknownSessionNode(node) => {
+            ApiError::UnknownSessionNode(node) | ApiError::SessionRegionRemoved(node) => {
                 error.region = Some(node.clone());
                 error.url = Some(None);
             }

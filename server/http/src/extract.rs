@@ -67,6 +67,17 @@ impl<S: Send + Sync> FromRequestParts<S> for CollectionPath {
     }
 }
 
+/// A `true`/`false` query parameter (absent: false).
+pub(crate) fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "{name} must be true or false, not {other:?}"
+        ))),
+    }
+}
+
 /// Query parameters; unknown parameters are refused so that a typo is not silently ignored.
 #[derive(Debug)]
 pub(crate) struct Query<T>(pub T);

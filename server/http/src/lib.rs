@@ -17,6 +17,7 @@
 //!   `/v1/_drain`.
 //! - `drain`: turning clients away before the node stops.
 //! - `backup`: `/v1/_backup`, an online backup streamed.
+//! - `regions`: `/v1/_regions`, the cluster's membership changed at runtime.
 //! - `metrics`: Prometheus metrics and the request-tracking middleware.
 //! - `openapi`: the OpenAPI description served at `/openapi.json`.
 //!
@@ -34,6 +35,7 @@ mod extract;
 mod internal;
 mod metrics;
 mod openapi;
+mod regions;
 mod schemas;
 mod session;
 mod state;
@@ -99,6 +101,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/_auth/reload", post(status::reload_auth))
         .route("/v1/_drain", post(status::drain))
         .route("/v1/_backup", get(backup::backup))
+        .route("/v1/_regions", get(regions::list).post(regions::add))
+        .route("/v1/_regions/{id}", axum::routing::delete(regions::remove))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::stamp,

@@ -67,15 +67,7 @@ pub(crate) async fn put_schema(
     Query(p): Query<PutParams>,
     body: WriteBody<Json>,
 ) -> Result<Response, ApiError> {
-    let force = match p.force.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "force must be true or false, not {other:?}"
-            )))
-        }
-    };
+    let force = crate::extract::flag("force", p.force.as_deref())?;
     let source = json::parse(&body.bytes)?;
     let schema = Schema::parse(source).map_err(ApiError::InvalidSchema)?;
     let mut reasons = match current(&st.store, &collection).await? {

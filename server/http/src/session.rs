@@ -53,12 +53,17 @@ pub(crate) async fn wait(
         st.replica
             .await_token(&s.token, s.max_wait)
             .await
-            .map_err(|behind| match behind.unknown {
-                true => ApiError::UnknownSessionNode(behind.node),
-                false => ApiError::SessionUnavailable {
-                    url: st.peer_url(&behind.node),
-                    node: behind.node,
-                },
+            .map_err(|behind| {
+                if behind.unknown {
+                    ApiError::UnknownSessionNode(behind.node)
+                } else if behind.removed {
+                    ApiError::SessionRegionRemoved(behind.node)
+                } else {
+                    ApiError::SessionUnavailable {
+                        url: st.peer_url(&behind.node),
+                        node: behind.node,
+                    }
+                }
             })?;
     }
     Ok(next.run(req).await)

@@ -33,6 +33,7 @@ fn storage(s: &meridian_crdt::Storage) -> serde_json::Value {
         Some(StorageProblem::LowSpace(m)) => ("low_space", Some(m)),
         Some(StorageProblem::Failed(m)) => ("failed", Some(m)),
         Some(StorageProblem::Recovering(m)) => ("recovering", Some(m)),
+        Some(StorageProblem::Retired(m)) => ("removed", Some(m)),
     };
     serde_json::json!({
         "state": state,
@@ -89,6 +90,7 @@ pub(crate) async fn ready(State(st): State<AppState>) -> Result<Json<serde_json:
         Some(StorageProblem::Recovering(m)) => Err(ApiError::NotReady(format!(
             "{m}; writes are refused until every peer has given back what it holds (reads go on)"
         ))),
+        Some(StorageProblem::Retired(m)) => Err(ApiError::NotReady(m)),
     }
 }
 

@@ -23,9 +23,8 @@ pub struct BackupArgs {
     /// A directory that does not exist yet, or is empty.
     #[arg(long)]
     pub to: PathBuf,
-    /// An API key with admin access on "*" (or MERIDIAN_API_KEY).
-    #[arg(long, env = "MERIDIAN_API_KEY")]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub admin: crate::admin::Admin,
 }
 
 /// `meridian restore`.
@@ -59,12 +58,8 @@ impl BackupArgs {
     /// What the backup holds (the trailer), once it is whole on disk.
     pub async fn run(self) -> anyhow::Result<serde_json::Value> {
         empty_dir(&self.to, "backup directory")?;
-        let (url, req) = crate::admin::request(
-            reqwest::Method::GET,
-            &self.url,
-            "/v1/_backup",
-            self.api_key.as_deref(),
-        )?;
+        let (url, req) =
+            crate::admin::request(reqwest::Method::GET, &self.url, "/v1/_backup", &self.admin)?;
         let t0 = Instant::now();
         let resp = req
             .send()

@@ -1,6 +1,7 @@
 //! The `meridian` binary: the command line and config, a running node (store, replication and
 //! the HTTP API over a plain or TLS listener), `meridian demo`, `meridian cert`,
-//! `meridian key`, `meridian repair`, `meridian drain`, `meridian backup` and `meridian restore`.
+//! `meridian key`, `meridian repair`, `meridian drain`, `meridian backup`, `meridian restore` and
+//! `meridian region`.
 //!
 //! # Layout
 //! - `config`: command line, environment and config file; the one [`Settings`] struct.
@@ -12,12 +13,13 @@
 //!   rewritten.
 //! - `drain`: `meridian drain`, a running node told to drain and stop.
 //! - `backup`: `meridian backup` of a running node, and `meridian restore` under a new id.
+//! - `region`: `meridian region add|remove|list`, the membership changed through a running node.
 //!
 //! The HTTP API is `meridian-http`; TLS, the peer transport and the fault controls are
 //! `meridian-net`; the schema compiler is `meridian-schema`.
 #![warn(unreachable_pub, missing_debug_implementations)]
 
-mod admin;
+pub mod admin;
 pub mod backup;
 pub mod cert;
 pub mod config;
@@ -25,6 +27,7 @@ pub mod demo;
 pub mod drain;
 pub mod keys;
 mod node;
+pub mod region;
 pub mod repair;
 
 pub use config::{ServeArgs, Settings};

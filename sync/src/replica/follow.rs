@@ -13,6 +13,9 @@ use super::page::{self, Effect, PageFacts};
 use super::{cursor_name, stamp_meta, PeerState, Replica, Transport};
 use crate::wire::{self, DocChanges, Request, Response};
 
+/// How long a departing peer's feed is still pulled (see `farewell`).
+const FAREWELL: Duration = Duration::from_secs(3);
+
 impl<T: Transport> Replica<T> {
     /// Follows the peer's feed for as long as the node runs, doing what the peer's
     /// [`Follower`] decides: subscriptions (or long polls), catch-ups after a trimmed feed,
@@ -20,10 +23,10 @@ impl<T: Transport> Replica<T> {
     pub(super) async fn feed_loop(self, peer: Arc<PeerState>) {
         let cfg = &self.shared.config;
         let mut engine = Follower::new(cfg.feed_mode, cfg.feed_wait, cfg.max_backoff);
-        while !self.stopped() {
+        while !self.stopped() && !peer.has_left() {
             let outcome = match engine.next() {
                 Step::Pause(d) => {
-                    if self.pause(d, Some(&peer.wake)).await {
+                    if self.pause(d, Some(&peer)).await {
                         return;
                     }
                     continue;
@@ -50,6 +53,30 @@ impl<T: Transport> Replica<T> {
             };
             engine.on(outcome, rand::thread_rng().gen_range(0.5..1.5));
         }
+        if peer.has_left() && !self.stopped() {
+            self.farewell(&peer).await;
+        }
+    }
+
+    /// A peer just left the set: pull what its feed still holds for this node (briefly, if it
+    /// still answers), so that what it acknowledged before it learned of its removal is not
+    /// left behind; then note the cursor a session token naming it is covered to.
+    async fn farewell(&self, peer: &PeerState) {
+        let deadline = Instant::now() + FAREWELL;
+        while Instant::now() < deadline {
+            match self.pull_once(peer, Duration::ZERO).await {
+                Ok(Outcome::Merged { more: true, .. }) => continue,
+                _ => break,
+            }
+        }
+        if let Some(c) = *peer.cursor.lock() {
+            self.shared
+                .membership
+                .lock()
+                .cursors
+                .insert(peer.peer.id.to_string(), c);
+        }
+        tracing::info!(peer = %peer.peer.id, cursor = ?peer.cursor.lock().map(|c| meridian_crdt::display_stamp(&c)), "stopped following a departed region");
     }
 
     /// One subscription, until it ends: [`Outcome::Ended`], a refused stamp (after merging
@@ -85,7 +112,12 @@ impl<T: Transport> Replica<T> {
         // never errors (packets lost in a partition) is given up on after twelve
         let silence = cfg.heartbeat * 12;
         loop {
-            let chunk = match tokio::time::timeout(silence, chunks.recv()).await {
+            let next = tokio::select! {
+                c = tokio::time::timeout(silence, chunks.recv()) => c,
+                // the peer left the set: what arrived so far is merged, the rest not awaited
+                _ = peer.leaving() => return Ok(Outcome::Ended),
+            };
+            let chunk = match next {
                 Err(_) => {
                     return Err(fail(
                         crate::Error::Unreachable("the subscription went silent".into()),

@@ -80,13 +80,14 @@ impl<T: Transport> Replica<T> {
         );
         let mut done = std::collections::HashSet::new();
         loop {
-            for peer in &self.shared.peers {
+            let peers = self.peers();
+            for peer in &peers {
                 if done.contains(peer.peer.id.as_str()) {
                     continue;
                 }
                 match self.anti_entropy(peer).await {
                     Ok(pass) if pass.complete => {
-                        done.insert(peer.peer.id.as_str());
+                        done.insert(peer.peer.id.to_string());
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -94,7 +95,7 @@ impl<T: Transport> Replica<T> {
                     }
                 }
             }
-            if done.len() == self.shared.peers.len() {
+            if peers.iter().all(|p| done.contains(p.peer.id.as_str())) {
                 match store.recovered().await {
                     Ok(()) => return,
                     Err(e) => tracing::warn!(error = %e, "could not note the recovery"),
@@ -132,12 +133,13 @@ impl<T: Transport> Replica<T> {
 
     /// Asks every peer for the whole history of `key` and has the store rebuild it.
     pub async fn heal(&self, key: &DocKey) -> Result<Healed, crate::Error> {
+        let peers = self.peers();
         let mut from = HealSources {
-            asked: self.shared.peers.len(),
+            asked: peers.len(),
             ..HealSources::default()
         };
         let mut seen = std::collections::HashMap::new();
-        for peer in &self.shared.peers {
+        for peer in &peers {
             let req = Request::Repair {
                 from: self.shared.me.clone(),
                 leaves: vec![],

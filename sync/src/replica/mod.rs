@@ -9,8 +9,8 @@
 //!   path. Session tokens name it, so a token always covers what a read showed.
 //!
 //! # Layout
-//! - this file: the settings, the transport a node reaches peers through, the replica's state,
-//!   start and stop;
+//! - this file: the settings, the transport a node reaches peers through, the replica's state
+//!   (the peers followed now, replaced as the membership changes), start and stop;
 //! - `serve`: answering peers (feed pages, digests, repairs, subscriptions);
 //! - `engine`: what to do next toward a peer (subscribe, pull, catch up, pause), as a state
 //!   machine without I/O or timers that tests drive step by step; and the repair schedule;
@@ -24,7 +24,9 @@
 //! - `trim`: trimming this node's feed once every peer has read it (or past a retention window);
 //! - `heal`: the store's scrub, and healing damaged documents from the peers;
 //! - `session`: session tokens, and waiting until this node covers one;
-//! - `status`: what this node knows of each peer's link, the reachability rule, `/v1/cluster`.
+//! - `status`: what this node knows of each peer's link, the reachability rule, `/v1/cluster`;
+//! - `members`: the membership set (flags and the `_regions/members` document), pure;
+//! - `regions`: following the set while the node runs: peers started and stopped, changes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_crdt::{NodeId, Store};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, watch};
 use uhlc::Timestamp;
 
@@ -41,14 +43,18 @@ mod engine;
 mod follow;
 mod heal;
 mod link;
+mod members;
 mod merge;
 mod page;
+mod regions;
 mod repair;
 mod serve;
 mod session;
 mod status;
 mod trim;
 
+pub use members::{check_url, MemberError, Members, Plan, MEMBERS, REGIONS};
+pub use regions::{RegionReport, RegionsError, RegionsReport, RemovedRegion};
 pub use repair::RepairPass;
 use status::PeerStatus;
 pub use status::{ClusterReport, Lag, PeerReport};
@@ -181,6 +187,9 @@ pub struct Behind {
     pub node: String,
     /// The node is not in this cluster at all.
     pub unknown: bool,
+    /// The node was removed from the cluster: what this node merged of it is all it will get
+    /// from it, and it does not cover the token.
+    pub removed: bool,
 }
 
 #[derive(Debug)]
@@ -193,6 +202,31 @@ struct PeerState {
     /// Ends a retry pause early: the peer just reached us, so the link works again.
     wake: tokio::sync::Notify,
     status: Mutex<PeerStatus>,
+    /// Set when the peer leaves the set this node follows: its loops end.
+    left: watch::Sender<bool>,
+}
+
+impl PeerState {
+    fn new(peer: Peer, cursor: Option<Timestamp>) -> Self {
+        PeerState {
+            peer,
+            cursor: Mutex::new(cursor),
+            apply: Default::default(),
+            catching_up: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            status: Default::default(),
+            left: watch::Sender::new(false),
+        }
+    }
+
+    fn has_left(&self) -> bool {
+        *self.left.borrow()
+    }
+
+    /// Resolves once the peer has left the set.
+    async fn leaving(&self) {
+        let _ = self.left.subscribe().wait_for(|l| *l).await;
+    }
 }
 
 /// One node's replication. Cheap to clone.
@@ -215,7 +249,12 @@ struct Shared<T> {
     transport: T,
     config: ReplicationConfig,
     me: String,
-    peers: Vec<Arc<PeerState>>,
+    /// The peers followed now; membership changes replace it (see `regions`).
+    peers: RwLock<Vec<Arc<PeerState>>>,
+    /// What this node knows of the set beyond the peers it follows (see `regions`).
+    membership: Mutex<Membership>,
+    /// Whether `start` ran: peers added later start their loops at once.
+    started: AtomicBool,
     seen: Mutex<HashMap<String, Timestamp>>,
     /// Bumped whenever `seen` changes, to know when [`Replica::token_text`] is stale.
     seen_epoch: AtomicU64,
@@ -226,6 +265,21 @@ struct Shared<T> {
     drift_refusals: AtomicU64,
     /// The node's background workers: this replica's loops run there and end with them.
     workers: crate::Workers,
+}
+
+/// The part of the membership that is not a followed peer.
+#[derive(Debug, Default)]
+struct Membership {
+    /// Removed regions and when they were removed.
+    removed: std::collections::BTreeMap<String, String>,
+    /// This node was removed, at that time.
+    me_removed: Option<String>,
+    /// The last cursor into each peer's feed this node held, kept past a peer's removal (a
+    /// session token naming a removed region is covered up to it) and for a peer re-followed
+    /// at a new URL.
+    cursors: HashMap<String, Timestamp>,
+    /// Flags naming removed regions, already warned about.
+    warned: std::collections::BTreeSet<String>,
 }
 
 fn cursor_name(peer: &str) -> String {
@@ -271,28 +325,18 @@ impl<T: Transport> Replica<T> {
                 seen.insert(n.to_owned(), ts);
             }
         }
-        let peers = config
-            .peers
-            .iter()
-            .filter(|p| p.id.as_str() != me)
-            .map(|p| {
-                Arc::new(PeerState {
-                    cursor: Mutex::new(cursors.get(p.id.as_str()).copied()),
-                    peer: p.clone(),
-                    apply: Default::default(),
-                    catching_up: AtomicBool::new(false),
-                    wake: tokio::sync::Notify::new(),
-                    status: Default::default(),
-                })
-            })
-            .collect();
-        Ok(Replica {
+        let replica = Replica {
             shared: Arc::new(Shared {
                 store,
                 transport,
                 config,
                 me,
-                peers,
+                peers: RwLock::new(Vec::new()),
+                membership: Mutex::new(Membership {
+                    cursors,
+                    ..Membership::default()
+                }),
+                started: AtomicBool::new(false),
                 seen: Mutex::new(seen),
                 seen_epoch: AtomicU64::new(0),
                 token_cache: Mutex::new(None),
@@ -300,7 +344,9 @@ impl<T: Transport> Replica<T> {
                 drift_refusals: AtomicU64::new(0),
                 workers: workers.clone(),
             }),
-        })
+        };
+        replica.apply_plan(&replica.plan()?);
+        Ok(replica)
     }
 
     pub fn store(&self) -> &Store {
@@ -319,12 +365,30 @@ impl<T: Transport> Replica<T> {
         workers.spawn("heal", |_| this.heal_loop());
         let this = self.clone();
         workers.spawn("recovery", |_| this.recover_loop());
-        for peer in &self.shared.peers {
-            let (this, p) = (self.clone(), peer.clone());
-            workers.spawn("replication feed", |_| this.feed_loop(p));
-            let (this, p) = (self.clone(), peer.clone());
-            workers.spawn("anti-entropy", |_| this.repair_loop(p));
+        let this = self.clone();
+        workers.spawn("membership", |_| this.members_loop());
+        let peers = self.shared.peers.write();
+        self.shared
+            .started
+            .store(true, std::sync::atomic::Ordering::Release);
+        for peer in peers.iter() {
+            self.start_peer(peer);
         }
+    }
+
+    /// Starts the feed puller and the anti-entropy worker of one peer; they end when the node
+    /// stops or the peer leaves the set.
+    fn start_peer(&self, peer: &Arc<PeerState>) {
+        let workers = &self.shared.workers;
+        let (this, p) = (self.clone(), peer.clone());
+        workers.spawn("replication feed", |_| this.feed_loop(p));
+        let (this, p) = (self.clone(), peer.clone());
+        workers.spawn("anti-entropy", |_| this.repair_loop(p));
+    }
+
+    /// The peers followed now.
+    fn peers(&self) -> Vec<Arc<PeerState>> {
+        self.shared.peers.read().clone()
     }
 
     fn stopped(&self) -> bool {
@@ -336,26 +400,40 @@ impl<T: Transport> Replica<T> {
         p.status.lock().reachable(Instant::now(), limit)
     }
 
-    fn peer(&self, id: &str) -> Option<&Arc<PeerState>> {
-        self.shared.peers.iter().find(|p| p.peer.id.as_str() == id)
+    fn peer(&self, id: &str) -> Option<Arc<PeerState>> {
+        self.shared
+            .peers
+            .read()
+            .iter()
+            .find(|p| p.peer.id.as_str() == id)
+            .cloned()
     }
 
-    /// Sleeps, or returns early: true on shutdown, false if `wake` fires.
-    async fn pause(&self, d: Duration, wake: Option<&tokio::sync::Notify>) -> bool {
+    /// Sleeps, or returns early: true on shutdown or once `peer` has left the set, false if
+    /// the peer's wake fires.
+    async fn pause(&self, d: Duration, peer: Option<&PeerState>) -> bool {
         let mut stop = self.shared.workers.stop_signal();
-        if stop.is_set() {
+        let gone = || self.stopped() || peer.is_some_and(PeerState::has_left);
+        if stop.is_set() || gone() {
             return true;
         }
         let woken = async {
-            match wake {
-                Some(w) => w.notified().await,
+            match peer {
+                Some(p) => p.wake.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let left = async {
+            match peer {
+                Some(p) => p.leaving().await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(d) => self.stopped(),
+            _ = tokio::time::sleep(d) => gone(),
             _ = stop.wait() => true,
-            _ = woken => self.stopped(),
+            _ = left => true,
+            _ = woken => gone(),
         }
     }
 }

@@ -63,7 +63,7 @@ impl<T: Transport> Replica<T> {
         let every = self.shared.config.anti_entropy_every;
         let mut next = engine::first_repair(every, rand::thread_rng().gen());
         loop {
-            if self.pause(next, None).await {
+            if self.pause(next, Some(&peer)).await {
                 return;
             }
             match self.anti_entropy(&peer).await {
@@ -85,8 +85,7 @@ impl<T: Transport> Replica<T> {
     pub async fn repair_with(&self, id: &str) -> Result<RepairPass, crate::Error> {
         let peer = self
             .peer(id)
-            .ok_or_else(|| crate::Error::Refused(format!("{id} is not a peer of this node")))?
-            .clone();
+            .ok_or_else(|| crate::Error::Refused(format!("{id} is not a peer of this node")))?;
         self.anti_entropy(&peer).await
     }
 

@@ -23,7 +23,7 @@ impl<T: Transport> Replica<T> {
                     | Request::Repair { from, .. } => from.clone(),
                 };
                 if let Some(p) = self.peer(&from) {
-                    if !self.reachable(p) {
+                    if !self.reachable(&p) {
                         // a partition healed: retry our side now, not after the backoff
                         p.wake.notify_one();
                     }
@@ -230,7 +230,7 @@ impl<T: Transport> Replica<T> {
             Ok(_) => return Err(refuse("not a subscription: POST /internal/rpc".into())),
             Err(message) => return Err(refuse(message.to_string())),
         };
-        let peer = self.peer(&from).cloned();
+        let peer = self.peer(&from);
         if let Some(p) = &peer {
             if !self.reachable(p) {
                 p.wake.notify_one();

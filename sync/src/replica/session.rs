@@ -16,10 +16,27 @@ impl<T: Transport> Replica<T> {
         if let Some(ts) = self.shared.store.last_local_stamp() {
             t.observe(&self.shared.me, ts.get_time().as_u64());
         }
+        let peers = self.peers();
+        let removed: Vec<String> = self
+            .shared
+            .membership
+            .lock()
+            .removed
+            .keys()
+            .cloned()
+            .collect();
         let seen = self.shared.seen.lock();
-        for p in &self.shared.peers {
+        for p in &peers {
             if let Some(ts) = seen.get(p.peer.id.as_str()) {
                 t.observe(p.peer.id.as_str(), ts.get_time().as_u64());
+            }
+        }
+        // a removed region's changes are named as far as a read here can show them, though no
+        // cursor may ever cover that far again (`uncovered` then refuses, rather than let a
+        // session see less than it saw)
+        for node in removed {
+            if let Some(ts) = seen.get(&node) {
+                t.observe(&node, ts.get_time().as_u64());
             }
         }
         t
@@ -53,16 +70,30 @@ impl<T: Transport> Replica<T> {
                 p.cursor
                     .lock()
                     .is_some_and(|c| c.get_time().as_u64() >= time)
+            } else if self.is_removed(node) {
+                let covered = self
+                    .last_cursor(node)
+                    .is_some_and(|c| c.get_time().as_u64() >= time);
+                if !covered {
+                    return Some(Behind {
+                        node: node.to_owned(),
+                        unknown: false,
+                        removed: true,
+                    });
+                }
+                true
             } else {
                 return Some(Behind {
                     node: node.to_owned(),
                     unknown: true,
+                    removed: false,
                 });
             };
             if !covered {
                 return Some(Behind {
                     node: node.to_owned(),
                     unknown: false,
+                    removed: false,
                 });
             }
         }
@@ -82,11 +113,11 @@ impl<T: Transport> Replica<T> {
             let Some(behind) = self.uncovered(token) else {
                 return Ok(());
             };
-            if behind.unknown || Instant::now() >= deadline {
+            if behind.unknown || behind.removed || Instant::now() >= deadline {
                 return Err(behind);
             }
             if let Some(p) = self.peer(&behind.node) {
-                self.catch_up(p.clone());
+                self.catch_up(p);
             }
             let tick = (deadline - Instant::now()).min(Duration::from_millis(50));
             tokio::select! {

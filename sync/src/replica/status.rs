@@ -159,8 +159,7 @@ impl<T: Transport> Replica<T> {
         let store = &self.shared.store;
         let (now, silence) = (Instant::now(), self.shared.config.silence_limit());
         let peers = self
-            .shared
-            .peers
+            .peers()
             .iter()
             .map(|p| {
                 let st = p.status.lock();
@@ -204,7 +203,7 @@ impl<T: Transport> Replica<T> {
 
     /// Bytes sent to and received from all peers, both as asker and as answerer.
     pub fn bytes(&self) -> (u64, u64) {
-        self.shared.peers.iter().fold((0, 0), |(s, r), p| {
+        self.peers().iter().fold((0, 0), |(s, r), p| {
             let st = p.status.lock();
             (s + st.bytes_sent, r + st.bytes_received)
         })
@@ -218,7 +217,7 @@ impl<T: Transport> Replica<T> {
     /// without peers.
     pub fn elsewhere(&self) -> Option<String> {
         let (now, silence) = (Instant::now(), self.shared.config.silence_limit());
-        let peers = &self.shared.peers;
+        let peers = self.peers();
         peers
             .iter()
             .find(|p| p.status.lock().reachable(now, silence))

@@ -35,8 +35,7 @@ impl<T: Transport> Replica<T> {
     /// Trims the feed as far as [`trim_point`] allows. Returns the entries removed.
     pub fn trim_feed(&self) -> Result<usize, crate::Error> {
         let acked: Vec<Option<Timestamp>> = self
-            .shared
-            .peers
+            .peers()
             .iter()
             .map(|p| p.status.lock().acked.flatten())
             .collect();

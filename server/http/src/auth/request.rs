@@ -90,7 +90,10 @@ pub(super) async fn need_of(req: &mut Request) -> Need {
         .map(MatchedPath::as_str)
     {
         Some("/metrics") => Some(Need::Metrics),
-        Some("/v1/status" | "/v1/cluster" | "/v1/_auth/reload" | "/v1/_drain") => Some(Need::Node),
+        Some(
+            "/v1/status" | "/v1/cluster" | "/v1/_auth/reload" | "/v1/_drain" | "/v1/_regions"
+            | "/v1/_regions/{id}",
+        ) => Some(Need::Node),
         Some("/v1/sync") if upgrade => Some(Need::AnyKey),
         Some("/v1/sync") => Some(Need::Collection(Access::Read, "sync".into())),
         _ => None,

@@ -38,6 +38,7 @@ use meridian_schema::Schema;
         paths::get_doc, paths::put_doc, paths::patch_doc, paths::delete_doc, paths::post_ops,
         paths::list_docs, paths::sync, paths::get_schema, paths::put_schema,
         paths::delete_schema, paths::status, paths::cluster, paths::reload_auth, paths::drain, paths::backup,
+        paths::list_regions, paths::add_region, paths::remove_region,
         paths::metrics,
         paths::healthz,
         paths::readyz, paths::openapi, paths::rpc, paths::subscribe,

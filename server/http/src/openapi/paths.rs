@@ -211,6 +211,51 @@ fn drain() {}
         (status = 429, response = TooManyRequests)))]
 fn backup() {}
 
+/// The cluster's membership as this node sees it (admin on *)
+///
+/// The regions it follows (its --peer flags and the membership document every region holds),
+/// the ones removed and when, and whether this node itself was removed (docs/replication.md,
+/// Membership).
+#[utoipa::path(get, path = "/v1/_regions", tag = "operations",
+    responses(
+        (status = 200, description = "{\"node\", \"removed_at\", \"following\": [{\"id\", \"url\"}], \"removed\": [{\"id\", \"at\"}], \"ignored_flags\"}"),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests)))]
+fn list_regions() {}
+
+/// Adds a region, or moves one to a new URL, while every node runs (admin on *)
+///
+/// Body `{"id": "<node id>", "url": "http(s)://host:port"}`. This node follows it at once,
+/// the others once the change reaches them; the new region catches up from their feeds (or by
+/// anti-entropy where a feed was trimmed). 409 `region_removed` for an id removed before: its
+/// automerge sequence numbers are taken.
+#[utoipa::path(post, path = "/v1/_regions", tag = "operations",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the membership after the change"),
+        (status = 400, response = Error), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 409, response = Error),
+        (status = 413, response = Error), (status = 415, response = Error),
+        (status = 429, response = TooManyRequests), (status = 503, response = Error)))]
+fn add_region() {}
+
+/// Removes a region for good (admin on *)
+///
+/// This node first reads the region's feed to its end (409 `region_not_caught_up` if it
+/// cannot; `?force=true` removes it anyway, losing what it acknowledged that no region
+/// pulled). Every node stops following it once the change reaches it; what was merged of it
+/// stays; it refuses writes once it learns. 404 `unknown_region`.
+#[utoipa::path(delete, path = "/v1/_regions/{id}", tag = "operations",
+    params(("id" = String, Path, description = "the region's node id"),
+        ("force" = Option<bool>, Query, description = "remove even if its feed cannot be read to the end")),
+    responses(
+        (status = 200, description = "the membership after the change"),
+        (status = 400, response = Error), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 404, response = Error),
+        (status = 409, response = Error), (status = 429, response = TooManyRequests),
+        (status = 503, response = Error)))]
+fn remove_region() {}
+
 /// Prometheus metrics
 ///
 /// Needs admin access on *, or a key listed in metrics_keys, when keys are on.

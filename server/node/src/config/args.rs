@@ -39,6 +39,9 @@ pub enum Command {
     Backup(crate::backup::BackupArgs),
     /// Make a new node's data dir from a backup, under a new node id.
     Restore(crate::backup::RestoreArgs),
+    /// Add or remove a region while every node runs, or list them.
+    #[command(subcommand)]
+    Region(crate::region::RegionCommand),
 }
 
 #[derive(Debug, Subcommand)]
