@@ -59,8 +59,9 @@ pub use replica::{
 pub use token::{BadToken, SessionToken, MAX_TOKEN_NODES};
 #[cfg(feature = "node")]
 pub use wire::{
-    decode, encode, frame, DocChanges, DocHeads, FrameReader, Request, Response, MAX_FRAME,
-    WIRE_VERSION,
+    decode, decode_at, decode_checked, encode, encode_at, frame, frame_at, hex as trace_hex,
+    spoken_by, Decoded, DocChanges, DocHeads, Extras, FrameReader, Request, Response, Undecodable,
+    Versions, MAX_FRAME, OLDEST_WIRE_VERSION, WIRE_VERSION,
 };
 #[cfg(feature = "node")]
 pub use workers::{Stop, Workers};

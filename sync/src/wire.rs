@@ -17,10 +17,69 @@
 use serde::{Deserialize, Serialize};
 use uhlc::Timestamp;
 
-/// Version of the protocol this build speaks. A node answers a request of another version with
-/// an error rather than guessing.
+/// The newest protocol version this build speaks. It also speaks every version back to
+/// [`OLDEST_WIRE_VERSION`] (the previous release's), so that regions upgrade one at a time: the
+/// asker picks the version per link (see `replica::link`), the answer comes in the request's
+/// version, and a node answers a version it does not speak with an error naming the ones it
+/// does ([`spoken_by`] reads it), rather than guessing.
 /// 2: two-level digests (`Leaves`, `Repair` by leaf) and trimmed feeds.
-pub const WIRE_VERSION: u8 = 2;
+/// 3: [`Extras`] after the message: the trace id each change was made under.
+pub const WIRE_VERSION: u8 = 3;
+/// The oldest version this build speaks.
+pub const OLDEST_WIRE_VERSION: u8 = 2;
+
+/// The versions a node speaks: every one from `oldest` to `newest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    pub oldest: u8,
+    pub newest: u8,
+}
+
+impl Versions {
+    /// What this build speaks.
+    pub const ALL: Versions = Versions {
+        oldest: OLDEST_WIRE_VERSION,
+        newest: WIRE_VERSION,
+    };
+
+    pub fn speaks(&self, v: u8) -> bool {
+        (self.oldest..=self.newest).contains(&v)
+    }
+
+    /// The refusal of a message of version `v`, in the words [`spoken_by`] reads (those of
+    /// the previous release, which said only `(this node speaks 2)`).
+    fn refusal(&self, v: u8) -> String {
+        let spoken = if self.oldest == self.newest {
+            self.newest.to_string()
+        } else {
+            format!("{}..{}", self.oldest, self.newest)
+        };
+        format!("protocol version {v} is not spoken here (this node speaks {spoken})")
+    }
+}
+
+/// The versions a peer's refusal says it speaks, if it is a refusal of the version.
+pub fn spoken_by(message: &str) -> Option<Versions> {
+    let rest = message.split("this node speaks ").nth(1)?;
+    let spoken = rest.split(')').next()?;
+    let (oldest, newest) = match spoken.split_once("..") {
+        Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+        None => {
+            let v = spoken.parse().ok()?;
+            (v, v)
+        }
+    };
+    (oldest <= newest).then_some(Versions { oldest, newest })
+}
+
+/// What a message of version 3 or later carries after its body, for the answers that carry
+/// changes (`Feed`, `Repair`): per entry of `changes`, the trace id (W3C, 16 bytes) of the
+/// request that made them, where this node still knows it. Empty for other messages, and in
+/// version 2 (whose peers would not read it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extras {
+    pub traces: Vec<Option<[u8; 16]>>,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -52,6 +111,19 @@ pub enum Request {
         /// The asker's heads of every document it has in `leaves`, plus any it asks about.
         docs: Vec<DocHeads>,
     },
+}
+
+impl Request {
+    /// The asking node.
+    pub fn from(&self) -> &str {
+        match self {
+            Request::Feed { from, .. }
+            | Request::Subscribe { from, .. }
+            | Request::Digest { from, .. }
+            | Request::Leaves { from, .. }
+            | Request::Repair { from, .. } => from,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,18 +174,37 @@ pub struct DocChanges {
     pub changes: Vec<Vec<u8>>,
 }
 
+/// A trace id as W3C writes it: 32 lowercase hex digits.
+pub fn hex(trace: &[u8; 16]) -> String {
+    trace.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A message in this build's newest version, without extras.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    let mut out = vec![WIRE_VERSION];
+    encode_at(WIRE_VERSION, msg, &Extras::default())
+}
+
+/// A message in `version`: the version byte, the message, and (from version 3) the extras.
+pub fn encode_at<T: Serialize>(version: u8, msg: &T, extras: &Extras) -> Vec<u8> {
+    let mut out = vec![version];
     out.extend(postcard::to_stdvec(msg).expect("messages serialize"));
+    if version >= 3 {
+        out.extend(postcard::to_stdvec(extras).expect("extras serialize"));
+    }
     out
 }
 
 /// Largest frame a reader accepts (a feed page is about 1 MiB at most).
 pub const MAX_FRAME: usize = 64 << 20;
 
-/// One frame of a stream: length, then the message.
+/// One frame of a stream: length, then the message (in this build's newest version).
 pub fn frame(msg: &Response) -> Vec<u8> {
-    let body = encode(msg);
+    frame_at(WIRE_VERSION, msg, &Extras::default())
+}
+
+/// [`frame`] in `version`, with `extras`.
+pub fn frame_at(version: u8, msg: &Response, extras: &Extras) -> Vec<u8> {
+    let body = encode_at(version, msg, extras);
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend(body);
@@ -152,15 +243,74 @@ impl FrameReader {
     }
 }
 
+/// A message of any version this build speaks, without its extras.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, crate::Error> {
-    match bytes.split_first() {
-        Some((&WIRE_VERSION, rest)) => postcard::from_bytes(rest)
-            .map_err(|e| crate::Error::Protocol(format!("undecodable message: {e}"))),
-        Some((v, _)) => Err(crate::Error::Protocol(format!(
-            "protocol version {v} is not spoken here (this node speaks {WIRE_VERSION})"
-        ))),
-        None => Err(crate::Error::Protocol("empty message".into())),
+    decode_at(bytes, Versions::ALL).map(|d| d.message)
+}
+
+/// A decoded message: what it says, its extras (empty before version 3), and its version.
+#[derive(Debug)]
+pub struct Decoded<T> {
+    pub message: T,
+    pub extras: Extras,
+    pub version: u8,
+}
+
+/// Why a message was not decoded: its version is not spoken (with the refusal to answer), or
+/// it is malformed.
+#[derive(Debug)]
+pub enum Undecodable {
+    Version { version: u8, refusal: String },
+    Malformed(crate::Error),
+}
+
+impl From<Undecodable> for crate::Error {
+    fn from(u: Undecodable) -> Self {
+        match u {
+            Undecodable::Version { refusal, .. } => crate::Error::Protocol(refusal),
+            Undecodable::Malformed(e) => e,
+        }
     }
+}
+
+/// A message of a version `speaks` covers.
+pub fn decode_at<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    speaks: Versions,
+) -> Result<Decoded<T>, crate::Error> {
+    decode_checked(bytes, speaks).map_err(Into::into)
+}
+
+/// [`decode_at`], telling a version refusal apart from a malformed message.
+pub fn decode_checked<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    speaks: Versions,
+) -> Result<Decoded<T>, Undecodable> {
+    let malformed = |e: postcard::Error| {
+        Undecodable::Malformed(crate::Error::Protocol(format!("undecodable message: {e}")))
+    };
+    let Some((&version, rest)) = bytes.split_first() else {
+        return Err(Undecodable::Malformed(crate::Error::Protocol(
+            "empty message".into(),
+        )));
+    };
+    if !speaks.speaks(version) {
+        return Err(Undecodable::Version {
+            version,
+            refusal: speaks.refusal(version),
+        });
+    }
+    let (message, rest) = postcard::take_from_bytes(rest).map_err(malformed)?;
+    let extras = if version >= 3 && !rest.is_empty() {
+        postcard::from_bytes(rest).map_err(malformed)?
+    } else {
+        Extras::default()
+    };
+    Ok(Decoded {
+        message,
+        extras,
+        version,
+    })
 }
 
 #[cfg(test)]
@@ -206,5 +356,61 @@ mod tests {
             .contains("version 9"));
         assert!(decode::<Request>(&[]).is_err());
         assert!(decode::<Request>(&[WIRE_VERSION, 200, 1]).is_err());
+    }
+
+    #[test]
+    fn each_version_round_trips_and_version_2_carries_no_extras() {
+        let r = Response::Repair {
+            changes: vec![DocChanges {
+                collection: "users".into(),
+                id: "a".into(),
+                changes: vec![vec![1, 2, 3]],
+            }],
+            more: false,
+        };
+        let extras = Extras {
+            traces: vec![Some([7; 16])],
+        };
+        let v3 = encode_at(3, &r, &extras);
+        let d = decode_at::<Response>(&v3, Versions::ALL).unwrap();
+        assert_eq!(
+            (d.message, d.extras, d.version),
+            (r.clone(), extras.clone(), 3)
+        );
+        // version 2 is the previous release's bytes exactly: no extras, nothing after
+        let v2 = encode_at(2, &r, &extras);
+        assert_eq!(v2.len(), 1 + postcard::to_stdvec(&r).unwrap().len());
+        let d = decode_at::<Response>(&v2, Versions::ALL).unwrap();
+        assert_eq!((d.message, d.extras, d.version), (r, Extras::default(), 2));
+    }
+
+    #[test]
+    fn a_refusal_names_the_versions_spoken_in_words_the_previous_release_used() {
+        let old = Versions {
+            oldest: 2,
+            newest: 2,
+        };
+        let v3 = encode(&Request::Digest {
+            from: "eu".into(),
+            cursor: None,
+        });
+        let Err(Undecodable::Version { version, refusal }) = decode_checked::<Request>(&v3, old)
+        else {
+            panic!("a version 2 node refuses version 3");
+        };
+        assert_eq!(version, 3);
+        // the previous release's own words
+        assert_eq!(
+            refusal,
+            "protocol version 3 is not spoken here (this node speaks 2)"
+        );
+        assert_eq!(spoken_by(&refusal), Some(old));
+        assert_eq!(
+            spoken_by(&Versions::ALL.refusal(9)),
+            Some(Versions::ALL),
+            "a range"
+        );
+        assert_eq!(spoken_by("the peer refused: no such document"), None);
+        assert_eq!(spoken_by("this node speaks 3..2)"), None);
     }
 }

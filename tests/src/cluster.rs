@@ -222,6 +222,17 @@ impl SimCluster {
         joining: &[&str],
         tune: impl Fn(&mut ReplicationConfig),
     ) -> SimCluster {
+        Self::start_each(seed, nodes, joining, |_, c| tune(c))
+    }
+
+    /// [`SimCluster::start_joining`], with each node's settings tuned by `tune(id, settings)`
+    /// (a node kept at an older protocol version, say).
+    pub fn start_each(
+        seed: u64,
+        nodes: &[(&str, PhysicalClock)],
+        joining: &[&str],
+        tune: impl Fn(&str, &mut ReplicationConfig),
+    ) -> SimCluster {
         let net = Arc::new(Net {
             nodes: RwLock::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
@@ -256,7 +267,7 @@ impl SimCluster {
                 peers.clone()
             };
             let mut config = test_sync_config(seeds);
-            tune(&mut config);
+            tune(id, &mut config);
             let workers = meridian_sync::Workers::new();
             let hub = meridian_sync::repo::Hub::start(store.clone(), Default::default(), &workers);
             let replica = Replica::new(store, transport, config, &workers).expect("replica");

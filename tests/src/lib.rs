@@ -90,7 +90,17 @@ impl Process {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Process, (Option<i32>, Vec<String>)> {
-        let mut cmd = Command::new(binary());
+        Self::try_start_bin(&binary(), data_dir, extra, env)
+    }
+
+    /// [`Process::try_start`] of another `meridian` binary (an older build, for an A/B).
+    pub fn try_start_bin(
+        bin: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Process, (Option<i32>, Vec<String>)> {
+        let mut cmd = Command::new(bin);
         cmd.arg("serve");
         if !extra.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -123,10 +133,13 @@ impl Process {
                 let status = child.wait().ok().and_then(|s| s.code());
                 return Err((status, early));
             };
-            let addr = line
-                .split("listen=")
-                .nth(1)
-                .map(|rest| rest.split_whitespace().next().expect("address").to_owned());
+            // `listen=ADDR` in text logs, `"listen":"ADDR"` in JSON ones
+            let addr = match line.split_once("listen=") {
+                Some((_, rest)) => rest.split_whitespace().next().map(str::to_owned),
+                None => line
+                    .split_once("\"listen\":\"")
+                    .and_then(|(_, rest)| rest.split('"').next().map(str::to_owned)),
+            };
             early.push(line);
             if let Some(addr) = addr {
                 break addr;

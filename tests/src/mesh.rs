@@ -17,6 +17,8 @@ pub struct Mesh {
     pub nodes: HashMap<&'static str, Process>,
     pub links: HashMap<(&'static str, &'static str), Proxy>,
     extra: Vec<String>,
+    /// Arguments a node gets instead of `extra` from its next start on (see [`Mesh::restart`]).
+    own: HashMap<&'static str, Vec<String>>,
 }
 
 impl Mesh {
@@ -38,6 +40,7 @@ impl Mesh {
             nodes: HashMap::new(),
             links,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            own: HashMap::new(),
         };
         for id in IDS {
             m.start_node(id);
@@ -55,7 +58,7 @@ impl Mesh {
             "--cluster-secret".into(),
             SECRET.into(),
         ];
-        args.extend(self.extra.iter().cloned());
+        args.extend(self.own.get(id).unwrap_or(&self.extra).iter().cloned());
         for to in IDS.iter().filter(|to| **to != id) {
             args.push("--peer".into());
             args.push(format!("{to}={}", self.links[&(id, *to)].url()));
@@ -66,6 +69,17 @@ impl Mesh {
             self.links[&(*from, id)].set_target(&p.addr);
         }
         self.nodes.insert(id, p);
+    }
+
+    /// Stops a node with SIGTERM (as an operator would), waits for it to exit, and starts it
+    /// again on its data dir with `extra` instead of the mesh's arguments (a new binary's
+    /// settings, in a rolling upgrade). Returns how it exited.
+    pub fn restart(&mut self, id: &'static str, extra: &[&str]) -> std::process::ExitStatus {
+        let status = self.nodes.remove(id).expect("a running node").terminate();
+        self.own
+            .insert(id, extra.iter().map(|s| s.to_string()).collect());
+        self.start_node(id);
+        status
     }
 
     /// A node's data dir (stop the node before touching it).

@@ -408,6 +408,87 @@ async fn membership_scenario(seed: u64) {
 }
 
 #[test]
+fn a_node_of_the_previous_protocol_replicates_both_ways_with_this_one() {
+    rt().block_on(async {
+        // `old` speaks only version 2, as the previous release does; `new` speaks 2 and 3
+        let c = SimCluster::start_each(
+            5,
+            &[
+                ("old", clock_exact),
+                ("new", clock_exact),
+                ("new2", clock_exact),
+            ],
+            &[],
+            |id, cfg| {
+                if id == "old" {
+                    cfg.versions.newest = meridian_sync::OLDEST_WIRE_VERSION;
+                }
+            },
+        );
+        c.set_faults(Faults {
+            drop: 0.05,
+            duplicate: 0.05,
+            max_delay: Duration::from_millis(5),
+        });
+        for (i, id) in ["old", "new", "new2"].iter().enumerate() {
+            c.node(id)
+                .store()
+                .write(
+                    &key(&format!("d{i}")),
+                    Edit::Put(obj(json!({"by": id}))),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        let keys: Vec<DocKey> = (0..3).map(|i| key(&format!("d{i}"))).collect();
+        eventually("the three converge", Duration::from_secs(20), || {
+            converged(&c, &keys)
+        })
+        .await;
+        // each link runs the newest version both ends speak, in both directions
+        let link = |from: &str, to: &str| {
+            let r = c.node(from).replica.report();
+            let p = r.peers.iter().find(|p| p.id == to).unwrap().clone();
+            (p.protocol, p.peer_protocol)
+        };
+        eventually("every link has run", Duration::from_secs(10), || {
+            let all = [("old", "new"), ("new", "old"), ("new", "new2")]
+                .iter()
+                .all(|(a, b)| link(a, b).0.is_some() && link(a, b).1.is_some());
+            async move { all }
+        })
+        .await;
+        assert_eq!(link("new", "old"), (Some(2), Some(2)));
+        assert_eq!(link("old", "new"), (Some(2), Some(2)));
+        assert_eq!(link("new", "new2"), (Some(3), Some(3)));
+        // and a session from the old node is served by a new one, and the other way
+        for (from, to) in [("old", "new"), ("new", "old")] {
+            let w = c
+                .node(from)
+                .store()
+                .write(&key("s"), Edit::Patch(obj(json!({from: 1}))), None)
+                .await
+                .unwrap();
+            let mut token = SessionToken::default();
+            token.merge(&c.node(from).replica.token());
+            c.node(to)
+                .replica
+                .await_token(&token, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let at = c.node(to).store();
+            let heads = at.read_state(&key("s")).unwrap().unwrap().heads;
+            assert!(at
+                .history_includes(&key("s"), &heads, &w.heads)
+                .await
+                .unwrap());
+        }
+        c.stop();
+    });
+}
+
+#[test]
 fn a_change_relayed_by_a_third_node_is_repaired_by_anti_entropy() {
     rt().block_on(async {
         let c = SimCluster::start(

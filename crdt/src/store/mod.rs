@@ -37,6 +37,7 @@ mod read;
 mod repair;
 mod scrub;
 mod space;
+mod traces;
 mod write;
 
 use std::path::PathBuf;
@@ -250,6 +251,7 @@ struct Inner {
     recovering: Mutex<Option<String>>,
     /// Set once the node is removed from the cluster: local writes are refused.
     retired: Mutex<Option<String>>,
+    traces: traces::Traces,
     replayed: u64,
 }
 
@@ -332,6 +334,7 @@ impl Store {
                 damage,
                 recovering: Mutex::new(recovering),
                 retired: Mutex::new(None),
+                traces: Default::default(),
                 replayed: replayed as u64,
             }),
         })

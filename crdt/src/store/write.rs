@@ -281,6 +281,18 @@ impl Store {
         edit: Edit,
         idem: Option<idempotency::Idempotency>,
     ) -> Result<Written> {
+        self.write_traced(key, edit, idem, None).await
+    }
+
+    /// [`Store::write`], noting that its changes were made under `trace` (see
+    /// [`Store::trace_of`]).
+    pub async fn write_traced(
+        &self,
+        key: &DocKey,
+        edit: Edit,
+        idem: Option<idempotency::Idempotency>,
+        trace: Option<[u8; 16]>,
+    ) -> Result<Written> {
         let inner = &*self.inner;
         inner.check_writable()?;
         let idem_lock = match &idem {
@@ -331,6 +343,10 @@ impl Store {
                 feed: Some(stamp),
             })
             .collect();
+        if let Some(t) = trace {
+            // noted before the commit: a peer may read the feed entry as soon as it is durable
+            inner.traces.note(changes.iter().map(|c| c.hash.0), t);
+        }
         let queued = w.commit(changes, |rec| match &idem {
             Some(i) => vec![idempotency::record(i, outcome_of(before, rec))],
             None => vec![],

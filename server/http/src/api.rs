@@ -99,7 +99,9 @@ async fn write(
 ) -> Result<Response, ApiError> {
     let store = st.store.clone();
     let k = key.clone();
-    let w = tokio::spawn(async move { store.write(&k, edit, idem).await })
+    // read here: the spawned task is outside the request's task-local context
+    let trace = crate::trace::current().map(|t| t.trace_id);
+    let w = tokio::spawn(async move { store.write_traced(&k, edit, idem, trace).await })
         .await
         .map_err(|e| ApiError::Internal(format!("write task failed: {e}")))??;
     Ok(write_response(&key, w))

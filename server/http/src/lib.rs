@@ -19,6 +19,7 @@
 //! - `backup`: `/v1/_backup`, an online backup streamed.
 //! - `regions`: `/v1/_regions`, the cluster's membership changed at runtime.
 //! - `metrics`: Prometheus metrics and the request-tracking middleware.
+//! - `trace`: W3C trace context on every request, carried by the writes it makes.
 //! - `openapi`: the OpenAPI description served at `/openapi.json`.
 //!
 //! [`app`] builds the router from an [`AppState`], so tests drive it without sockets.
@@ -40,6 +41,7 @@ mod schemas;
 mod session;
 mod state;
 mod status;
+pub mod trace;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::routing::get;
@@ -141,5 +143,6 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             metrics::track,
         ))
+        .layer(axum::middleware::from_fn(trace::layer))
         .with_state(state)
 }

@@ -1,7 +1,7 @@
 //! `meridian`: parses the configuration and runs the node.
 
 use clap::Parser;
-use meridian_node::config::{Cli, Command, KeyCommand};
+use meridian_node::config::{Cli, Command, KeyCommand, LogFormat};
 
 // A node allocates many small, short-lived buffers per request (JSON, records, headers);
 // glibc's malloc took about 11% of a GET-heavy profile.
@@ -10,17 +10,27 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // automerge instruments its load and parse functions with INFO spans, whose fields
-            // the formatter records even when nothing inside logs: 12% of a merge-heavy profile
-            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
-                .unwrap_or_else(|_| "info,automerge=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    // automerge instruments its load and parse functions with INFO spans, whose fields the
+    // formatter records even when nothing inside logs: 12% of a merge-heavy profile
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
+        .unwrap_or_else(|_| "info,automerge=warn".into());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // one object per line; an event inside a request carries its span's trace_id
+        LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+    let result = match cli.command {
         Command::Serve(args) => match args.resolve() {
             Ok(settings) => meridian_node::run(settings).await,
             Err(e) => {

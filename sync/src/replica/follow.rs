@@ -11,7 +11,17 @@ use super::engine::{Follower, Outcome, Step};
 use super::merge::Checked;
 use super::page::{self, Effect, PageFacts};
 use super::{cursor_name, stamp_meta, PeerState, Replica, Transport};
-use crate::wire::{self, DocChanges, Request, Response};
+use crate::wire::{self, DocChanges, Extras, Request, Response};
+
+/// The trace ids of an answer's `n` entries: as sent, or none (version 2, or a sender that
+/// knew none); a list of another length is ignored.
+fn aligned(traces: Vec<Option<[u8; 16]>>, n: usize) -> Vec<Option<[u8; 16]>> {
+    if traces.len() == n {
+        traces
+    } else {
+        vec![None; n]
+    }
+}
 
 /// How long a departing peer's feed is still pulled (see `farewell`).
 const FAREWELL: Duration = Duration::from_secs(3);
@@ -84,13 +94,21 @@ impl<T: Transport> Replica<T> {
     /// first.
     pub(super) async fn follow(&self, peer: &PeerState) -> Result<Outcome, (crate::Error, bool)> {
         let cfg = &self.shared.config;
+        // a stream's refusal is not a frame: the version is settled by one page first
+        if peer.status.lock().protocol.is_none() {
+            match self.pull_once(peer, Duration::ZERO).await {
+                Ok(Outcome::Merged { refused: false, .. }) => {}
+                Ok(other) => return Ok(other),
+                Err(e) => return Err((e, false)),
+            }
+        }
         let req = Request::Subscribe {
             from: self.shared.me.clone(),
             after: *peer.cursor.lock(),
             limit: cfg.feed_batch,
             heartbeat_ms: cfg.heartbeat.as_millis() as u32,
         };
-        let body = wire::encode(&req);
+        let body = wire::encode_at(self.asking(peer), &req, &Extras::default());
         let sent = body.len() as u64;
         let opened = self
             .shared
@@ -151,11 +169,14 @@ impl<T: Transport> Replica<T> {
             }
             peer.status.lock().bytes_received += received as u64;
             let mut batch: Vec<DocChanges> = Vec::new();
+            let mut traces: Vec<Option<[u8; 16]>> = Vec::new();
             let mut upto = None;
             let mut pages = 0;
             let mut trimmed = None;
             while let Some(f) = frames.next_frame().map_err(|e| fail(e, progressed))? {
-                let page = wire::decode::<Response>(&f).map_err(|e| fail(e, progressed))?;
+                let d = wire::decode_at::<Response>(&f, cfg.versions)
+                    .map_err(|e| fail(e, progressed))?;
+                let page = d.message;
                 if let Response::Trimmed { upto } = page {
                     trimmed = Some(upto);
                     break;
@@ -178,6 +199,7 @@ impl<T: Transport> Replica<T> {
                 st.their_backlog = behind;
                 st.feed_pages += 1;
                 st.feed_batches += !changes.is_empty() as u64;
+                traces.extend(aligned(d.extras.traces, changes.len()));
                 batch.extend(changes);
                 upto = page_upto.or(upto);
                 pages += 1;
@@ -188,7 +210,7 @@ impl<T: Transport> Replica<T> {
             peer.status.lock().succeeded(Instant::now());
             if pages > 0
                 && self
-                    .apply_feed(peer, batch, upto)
+                    .apply_feed(peer, batch, traces, upto)
                     .await
                     .map_err(|e| fail(e, progressed))?
             {
@@ -247,7 +269,8 @@ impl<T: Transport> Replica<T> {
             wait_ms: wait.as_millis() as u32,
             limit: self.shared.config.feed_batch,
         };
-        match self.call(peer, &req, wait).await? {
+        let (answer, extras) = self.call_with_extras(peer, &req, wait).await?;
+        match answer {
             Response::Feed {
                 changes,
                 upto,
@@ -262,7 +285,8 @@ impl<T: Transport> Replica<T> {
                     st.feed_pages += 1;
                     st.feed_batches += !changes.is_empty() as u64;
                 }
-                let refused = self.apply_feed(peer, changes, upto).await?;
+                let traces = aligned(extras.traces, changes.len());
+                let refused = self.apply_feed(peer, changes, traces, upto).await?;
                 Ok(Outcome::Merged { more, refused })
             }
             Response::Trimmed { upto } => Ok(Outcome::Trimmed { upto }),
@@ -279,9 +303,15 @@ impl<T: Transport> Replica<T> {
         &self,
         peer: &PeerState,
         changes: Vec<DocChanges>,
+        traces: Vec<Option<[u8; 16]>>,
         upto: Option<Timestamp>,
     ) -> Result<bool, crate::Error> {
         let _one_at_a_time = peer.apply.lock().await;
+        let traced: Vec<_> = changes
+            .iter()
+            .zip(&traces)
+            .filter_map(|(c, t)| Some((c.collection.clone(), c.id.clone(), c.changes.len(), (*t)?)))
+            .collect();
         let checked = self.check(changes, true)?;
         let facts = PageFacts {
             changes: checked.changes,
@@ -320,6 +350,18 @@ impl<T: Transport> Replica<T> {
             if let Effect::Repair(docs) = effect {
                 self.repair_docs(peer, docs).await?;
             }
+        }
+        // under the trace of the request that made them (at debug level: one line per change)
+        for (collection, id, n, trace) in traced {
+            tracing::debug!(
+                target: "meridian::apply",
+                trace_id = %crate::wire::hex(&trace),
+                peer = %peer.peer.id,
+                collection,
+                id,
+                changes = n,
+                "applied changes from a peer"
+            );
         }
         Ok(facts.refused)
     }

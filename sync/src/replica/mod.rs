@@ -125,6 +125,9 @@ pub struct ReplicationConfig {
     pub scrub_every: Duration,
     /// How long a damaged document that could not be healed waits before the next try.
     pub heal_retry: Duration,
+    /// The protocol versions this node speaks (`wire::Versions::ALL`; a node kept at the
+    /// previous release's version speaks only that, see `--protocol-max`).
+    pub versions: crate::wire::Versions,
 }
 
 /// See [`ReplicationConfig::feed_mode`].
@@ -152,6 +155,7 @@ impl ReplicationConfig {
             scrub_per_second: 100,
             scrub_every: Duration::from_secs(3600),
             heal_retry: Duration::from_secs(10),
+            versions: crate::wire::Versions::ALL,
         }
     }
 

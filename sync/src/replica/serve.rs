@@ -8,42 +8,53 @@ use meridian_crdt::{ChangeHash, DocKey, DIGEST_BUCKETS, DIGEST_LEAVES};
 use tokio::sync::mpsc;
 
 use super::{Replica, Transport, BACKLOG_CAP, MAX_FEED_WAIT, REPAIR_BYTES, STREAM_LIFETIME};
-use crate::wire::{self, DocChanges, Request, Response};
+use crate::wire::{self, DocChanges, Extras, Request, Response, Undecodable};
 
 impl<T: Transport> Replica<T> {
-    /// Answers one request from a peer (the body of `POST /internal/rpc`).
+    /// Answers one request from a peer (the body of `POST /internal/rpc`), in the request's
+    /// protocol version; a version this node does not speak is refused in its oldest, naming
+    /// the ones it speaks (see `wire`).
     pub async fn handle(&self, body: &[u8]) -> Vec<u8> {
-        let (from, resp) = match wire::decode::<Request>(body) {
-            Ok(req) => {
-                let from = match &req {
-                    Request::Feed { from, .. }
-                    | Request::Subscribe { from, .. }
-                    | Request::Digest { from, .. }
-                    | Request::Leaves { from, .. }
-                    | Request::Repair { from, .. } => from.clone(),
-                };
+        let speaks = self.shared.config.versions;
+        let (from, version, resp, extras) = match wire::decode_checked::<Request>(body, speaks) {
+            Ok(d) => {
+                let from = d.message.from().to_owned();
                 if let Some(p) = self.peer(&from) {
                     if !self.reachable(&p) {
                         // a partition healed: retry our side now, not after the backoff
                         p.wake.notify_one();
                     }
+                    p.status.lock().their_protocol = Some(d.version);
                 }
-                let resp = self.serve(req).await.unwrap_or_else(|message| {
+                let (resp, extras) = self.serve(d.message).await.unwrap_or_else(|message| {
                     tracing::warn!(peer = %from, %message, "refused a peer's request");
-                    Response::Error {
-                        message: message.to_string(),
-                    }
+                    (
+                        Response::Error {
+                            message: message.to_string(),
+                        },
+                        Extras::default(),
+                    )
                 });
-                (Some(from), resp)
+                (Some(from), d.version, resp, extras)
             }
-            Err(message) => (
-                None,
-                Response::Error {
-                    message: message.to_string(),
-                },
-            ),
+            Err(e) => {
+                let message = match e {
+                    Undecodable::Version { refusal, .. } => refusal,
+                    Undecodable::Malformed(e) => e.to_string(),
+                };
+                let version = match body.first() {
+                    Some(v) if speaks.speaks(*v) => *v,
+                    _ => speaks.oldest,
+                };
+                (
+                    None,
+                    version,
+                    Response::Error { message },
+                    Extras::default(),
+                )
+            }
         };
-        let out = wire::encode(&resp);
+        let out = wire::encode_at(version, &resp, &extras);
         if let Some(p) = from.as_deref().and_then(|f| self.peer(f)) {
             let mut st = p.status.lock();
             st.bytes_received += body.len() as u64;
@@ -53,7 +64,9 @@ impl<T: Transport> Replica<T> {
         out
     }
 
-    pub(super) async fn serve(&self, req: Request) -> Result<Response, crate::Error> {
+    /// The answer to one request, and what rides with it from version 3 (see `wire::Extras`).
+    pub(super) async fn serve(&self, req: Request) -> Result<(Response, Extras), crate::Error> {
+        let plain = |r: Response| (r, Extras::default());
         let store = &self.shared.store;
         match req {
             Request::Feed {
@@ -92,9 +105,9 @@ impl<T: Transport> Replica<T> {
                 if let Some(p) = self.peer(&from) {
                     p.status.lock().acked = Some(cursor);
                 }
-                Ok(Response::Digest {
+                Ok(plain(Response::Digest {
                     buckets: store.digests(),
-                })
+                }))
             }
             Request::Leaves { buckets, .. } => {
                 if buckets.len() > DIGEST_BUCKETS {
@@ -103,7 +116,7 @@ impl<T: Transport> Replica<T> {
                 let digests = store.leaf_digests(&buckets).ok_or_else(|| {
                     crate::Error::Protocol(format!("buckets are numbered below {DIGEST_BUCKETS}"))
                 })?;
-                Ok(Response::Leaves { digests })
+                Ok(plain(Response::Leaves { digests }))
             }
             Request::Repair { leaves, docs, .. } => {
                 if leaves.iter().any(|l| *l as usize >= DIGEST_LEAVES) {
@@ -159,21 +172,22 @@ impl<T: Transport> Replica<T> {
                         changes: delta,
                     });
                 }
-                Ok(Response::Repair { changes, more })
+                Ok(plain(Response::Repair { changes, more }))
             }
         }
     }
 
-    /// A feed page as an answer, with the backlog when the asker is behind.
+    /// A feed page as an answer, with the backlog when the asker is behind, and the trace id
+    /// of each run of changes (one entry of `changes` per document and trace).
     pub(super) fn feed_answer(
         &self,
         page: meridian_crdt::FeedPage,
-    ) -> Result<Response, crate::Error> {
+    ) -> Result<(Response, Extras), crate::Error> {
         if page.trimmed {
             let upto = page.upto.ok_or_else(|| {
                 crate::Error::Protocol("a trimmed feed answer without a bound".into())
             })?;
-            return Ok(Response::Trimmed { upto });
+            return Ok((Response::Trimmed { upto }, Extras::default()));
         }
         // only a node that is behind needs to know by how much
         let (latest, behind) = if page.more {
@@ -186,25 +200,42 @@ impl<T: Transport> Replica<T> {
             (None, 0)
         };
         let mut changes: Vec<DocChanges> = Vec::new();
+        let mut traces: Vec<Option<[u8; 16]>> = Vec::new();
         for (_, e) in page.entries {
-            match changes.last_mut() {
-                Some(last) if last.collection == e.collection && last.id == e.id => {
+            let trace = self.shared.store.trace_of(&e.hash);
+            match (changes.last_mut(), traces.last()) {
+                (Some(last), Some(t))
+                    if last.collection == e.collection && last.id == e.id && *t == trace =>
+                {
                     last.changes.push(e.change)
                 }
-                _ => changes.push(DocChanges {
-                    collection: e.collection,
-                    id: e.id,
-                    changes: vec![e.change],
-                }),
+                _ => {
+                    changes.push(DocChanges {
+                        collection: e.collection,
+                        id: e.id,
+                        changes: vec![e.change],
+                    });
+                    traces.push(trace);
+                }
             }
         }
-        Ok(Response::Feed {
-            changes,
-            upto: page.upto,
-            more: page.more,
-            latest,
-            behind,
-        })
+        let extras = Extras {
+            traces: if traces.iter().any(Option::is_some) {
+                traces
+            } else {
+                vec![]
+            },
+        };
+        Ok((
+            Response::Feed {
+                changes,
+                upto: page.upto,
+                more: page.more,
+                latest,
+                behind,
+            },
+            extras,
+        ))
     }
 
     /// Answers a subscription (the body of `POST /internal/subscribe`): a stream of frames,
@@ -214,24 +245,40 @@ impl<T: Transport> Replica<T> {
     /// [`STREAM_LIFETIME`] (the peer then opens a new one); the channel is bounded, so a slow
     /// peer slows only its own stream.
     pub fn subscribe(&self, body: &[u8]) -> Result<mpsc::Receiver<Vec<u8>>, Vec<u8>> {
-        let refuse = |message: String| wire::encode(&Response::Error { message });
-        let (from, mut after, limit, heartbeat) = match wire::decode::<Request>(body) {
-            Ok(Request::Subscribe {
+        let speaks = self.shared.config.versions;
+        let refuse = |v: u8, message: String| {
+            wire::encode_at(v, &Response::Error { message }, &Extras::default())
+        };
+        let d = match wire::decode_checked::<Request>(body, speaks) {
+            Ok(d) => d,
+            Err(Undecodable::Version { refusal, .. }) => {
+                return Err(refuse(speaks.oldest, refusal))
+            }
+            Err(Undecodable::Malformed(e)) => return Err(refuse(speaks.oldest, e.to_string())),
+        };
+        let version = d.version;
+        let (from, mut after, limit, heartbeat) = match d.message {
+            Request::Subscribe {
                 from,
                 after,
                 limit,
                 heartbeat_ms,
-            }) => (
+            } => (
                 from,
                 after,
                 limit.clamp(1, 10_000) as usize,
                 Duration::from_millis(heartbeat_ms.clamp(10, 60_000) as u64),
             ),
-            Ok(_) => return Err(refuse("not a subscription: POST /internal/rpc".into())),
-            Err(message) => return Err(refuse(message.to_string())),
+            _ => {
+                return Err(refuse(
+                    version,
+                    "not a subscription: POST /internal/rpc".into(),
+                ))
+            }
         };
         let peer = self.peer(&from);
         if let Some(p) = &peer {
+            p.status.lock().their_protocol = Some(version);
             if !self.reachable(p) {
                 p.wake.notify_one();
             }
@@ -255,10 +302,11 @@ impl<T: Transport> Replica<T> {
                 let page = match store.feed(after.as_ref(), limit) {
                     Ok(p) => p,
                     Err(e) => {
+                        let error = Response::Error {
+                            message: e.to_string(),
+                        };
                         let _ = tx
-                            .send(wire::frame(&Response::Error {
-                                message: e.to_string(),
-                            }))
+                            .send(wire::frame_at(version, &error, &Extras::default()))
                             .await;
                         return;
                     }
@@ -266,10 +314,10 @@ impl<T: Transport> Replica<T> {
                 let beat_due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
                 if !page.entries.is_empty() || beat_due || page.trimmed {
                     let (more, upto, trimmed) = (page.more, page.upto, page.trimmed);
-                    let Ok(answer) = this.feed_answer(page) else {
+                    let Ok((answer, extras)) = this.feed_answer(page) else {
                         return;
                     };
-                    let frame = wire::frame(&answer);
+                    let frame = wire::frame_at(version, &answer, &extras);
                     let n = frame.len() as u64;
                     if tx.send(frame).await.is_err() {
                         return; // the peer went away

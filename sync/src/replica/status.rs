@@ -52,6 +52,10 @@ pub struct PeerReport {
     /// Times this node caught up by anti-entropy because the peer's feed no longer held the
     /// changes after its cursor (it was away longer than the peer's retention window).
     pub trimmed_feed_repairs: u64,
+    /// The protocol version this node's requests to the peer run in (its last answer's;
+    /// `None` until one came), and the version of the peer's last request to this node.
+    pub protocol: Option<u8>,
+    pub peer_protocol: Option<u8>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -84,6 +88,12 @@ pub(super) struct PeerStatus {
     /// The cursor the peer itself presented in its last feed request or subscription: it
     /// held every change of this node's feed up to there (durably, or there were none).
     pub(super) acked: Option<Option<Timestamp>>,
+    /// The protocol version this node's requests to the peer go in (`None`: the newest it
+    /// speaks), and the one its last answer came in (see `link`).
+    pub(super) asking: Option<u8>,
+    pub(super) protocol: Option<u8>,
+    /// The version of the peer's last request to this node.
+    pub(super) their_protocol: Option<u8>,
 }
 
 impl PeerStatus {
@@ -98,6 +108,9 @@ impl PeerStatus {
     pub(super) fn failed(&mut self, error: &crate::Error) {
         if error.is_link_failure() {
             self.ok = false;
+            // it may come back upgraded: ask in the newest version again
+            self.asking = None;
+            self.protocol = None;
         }
         self.last_error = Some(error.to_string());
     }
@@ -150,6 +163,8 @@ impl PeerStatus {
             feed_pages: self.feed_pages,
             feed_batches: self.feed_batches,
             trimmed_feed_repairs: self.trim_repairs,
+            protocol: self.protocol,
+            peer_protocol: self.their_protocol,
         }
     }
 }

@@ -18,6 +18,21 @@ use super::Settings;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written to stderr: `text`, or `json` (one object per line, with the
+    /// request's trace_id and span_id; see docs/design.md, Tracing).
+    #[arg(
+        long,
+        global = true,
+        env = "MERIDIAN_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +139,11 @@ pub struct ServeArgs {
     /// once).
     #[arg(long, env = "MERIDIAN_DRAIN_SECS")]
     pub drain_secs: Option<u64>,
+    /// The newest replication protocol version this node speaks (2 or 3): 2 keeps it on the
+    /// previous release's protocol (what its peers see of it is then exactly what that release
+    /// sends). Default: 3, the newest; links to older peers use the newest both speak anyway.
+    #[arg(long, env = "MERIDIAN_PROTOCOL_MAX")]
+    pub protocol_max: Option<u8>,
     /// Seconds this node's feed keeps changes a peer has not read; a peer away longer catches
     /// up by anti-entropy. Default: 86400.
     #[arg(long, env = "MERIDIAN_FEED_RETENTION_SECS")]
@@ -277,6 +297,7 @@ impl ServeArgs {
             scrub_per_second: pick!(scrub_per_second),
             scrub_every_secs: pick!(scrub_every_secs),
             drain_secs: pick!(drain_secs),
+            protocol_max: pick!(protocol_max),
             feed_retention_secs: pick!(feed_retention_secs),
             max_drift_ms: pick!(max_drift_ms),
             sync_max_connections: pick!(sync_max_connections),

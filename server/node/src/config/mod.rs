@@ -21,7 +21,7 @@ use meridian_http::StreamLimits;
 
 mod args;
 
-pub use args::{Cli, Command, KeyCommand, ServeArgs};
+pub use args::{Cli, Command, KeyCommand, LogFormat, ServeArgs};
 
 /// A node's settings, resolved. [`Settings::default`] holds every default.
 #[derive(Debug, Clone)]
@@ -46,6 +46,8 @@ pub struct Settings {
     pub scrub_every_secs: u64,
     /// How long a node told to stop drains first (0: it stops at once).
     pub drain_secs: u64,
+    /// The newest replication protocol version this node speaks.
+    pub protocol_max: u8,
     pub feed_retention_secs: u64,
     pub max_drift_ms: u64,
     pub feed_mode: FeedMode,
@@ -93,6 +95,7 @@ impl Default for Settings {
             scrub_per_second: sync.scrub_per_second,
             scrub_every_secs: sync.scrub_every.as_secs(),
             drain_secs: 0,
+            protocol_max: sync.versions.newest,
             feed_retention_secs: sync.feed_retention.as_secs(),
             max_drift_ms: store.max_drift.as_millis() as u64,
             feed_mode: sync.feed_mode,
@@ -119,6 +122,14 @@ impl Default for Settings {
 impl Settings {
     /// Checks the settings together.
     pub fn validate(&self) -> anyhow::Result<()> {
+        let spoken = meridian_sync::Versions::ALL;
+        anyhow::ensure!(
+            spoken.speaks(self.protocol_max),
+            "--protocol-max {} is not a version this release speaks ({} to {})",
+            self.protocol_max,
+            spoken.oldest,
+            spoken.newest
+        );
         if !self.peers.is_empty() {
             anyhow::ensure!(
                 self.cluster_secret.as_deref().is_some_and(|s| s.len() >= 8),
@@ -234,6 +245,7 @@ impl Settings {
         c.scrub_every = Duration::from_secs(self.scrub_every_secs);
         c.feed_retention = Duration::from_secs(self.feed_retention_secs);
         c.feed_mode = self.feed_mode;
+        c.versions.newest = self.protocol_max;
         c
     }
 
