@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_tests::{binary, http_client, Process};
+use meridian_tests::{binary, eventually, http_client, Process};
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -182,4 +182,124 @@ async fn a_backup_needs_an_admin_key() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("\"documents\":0"), "{out}");
+}
+
+/// A node of a two-region cluster is backed up, then lost; it comes back from the backup under
+/// a new id, joins through the surviving region (`meridian region add`, the lost id removed by
+/// force), and converges: what it wrote before the backup, what reached the survivor from it
+/// after, and what the survivor wrote meanwhile, in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_node_rejoins_under_a_new_id_and_converges_with_its_peer() {
+    const SECRET: &str = "backup-rejoin-secret";
+    let dir = tempfile::tempdir().unwrap();
+    let c = http_client();
+    let b = Process::start(
+        &dir.path().join("b"),
+        &["--node-id", "b", "--cluster-secret", SECRET],
+    );
+    let seed = format!("b=http://{}", b.addr);
+    let a = Process::start(
+        &dir.path().join("a"),
+        &[
+            "--node-id",
+            "a",
+            "--cluster-secret",
+            SECRET,
+            "--peer",
+            &seed,
+        ],
+    );
+    let region = |args: &[&str]| {
+        let mut all = vec!["region"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = meridian(&all);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    region(&[
+        "add",
+        "a",
+        &format!("http://{}", a.addr),
+        "--node",
+        &b.url(""),
+    ]);
+    let put = |node: &Process, id: &str| {
+        let (c, url) = (c.clone(), node.url(&format!("/v1/users/{id}")));
+        async move {
+            let r = c
+                .put(url)
+                .header("content-type", "application/json")
+                .body(r#"{"v":1}"#)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    put(&a, "before").await;
+    let to = dir.path().join("backup");
+    let (ok, _, err) = meridian(&["backup", &a.url(""), "--to", to.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    put(&a, "after-backup").await;
+    put(&b, "from-b").await;
+    let has = |node: &Process, id: &str| {
+        let (c, url) = (c.clone(), node.url(&format!("/v1/users/{id}")));
+        async move { c.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+    };
+    eventually(
+        "a's write after the backup reaches b",
+        Duration::from_secs(10),
+        || has(&b, "after-backup"),
+    )
+    .await;
+    a.kill9();
+
+    // back under a new id, seeded with b and added through it; the lost id removed for good
+    let data = dir.path().join("a2");
+    let (ok, _, err) = restore(&to, &data, "a2");
+    assert!(ok, "{err}");
+    let a2 = Process::start(
+        &data,
+        &[
+            "--node-id",
+            "a2",
+            "--cluster-secret",
+            SECRET,
+            "--peer",
+            &seed,
+        ],
+    );
+    region(&["remove", "a", "--force", "--node", &b.url("")]);
+    region(&[
+        "add",
+        "a2",
+        &format!("http://{}", a2.addr),
+        "--node",
+        &b.url(""),
+    ]);
+    for id in ["before", "after-backup", "from-b"] {
+        eventually(
+            &format!("{id} on the restored node"),
+            Duration::from_secs(10),
+            || has(&a2, id),
+        )
+        .await;
+    }
+    put(&a2, "from-a2").await;
+    eventually(
+        "the restored node's write reaches b",
+        Duration::from_secs(10),
+        || has(&b, "from-a2"),
+    )
+    .await;
+    let regions: Value = c
+        .get(a2.url("/v1/_regions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(regions["following"][0]["id"], "b", "{regions}");
+    assert_eq!(regions["removed"][0]["id"], "a", "{regions}");
 }
