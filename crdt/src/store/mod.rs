@@ -11,7 +11,9 @@
 //!
 //! # Layout
 //! - `cache`: cached documents, pinned while they have writes queued.
-//! - `write`: the one commit path, and the three kinds of write on it.
+//! - `write`: the one commit path, and local writes on it (traced: `traces`).
+//! - `merge`: changes merged from peers, on the same path.
+//! - `traces`: the trace id each recent local change was made under, for the feed.
 //! - `client`: automerge sync messages from and to clients.
 //! - `contracts`: each collection's contract, from its schema document.
 //! - `docids`: every document held: by automerge-repo id, and by digest leaf.
@@ -33,6 +35,7 @@ mod events;
 mod feed;
 mod heal;
 mod idempotency;
+mod merge;
 mod read;
 mod repair;
 mod scrub;
