@@ -278,6 +278,12 @@ pub async fn get_text(c: &reqwest::Client, url: String) -> String {
     r.text().await.expect("a text body")
 }
 
+/// The body of a GET, as JSON (`/v1/status`, `/v1/_regions`, say).
+pub async fn get_json(c: &reqwest::Client, url: String) -> serde_json::Value {
+    let r = c.get(url).send().await.expect("an answer");
+    r.json().await.expect("a JSON body")
+}
+
 /// CPU time (user + system) of process `pid` so far, from /proc.
 pub fn cpu_secs(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

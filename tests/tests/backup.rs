@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_tests::{binary, eventually, http_client, Process};
+use meridian_tests::{binary, eventually, get_json, http_client, Process};
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -292,14 +292,7 @@ async fn a_restored_node_rejoins_under_a_new_id_and_converges_with_its_peer() {
         || has(&b, "from-a2"),
     )
     .await;
-    let regions: Value = c
-        .get(a2.url("/v1/_regions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let regions = get_json(&c, a2.url("/v1/_regions")).await;
     assert_eq!(regions["following"][0]["id"], "b", "{regions}");
     assert_eq!(regions["removed"][0]["id"], "a", "{regions}");
 }

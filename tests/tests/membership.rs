@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_tests::{eventually, http_client, run_to_exit, Process};
+use meridian_tests::{eventually, get_json, get_text, http_client, run_to_exit, Process};
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -43,14 +43,7 @@ fn region(node: &Process, args: &[&str]) -> (i32, String) {
 }
 
 async fn following(c: &reqwest::Client, node: &Process) -> Vec<String> {
-    let r: Value = c
-        .get(node.url("/v1/_regions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = get_json(c, node.url("/v1/_regions")).await;
     r["following"]
         .as_array()
         .unwrap()
@@ -278,14 +271,7 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let c = http_client();
     let us = start(dir.path(), "us", &[]);
-    let before = c
-        .get(us.url("/v1/_regions"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = get_text(&c, us.url("/v1/_regions")).await;
     let cases: [(&[&str], &str); 6] = [
         (&["add", "eu", "ftp://x"], "400"),
         (&["add", "eu", "http://x/path"], "400"),
@@ -314,14 +300,7 @@ async fn bad_membership_changes_are_refused_and_change_nothing() {
             .unwrap();
         assert_eq!(r.status(), 400, "{body}");
     }
-    let after = c
-        .get(us.url("/v1/_regions"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = get_text(&c, us.url("/v1/_regions")).await;
     assert_eq!(before, after);
     // a region that cannot be read to the end first is removed only by force: whatever it
     // acknowledged that nobody pulled would be lost

@@ -111,6 +111,23 @@ async fn a_data_dir_written_by_release_0_1_0_opens_and_serves_unchanged() {
     drop(node);
 }
 
+/// Each peer of a node's `/v1/cluster`: its id, the version this node's requests to it run in,
+/// and the version of its requests here.
+async fn links(c: &reqwest::Client, url: String) -> Vec<(String, Option<u64>, Option<u64>)> {
+    meridian_tests::get_json(c, url).await["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().expect("an id").to_owned(),
+                p["protocol"].as_u64(),
+                p["peer_protocol"].as_u64(),
+            )
+        })
+        .collect()
+}
+
 /// A rolling upgrade of three regions under load: each node starts on the previous release's
 /// protocol (`--protocol-max 2`: what its peers see of it is what the previous release sends),
 /// then in turn is stopped with SIGTERM and started on this release's (the default). Every link
@@ -185,26 +202,6 @@ async fn a_rolling_upgrade_under_load_loses_nothing_and_keeps_sessions() {
             }
         }));
     }
-    let links = |mesh: &Mesh, id: &str| -> Vec<(String, Option<u64>, Option<u64>)> {
-        let url = mesh.node(id).url("/v1/cluster");
-        let c = c.clone();
-        let v: Value = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current()
-                .block_on(async move { c.get(url).send().await.unwrap().json().await.unwrap() })
-        });
-        v["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["id"].as_str().unwrap().to_owned(),
-                    p["protocol"].as_u64(),
-                    p["peer_protocol"].as_u64(),
-                )
-            })
-            .collect()
-    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (i, id) in IDS.iter().enumerate() {
         let status = mesh.restart(id, &[]);
@@ -216,15 +213,17 @@ async fn a_rolling_upgrade_under_load_loses_nothing_and_keeps_sessions() {
             &format!("{id}'s links at the newest version both ends speak"),
             Duration::from_secs(15),
             || {
-                let ok = links(&mesh, id).iter().all(|(peer, ours, theirs)| {
-                    let want = if upgraded.contains(&peer.as_str()) {
-                        3
-                    } else {
-                        2
-                    };
-                    *ours == Some(want) && *theirs == Some(want)
-                });
-                async move { ok }
+                let (c, url) = (c.clone(), mesh.node(id).url("/v1/cluster"));
+                async move {
+                    links(&c, url).await.iter().all(|(peer, ours, theirs)| {
+                        let want = if upgraded.contains(&peer.as_str()) {
+                            3
+                        } else {
+                            2
+                        };
+                        *ours == Some(want) && *theirs == Some(want)
+                    })
+                }
             },
         )
         .await;

@@ -307,11 +307,20 @@ impl<T: Transport> Replica<T> {
         upto: Option<Timestamp>,
     ) -> Result<bool, crate::Error> {
         let _one_at_a_time = peer.apply.lock().await;
-        let traced: Vec<_> = changes
-            .iter()
-            .zip(&traces)
-            .filter_map(|(c, t)| Some((c.collection.clone(), c.id.clone(), c.changes.len(), (*t)?)))
-            .collect();
+        // what the apply lines name, kept only when they are logged (a page's every change
+        // would otherwise copy its key on the replication path for nothing)
+        let traced: Vec<_> = if tracing::enabled!(target: "meridian::apply", tracing::Level::DEBUG)
+        {
+            changes
+                .iter()
+                .zip(&traces)
+                .filter_map(|(c, t)| {
+                    Some((c.collection.clone(), c.id.clone(), c.changes.len(), (*t)?))
+                })
+                .collect()
+        } else {
+            vec![]
+        };
         let checked = self.check(changes, true)?;
         let facts = PageFacts {
             changes: checked.changes,

@@ -176,13 +176,7 @@ impl Members {
         if self.urls.get(id).map(String::as_str) == Some(url) {
             return Ok(None);
         }
-        let mut patch = Map::new();
-        for p in current {
-            let pid = p.id.as_str();
-            if !self.urls.contains_key(pid) && !self.removed.contains_key(pid) {
-                patch.insert(format!("{URL}{pid}"), Value::String(p.addr.clone()));
-            }
-        }
+        let mut patch = self.unnamed(current);
         patch.insert(format!("{URL}{id}"), Value::String(url.to_owned()));
         Ok(Some(patch))
     }
@@ -206,15 +200,29 @@ impl Members {
         if !self.urls.contains_key(id) && !current.iter().any(|p| p.id.as_str() == id) {
             return Err(MemberError::Unknown(id.to_owned()));
         }
-        let mut patch = Map::new();
-        for p in current {
-            let pid = p.id.as_str();
-            if !self.urls.contains_key(pid) && !self.removed.contains_key(pid) {
-                patch.insert(format!("{URL}{pid}"), Value::String(p.addr.clone()));
-            }
-        }
+        let mut patch = self.unnamed(current);
         patch.insert(format!("{REMOVED}{id}"), Value::String(now.to_owned()));
         Ok(Some(patch))
+    }
+}
+
+impl Members {
+    /// The fields naming what `current` follows that the document does not name yet: every
+    /// change writes them, so that a region reached through it learns of all.
+    fn unnamed(&self, current: &[Peer]) -> Map<String, Value> {
+        current
+            .iter()
+            .filter(|p| {
+                let id = p.id.as_str();
+                !self.urls.contains_key(id) && !self.removed.contains_key(id)
+            })
+            .map(|p| {
+                (
+                    format!("{URL}{}", p.id.as_str()),
+                    Value::String(p.addr.clone()),
+                )
+            })
+            .collect()
     }
 }
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use meridian_crdt::{DocKey, Edit, Store, StoreConfig};
-use meridian_tests::{http_client, run_to_exit, Process};
-use serde_json::{json, Value};
+use meridian_tests::{get_json, http_client, run_to_exit, Process};
+use serde_json::json;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -69,15 +69,9 @@ async fn fill(dir: &std::path::Path, n: usize) {
 }
 
 async fn documents(c: &reqwest::Client, node: &Process) -> u64 {
-    let s: Value = c
-        .get(node.url("/v1/status"))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("JSON");
-    s["documents"].as_u64().expect("a count")
+    get_json(c, node.url("/v1/status")).await["documents"]
+        .as_u64()
+        .expect("a count")
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
@@ -145,14 +139,7 @@ async fn run(args: Args) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let took = t0.elapsed();
-        let cluster: Value = c
-            .get(j.url("/v1/cluster"))
-            .send()
-            .await
-            .expect("cluster")
-            .json()
-            .await
-            .expect("JSON");
+        let cluster = get_json(&c, j.url("/v1/cluster")).await;
         let received: u64 = cluster["peers"]
             .as_array()
             .expect("peers")
