@@ -346,7 +346,16 @@ impl<'a, C: Connector> Session<'a, C> {
                 };
                 let created_here = replica.status().unacknowledged > 0;
                 if created_here && self.registered.insert(doc) {
-                    self.connector.register(replica.key().clone()).await?;
+                    match self.connector.register(replica.key().clone()).await {
+                        // placed in other regions: this one will never hold it (see
+                        // docs/replication.md, "Placement"); the other documents sync on
+                        Err(e) if e.code() == Some("collection_elsewhere") => {
+                            tracing::warn!(key = %replica.key(), error = %e, "this region does not hold the document's collection");
+                            replica.set_unavailable();
+                            return Ok(());
+                        }
+                        other => other?,
+                    }
                     self.states.insert(doc, SyncState::new());
                     self.offer(link, doc).await
                 } else {

@@ -47,6 +47,13 @@ pub enum Error {
     /// This node was removed from the cluster: nobody follows it, so it takes no local write.
     #[error("{0}")]
     Retired(String),
+    /// The collection is placed in other regions only (see [`crate::Placement`]): this region
+    /// neither holds nor serves its documents. `regions`: where it lives.
+    #[error("collection {collection:?} lives in {} only: this region neither holds nor serves its documents; ask one of those regions", .regions.join(", "))]
+    Elsewhere {
+        collection: String,
+        regions: Vec<String>,
+    },
     /// The storage engine failed.
     #[error("storage error: {0}")]
     Storage(String),

@@ -7,6 +7,7 @@
 //! - `docid`: the automerge-repo id of every document.
 //! - `json`: parsing client JSON (depth limit, integer range).
 //! - `pointer`: JSON Pointers for the ops API.
+//! - `placement`: collections limited to a set of regions.
 //! - `hlc`: node ids and the hybrid logical clock that stamps every change.
 //! - `contract`: what a collection's schema asks of a document (merge policy per field, the
 //!   rules it breaks); the server builds contracts from JSON Schemas.
@@ -35,6 +36,7 @@ mod error;
 mod hlc;
 pub mod json;
 mod key;
+mod placement;
 pub mod pointer;
 #[cfg(feature = "store")]
 mod record;
@@ -52,6 +54,7 @@ pub use docid::{BadDocumentId, DocumentId};
 pub use error::{Error, Result};
 pub use hlc::{display_stamp, parse_stamp, Clock, NodeId, DEFAULT_MAX_DRIFT};
 pub use key::{validate_name, DocKey, MAX_NAME_LEN};
+pub use placement::{Placement, PLACEMENT_COLLECTION, PLACEMENT_DOC};
 #[cfg(feature = "store")]
 pub use record::{ChangeEvent, FeedEntry, WriteOutcome};
 #[cfg(feature = "store")]

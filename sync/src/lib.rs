@@ -53,8 +53,8 @@ pub use error::{Error, Result};
 #[cfg(feature = "node")]
 pub use replica::{
     check_url, Behind, Chunks, ClusterReport, FeedMode, Lag, MemberError, Members, Peer,
-    PeerReport, Plan, RegionReport, RegionsError, RegionsReport, RemovedRegion, RepairPass,
-    Replica, ReplicationConfig, Transport, MEMBERS, REGIONS,
+    PeerReport, PlacedCollection, PlacementReport, Plan, RegionReport, RegionsError, RegionsReport,
+    RemovedRegion, RepairPass, Replica, ReplicationConfig, Transport, MEMBERS, REGIONS,
 };
 pub use token::{BadToken, SessionToken, MAX_TOKEN_NODES};
 #[cfg(feature = "node")]

@@ -305,6 +305,13 @@ impl SimCluster {
         self.cut_one_way(b, a);
     }
 
+    /// Heals both directions between `a` and `b`.
+    pub fn heal(&self, a: &str, b: &str) {
+        let mut cut = self.net.cut.lock();
+        cut.remove(&(a.to_owned(), b.to_owned()));
+        cut.remove(&(b.to_owned(), a.to_owned()));
+    }
+
     pub fn heal_all(&self) {
         self.net.cut.lock().clear();
     }

@@ -74,6 +74,7 @@ impl Store {
         message: Option<&[u8]>,
     ) -> Result<ClientSynced> {
         let inner = &*self.inner;
+        inner.check_placed(key.collection())?;
         let message = message
             .map(|b| {
                 sync::Message::decode(b)

@@ -153,6 +153,9 @@ impl Store {
         inner.commit.durable(seq).await?;
         inner.docs.insert(key, &slot);
         inner.schema_changed(key);
+        if let Some(rec) = slot.rec.lock().as_ref() {
+            inner.placement_written(key, rec);
+        }
         let _ = inner.doc_changed.send(key.clone());
         tracing::info!(key = %key, restored, "healed a damaged document");
         Ok(Healed::Healed { restored })

@@ -36,6 +36,7 @@ mod feed;
 mod heal;
 mod idempotency;
 mod merge;
+mod placed;
 mod read;
 mod repair;
 mod scrub;
@@ -255,6 +256,8 @@ struct Inner {
     /// Set once the node is removed from the cluster: local writes are refused.
     retired: Mutex<Option<String>>,
     traces: traces::Traces,
+    /// Where placed collections live (see `placed`).
+    placement: parking_lot::RwLock<Arc<crate::placement::Placement>>,
     replayed: u64,
 }
 
@@ -317,6 +320,14 @@ impl Store {
         let idem = idempotency::IdemKeys::new(db.clone(), config.idempotency_ttl);
         let streams = dbs.streams.clone();
         let commit = GroupCommit::start(dbs, wal_dir, seq, documents)?;
+        let placement = placed::of_record(
+            db.get(record::doc_key(record::DOC, &placed::placement_key()))?
+                .map(|v| record::decode::<record::DocRecord>(&v))
+                .transpose()
+                .ok()
+                .flatten()
+                .as_ref(),
+        );
         Ok(Store {
             inner: Arc::new(Inner {
                 tree: db,
@@ -338,6 +349,7 @@ impl Store {
                 recovering: Mutex::new(recovering),
                 retired: Mutex::new(None),
                 traces: Default::default(),
+                placement: parking_lot::RwLock::new(Arc::new(placement)),
                 replayed: replayed as u64,
             }),
         })

@@ -42,6 +42,7 @@ impl Store {
 
     /// A live document, or `None` if absent or deleted.
     pub async fn get(&self, key: &DocKey) -> Result<Option<DocView>> {
+        self.inner.check_placed(key.collection())?;
         let Some(rec) = self.inner.read_record(key)? else {
             return Ok(None);
         };
@@ -53,6 +54,7 @@ impl Store {
         &self,
         key: &DocKey,
     ) -> Result<Option<(DocView, Vec<Conflict>)>> {
+        self.inner.check_placed(key.collection())?;
         let Some((slot, _lock)) = self.inner.settled_slot(key).await? else {
             return Ok(None);
         };
@@ -66,6 +68,7 @@ impl Store {
     /// Live documents of a collection in id order, after the cursor `after`.
     pub async fn list(&self, collection: &str, after: Option<&str>, limit: usize) -> Result<Page> {
         validate_name("collection", collection)?;
+        self.inner.check_placed(collection)?;
         let mut prefix = vec![record::DOC];
         prefix.extend_from_slice(collection.as_bytes());
         prefix.push(0);

@@ -187,6 +187,7 @@ impl Queued<'_> {
             self.inner.docs.unpin(&self.key, seq);
         }
         if self.changed {
+            self.inner.placement_written(&self.key, &self.rec);
             // nobody listening is fine
             let _ = self.inner.doc_changed.send(self.key);
         }
@@ -294,6 +295,7 @@ impl Store {
     ) -> Result<Written> {
         let inner = &*self.inner;
         inner.check_writable()?;
+        inner.check_placed(key.collection())?;
         let idem_lock = match &idem {
             Some(i) => Some(inner.idem.lock(i).await),
             None => None,

@@ -124,6 +124,18 @@ pub struct Error {
     /// ...and the stored documents it would break.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken: Option<Broken>,
+    /// `collection_elsewhere`: the regions the collection lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<Vec<RegionUrl>>,
+}
+
+/// A region, and where clients reach it (its `--peer-public-url`, else the URL the answering
+/// node replicates with it over; null if neither is known).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegionUrl {
+    pub id: String,
+    pub url: Option<String>,
 }
 
 /// The error codes: stable, for programs.
@@ -165,6 +177,9 @@ pub enum Code {
     /// this node (unreachable, or behind): its unreplicated writes would be lost. Retry once it
     /// answers, or force.
     RegionNotCaughtUp,
+    /// 421: the collection is placed in other regions only; this region neither holds nor
+    /// serves its documents. `regions` names where it lives, with their URLs.
+    CollectionElsewhere,
     InvalidSchema,
     SchemaViolation,
     IncompatibleSchema,
@@ -223,6 +238,7 @@ impl Error {
             errors: None,
             reasons: None,
             broken: None,
+            regions: None,
         }
     }
 }

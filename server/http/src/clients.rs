@@ -31,6 +31,7 @@ pub(crate) async fn sync_or_list(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     if !headers.contains_key(header::UPGRADE) {
+        crate::extract::placed_here(&st, "sync")?;
         let list = crate::api::list_docs(
             State(st),
             CollectionPath("sync".into()),

@@ -88,6 +88,12 @@ pub enum ApiError {
     RegionRemoved(String),
     #[error("{0}")]
     RegionNotCaughtUp(String),
+    /// The collection is placed in other regions only: `regions` (and where clients reach them).
+    #[error("collection {collection:?} lives in {} only: this region neither holds nor serves its documents; ask one of those regions", names(.regions))]
+    Elsewhere {
+        collection: String,
+        regions: Vec<(String, Option<String>)>,
+    },
     /// Storage has failed; internal details are logged, not sent.
     #[error("storage unavailable")]
     Unavailable(String),
@@ -133,6 +139,7 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::UnknownRegion(_) => StatusCode::NOT_FOUND,
             ApiError::SessionRegionRemoved(_) => StatusCode::GONE,
             ApiError::RegionRemoved(_) | ApiError::RegionNotCaughtUp(_) => StatusCode::CONFLICT,
+            ApiError::Elsewhere { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -174,6 +181,7 @@ impl ApiError {
             ApiError::UnknownRegion(_) => Code::UnknownRegion,
             ApiError::RegionRemoved(_) => Code::RegionRemoved,
             ApiError::RegionNotCaughtUp(_) => Code::RegionNotCaughtUp,
+            ApiError::Elsewhere { .. } => Code::CollectionElsewhere,
             ApiError::InvalidSchema(_) => Code::InvalidSchema,
             ApiError::SchemaViolation(_) => Code::SchemaViolation,
             ApiError::IncompatibleSchema { .. } => Code::IncompatibleSchema,
@@ -197,6 +205,14 @@ impl ApiError {
 }
 
 /// Whole seconds, rounded up, at least 1 (`Retry-After`).
+fn names(regions: &[(String, Option<String>)]) -> String {
+    regions
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn retry_secs(d: std::time::Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
@@ -214,6 +230,14 @@ impl From<CrdtError> for ApiError {
             CrdtError::Damaged(m) => ApiError::Damaged(m),
             CrdtError::Recovering(m) => ApiError::Recovering(m),
             CrdtError::Retired(m) => ApiError::RegionRemoved(m),
+            // a request the path check let through as the placement changed: no URLs at hand
+            CrdtError::Elsewhere {
+                collection,
+                regions,
+            } => ApiError::Elsewhere {
+                collection,
+                regions: regions.into_iter().map(|r| (r, None)).collect(),
+            },
             CrdtError::InUse => ApiError::Unavailable("the data dir is in use".into()),
             other => ApiError::Internal(other.to_string()),
         }
@@ -272,6 +296,17 @@ impl IntoResponse for ApiError {
                 error.url = Some(None);
             }
             ApiError::SchemaViolation(errors) => error.errors = Some(errors.clone()),
+            ApiError::Elsewhere { regions, .. } => {
+                error.regions = Some(
+                    regions
+                        .iter()
+                        .map(|(id, url)| meridian_api::RegionUrl {
+                            id: id.clone(),
+                            url: url.clone(),
+                        })
+                        .collect(),
+                )
+            }
             ApiError::IncompatibleSchema {
                 reasons,
                 broken,

@@ -11,19 +11,42 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// `/{collection}/{id}` as a validated [`DocKey`].
+/// `/{collection}/{id}` as a validated [`DocKey`] of a collection this region holds.
 #[derive(Debug)]
 pub(crate) struct DocPath(pub DocKey);
 
-impl<S: Send + Sync> FromRequestParts<S> for DocPath {
+impl FromRequestParts<AppState> for DocPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path((collection, id)) = Path::<(String, String)>::from_request_parts(parts, state)
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let Path((collection, id)) = Path::<(String, String)>::from_request_parts(parts, st)
             .await
             .map_err(|e| ApiError::InvalidId(format!("invalid path: {}", e.body_text())))?;
         not_reserved(&collection)?;
-        Ok(DocPath(DocKey::new(&collection, &id)?))
+        let key = DocKey::new(&collection, &id)?;
+        placed_here(st, &collection)?;
+        Ok(DocPath(key))
+    }
+}
+
+/// `Err(Elsewhere)`, naming where the collection lives and how clients reach those regions,
+/// when this region is outside its placement.
+pub(crate) fn placed_here(st: &AppState, collection: &str) -> Result<(), ApiError> {
+    match st.store.check_placed(collection) {
+        Err(meridian_crdt::Error::Elsewhere {
+            collection,
+            regions,
+        }) => Err(ApiError::Elsewhere {
+            collection,
+            regions: regions
+                .into_iter()
+                .map(|r| {
+                    let url = st.peer_url(&r);
+                    (r, url)
+                })
+                .collect(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -41,30 +64,36 @@ fn not_reserved(collection: &str) -> Result<(), ApiError> {
 #[derive(Debug)]
 pub(crate) struct SchemaPath(pub String);
 
+/// A schema is Meridian's document: every region holds it, whatever the collection's placement.
 impl<S: Send + Sync> FromRequestParts<S> for SchemaPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let CollectionPath(collection) = CollectionPath::from_request_parts(parts, state).await?;
-        Ok(SchemaPath(collection))
+        Ok(SchemaPath(collection_of(parts, state).await?))
     }
 }
 
-/// `/{collection}`, validated.
+/// `/{collection}`, validated, of a collection this region holds.
 #[derive(Debug)]
 pub(crate) struct CollectionPath(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for CollectionPath {
+impl FromRequestParts<AppState> for CollectionPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(collection) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::InvalidId(format!("invalid path: {}", e.body_text())))?;
-        meridian_crdt::validate_name("collection", &collection)?;
-        not_reserved(&collection)?;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let collection = collection_of(parts, st).await?;
+        placed_here(st, &collection)?;
         Ok(CollectionPath(collection))
     }
+}
+
+async fn collection_of<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<String, ApiError> {
+    let Path(collection) = Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::InvalidId(format!("invalid path: {}", e.body_text())))?;
+    meridian_crdt::validate_name("collection", &collection)?;
+    not_reserved(&collection)?;
+    Ok(collection)
 }
 
 /// A `true`/`false` query parameter (absent: false).

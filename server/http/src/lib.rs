@@ -18,6 +18,7 @@
 //! - `drain`: turning clients away before the node stops.
 //! - `backup`: `/v1/_backup`, an online backup streamed.
 //! - `regions`: `/v1/_regions`, the cluster's membership changed at runtime.
+//! - `placement`: `/v1/_placement`, where a collection lives.
 //! - `metrics`: Prometheus metrics and the request-tracking middleware.
 //! - `trace`: W3C trace context on every request, carried by the writes it makes.
 //! - `openapi`: the OpenAPI description served at `/openapi.json`.
@@ -36,6 +37,7 @@ mod extract;
 mod internal;
 mod metrics;
 mod openapi;
+mod placement;
 mod regions;
 mod schemas;
 mod session;
@@ -105,6 +107,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/_backup", get(backup::backup))
         .route("/v1/_regions", get(regions::list).post(regions::add))
         .route("/v1/_regions/{id}", axum::routing::delete(regions::remove))
+        .route("/v1/_placement", get(placement::list))
+        .route(
+            "/v1/_placement/{collection}",
+            axum::routing::put(placement::place).delete(placement::unplace),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::stamp,

@@ -14,6 +14,7 @@
 //! - `drain`: `meridian drain`, a running node told to drain and stop.
 //! - `backup`: `meridian backup` of a running node, and `meridian restore` under a new id.
 //! - `region`: `meridian region add|remove|list`, the membership changed through a running node.
+//! - `placement`: `meridian placement set|clear|list`, where a collection lives.
 //!
 //! The HTTP API is `meridian-http`; TLS, the peer transport and the fault controls are
 //! `meridian-net`; the schema compiler is `meridian-schema`.
@@ -27,6 +28,7 @@ pub mod demo;
 pub mod drain;
 pub mod keys;
 mod node;
+pub mod placement;
 pub mod region;
 pub mod repair;
 

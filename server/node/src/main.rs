@@ -47,6 +47,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Drain(args) => return finish(args.run().await, 1, |a| println!("{a}")),
         Command::Region(cmd) => return finish(cmd.run().await, 1, |a| println!("{a}")),
+        Command::Placement(cmd) => return finish(cmd.run().await, 1, |a| println!("{a}")),
         Command::Cert(args) => {
             return finish(args.run(), 2, |files| {
                 for f in files {

@@ -20,17 +20,27 @@ pub(super) struct Repaired {
 impl<T: Transport> Replica<T> {
     /// Decodes and checks received changes: each must parse, and its stamp must be within the
     /// clock's maximum drift (which also moves the clock past it). `feed`: stop at the first
-    /// refusal; otherwise skip the rest of that document only.
+    /// refusal; otherwise skip the rest of that document only. Documents of a collection placed
+    /// outside this region are dropped and counted: the sender's placement was older than ours
+    /// (or its release predates placement), and this region must not hold them.
     pub(super) fn check(
         &self,
         changes: Vec<DocChanges>,
         feed: bool,
     ) -> Result<Checked, crate::Error> {
         let clock = self.shared.store.clock();
+        let placement = self.shared.store.placement();
         let mut out = Checked::default();
         'docs: for dc in changes {
             let key = DocKey::new(&dc.collection, &dc.id)
                 .map_err(|e| crate::Error::Protocol(e.to_string()))?;
+            if !placement.holds(key.collection(), &self.shared.me) {
+                self.shared
+                    .outside_placement
+                    .fetch_add(dc.changes.len() as u64, Ordering::Relaxed);
+                tracing::debug!(key = %key, "dropped changes of a collection placed outside this region");
+                continue;
+            }
             let mut accepted = Vec::with_capacity(dc.changes.len());
             for c in dc.changes {
                 let change =

@@ -26,7 +26,8 @@
 //! - `session`: session tokens, and waiting until this node covers one;
 //! - `status`: what this node knows of each peer's link, the reachability rule, `/v1/cluster`;
 //! - `members`: the membership set (flags and the `_regions/members` document), pure;
-//! - `regions`: following the set while the node runs: peers started and stopped, changes.
+//! - `regions`: following the set while the node runs: peers started and stopped, changes;
+//! - `placing`: changing where a collection lives (the store applies it).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +47,7 @@ mod link;
 mod members;
 mod merge;
 mod page;
+mod placing;
 mod regions;
 mod repair;
 mod serve;
@@ -54,6 +56,7 @@ mod status;
 mod trim;
 
 pub use members::{check_url, MemberError, Members, Plan, MEMBERS, REGIONS};
+pub use placing::{PlacedCollection, PlacementReport};
 pub use regions::{RegionReport, RegionsError, RegionsReport, RemovedRegion};
 pub use repair::RepairPass;
 use status::PeerStatus;
@@ -267,6 +270,8 @@ struct Shared<T> {
     /// Bumped whenever a cursor moves, for session waits.
     cursor_moved: watch::Sender<u64>,
     drift_refusals: AtomicU64,
+    /// Changes received for collections placed outside this region, dropped.
+    outside_placement: AtomicU64,
     /// The node's background workers: this replica's loops run there and end with them.
     workers: crate::Workers,
 }
@@ -346,6 +351,7 @@ impl<T: Transport> Replica<T> {
                 token_cache: Mutex::new(None),
                 cursor_moved: watch::Sender::new(0),
                 drift_refusals: AtomicU64::new(0),
+                outside_placement: AtomicU64::new(0),
                 workers: workers.clone(),
             }),
         };

@@ -102,7 +102,8 @@ impl<T: Transport> Replica<T> {
             Response::Digest { buckets } if buckets.len() == DIGEST_BUCKETS => buckets,
             other => return Err(unexpected("digest", &other)),
         };
-        let mine = store.digests();
+        let them = peer.peer.id.as_str();
+        let mine = store.digests_with(them);
         let buckets: Vec<u32> = (0..DIGEST_BUCKETS)
             .filter(|b| mine[*b] != theirs[*b])
             .map(|b| b as u32)
@@ -127,7 +128,7 @@ impl<T: Transport> Replica<T> {
                 other => return Err(unexpected("leaves", &other)),
             };
             let mine = store
-                .leaf_digests(chunk)
+                .leaf_digests_with(chunk, them)
                 .expect("buckets below DIGEST_BUCKETS");
             for (i, (m, t)) in mine.iter().zip(&theirs).enumerate() {
                 if m != t {
@@ -141,7 +142,7 @@ impl<T: Transport> Replica<T> {
             let set: BTreeSet<u32> = chunk.iter().copied().collect();
             loop {
                 let docs: Vec<DocHeads> = store
-                    .leaf_heads(&set)?
+                    .leaf_heads_with(&set, them)?
                     .iter()
                     .map(|(k, h)| doc_heads(k, h))
                     .collect();
@@ -167,6 +168,9 @@ impl<T: Transport> Replica<T> {
                     break;
                 }
             }
+        }
+        if pass.complete {
+            peer.status.lock().complete_passes += 1;
         }
         Ok(pass)
     }

@@ -96,7 +96,7 @@ impl<T: Transport> Replica<T> {
                         _ = stop.wait() => {}
                     }
                 };
-                self.feed_answer(page)
+                self.feed_answer(page, &from)
             }
             Request::Subscribe { .. } => Err(crate::Error::Protocol(
                 "a subscription is a stream: POST /internal/subscribe".into(),
@@ -106,32 +106,38 @@ impl<T: Transport> Replica<T> {
                     p.status.lock().acked = Some(cursor);
                 }
                 Ok(plain(Response::Digest {
-                    buckets: store.digests(),
+                    buckets: store.digests_with(&from),
                 }))
             }
-            Request::Leaves { buckets, .. } => {
+            Request::Leaves { from, buckets } => {
                 if buckets.len() > DIGEST_BUCKETS {
                     return Err(crate::Error::Protocol("too many buckets".into()));
                 }
-                let digests = store.leaf_digests(&buckets).ok_or_else(|| {
+                let digests = store.leaf_digests_with(&buckets, &from).ok_or_else(|| {
                     crate::Error::Protocol(format!("buckets are numbered below {DIGEST_BUCKETS}"))
                 })?;
                 Ok(plain(Response::Leaves { digests }))
             }
-            Request::Repair { leaves, docs, .. } => {
+            Request::Repair { from, leaves, docs } => {
                 if leaves.iter().any(|l| *l as usize >= DIGEST_LEAVES) {
                     return Err(crate::Error::Protocol(format!(
                         "leaves are numbered below {DIGEST_LEAVES}"
                     )));
                 }
+                // only what both should hold (placement): the asker's view of it may be older
+                let placement = store.placement();
+                let me = self.shared.me.as_str();
                 let mut theirs: HashMap<DocKey, Vec<ChangeHash>> = HashMap::new();
                 for d in docs {
                     let key = DocKey::new(&d.collection, &d.id)?;
+                    if !placement.shares(key.collection(), me, &from) {
+                        continue;
+                    }
                     theirs.insert(key, d.heads.into_iter().map(ChangeHash).collect());
                 }
                 let leaves: BTreeSet<u32> = leaves.into_iter().collect();
                 let mut mine: HashMap<DocKey, Vec<ChangeHash>> =
-                    store.leaf_heads(&leaves)?.into_iter().collect();
+                    store.leaf_heads_with(&leaves, &from)?.into_iter().collect();
                 for key in theirs.keys() {
                     if !mine.contains_key(key) {
                         // a document damaged here is being healed: nothing to offer of it
@@ -177,11 +183,14 @@ impl<T: Transport> Replica<T> {
         }
     }
 
-    /// A feed page as an answer, with the backlog when the asker is behind, and the trace id
-    /// of each run of changes (one entry of `changes` per document and trace).
+    /// A feed page as an answer to peer `to`, with the backlog when the asker is behind, and
+    /// the trace id of each run of changes (one entry of `changes` per document and trace).
+    /// Changes of collections `to` does not hold (placement) are left out; its cursor moves
+    /// past them all the same.
     pub(super) fn feed_answer(
         &self,
         page: meridian_crdt::FeedPage,
+        to: &str,
     ) -> Result<(Response, Extras), crate::Error> {
         if page.trimmed {
             let upto = page.upto.ok_or_else(|| {
@@ -201,7 +210,11 @@ impl<T: Transport> Replica<T> {
         };
         let mut changes: Vec<DocChanges> = Vec::new();
         let mut traces: Vec<Option<[u8; 16]>> = Vec::new();
+        let placement = self.shared.store.placement();
         for (_, e) in page.entries {
+            if !placement.holds(&e.collection, to) {
+                continue;
+            }
             let trace = self.shared.store.trace_of(&e.hash);
             match (changes.last_mut(), traces.last()) {
                 (Some(last), Some(t))
@@ -314,7 +327,7 @@ impl<T: Transport> Replica<T> {
                 let beat_due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
                 if !page.entries.is_empty() || beat_due || page.trimmed {
                     let (more, upto, trimmed) = (page.more, page.upto, page.trimmed);
-                    let Ok((answer, extras)) = this.feed_answer(page) else {
+                    let Ok((answer, extras)) = this.feed_answer(page, &from) else {
                         return;
                     };
                     let frame = wire::frame_at(version, &answer, &extras);

@@ -20,6 +20,8 @@ pub struct ClusterReport {
     pub hlc: String,
     /// Changes refused because their stamp was too far ahead of this node's clock.
     pub clock_drift_refusals: u64,
+    /// Changes peers sent for collections placed outside this region, dropped (see placement).
+    pub changes_outside_placement: u64,
     pub peers: Vec<PeerReport>,
 }
 
@@ -52,6 +54,8 @@ pub struct PeerReport {
     /// Times this node caught up by anti-entropy because the peer's feed no longer held the
     /// changes after its cursor (it was away longer than the peer's retention window).
     pub trimmed_feed_repairs: u64,
+    /// Anti-entropy passes with the peer that repaired every difference they found.
+    pub anti_entropy_passes: u64,
     /// The protocol version this node's requests to the peer run in (its last answer's;
     /// `None` until one came), and the version of the peer's last request to this node.
     pub protocol: Option<u8>,
@@ -80,6 +84,7 @@ pub(super) struct PeerStatus {
     pub(super) feed_pages: u64,
     pub(super) feed_batches: u64,
     pub(super) trim_repairs: u64,
+    pub(super) complete_passes: u64,
     /// From the peer's last feed answer: its newest change and how many were still to come.
     pub(super) their_latest: Option<Timestamp>,
     pub(super) their_backlog: u64,
@@ -163,6 +168,7 @@ impl PeerStatus {
             feed_pages: self.feed_pages,
             feed_batches: self.feed_batches,
             trimmed_feed_repairs: self.trim_repairs,
+            anti_entropy_passes: self.complete_passes,
             protocol: self.protocol,
             peer_protocol: self.their_protocol,
         }
@@ -212,6 +218,7 @@ impl<T: Transport> Replica<T> {
             node: self.shared.me.clone(),
             hlc: meridian_crdt::display_stamp(&store.clock().now()),
             clock_drift_refusals: self.shared.drift_refusals.load(Ordering::Relaxed),
+            changes_outside_placement: self.shared.outside_placement.load(Ordering::Relaxed),
             peers,
         }
     }

@@ -125,7 +125,13 @@ impl Connection {
         while let Some(step) = queue.pop_front() {
             let next = match step {
                 Step::Resolve(doc) => {
-                    let found = self.hub.store.resolve(&doc).map_err(|e| e.to_string());
+                    // a document of a collection placed elsewhere is not served here: to the
+                    // client it is unavailable, as in a region that never had it
+                    let store = &self.hub.store;
+                    let found = store
+                        .resolve(&doc)
+                        .map(|k| k.filter(|k| store.holds(k.collection())))
+                        .map_err(|e| e.to_string());
                     self.protocol.resolved(doc, found)
                 }
                 Step::Sync { doc, key, data } => {

@@ -12,6 +12,7 @@ mod contracts;
 mod crash;
 mod events;
 mod heal;
+mod placement;
 mod repair;
 mod replication;
 mod writes;

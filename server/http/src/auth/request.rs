@@ -91,8 +91,14 @@ pub(super) async fn need_of(req: &mut Request) -> Need {
     {
         Some("/metrics") => Some(Need::Metrics),
         Some(
-            "/v1/status" | "/v1/cluster" | "/v1/_auth/reload" | "/v1/_drain" | "/v1/_regions"
-            | "/v1/_regions/{id}",
+            "/v1/status"
+            | "/v1/cluster"
+            | "/v1/_auth/reload"
+            | "/v1/_drain"
+            | "/v1/_regions"
+            | "/v1/_regions/{id}"
+            | "/v1/_placement"
+            | "/v1/_placement/{collection}",
         ) => Some(Need::Node),
         Some("/v1/sync") if upgrade => Some(Need::AnyKey),
         Some("/v1/sync") => Some(Need::Collection(Access::Read, "sync".into())),

@@ -39,6 +39,7 @@ use meridian_schema::Schema;
         paths::list_docs, paths::sync, paths::get_schema, paths::put_schema,
         paths::delete_schema, paths::status, paths::cluster, paths::reload_auth, paths::drain, paths::backup,
         paths::list_regions, paths::add_region, paths::remove_region,
+        paths::list_placement, paths::place, paths::unplace,
         paths::metrics,
         paths::healthz,
         paths::readyz, paths::openapi, paths::rpc, paths::subscribe,
@@ -48,7 +49,7 @@ use meridian_schema::Schema;
             grammar::Name, grammar::Collection, grammar::JsonValue, grammar::JsonObject,
             grammar::Ops, grammar::Op, grammar::CollectionSchema,
             meridian_api::ErrorBody, meridian_api::Error, meridian_api::Code,
-            meridian_api::Broken,
+            meridian_api::Broken, meridian_api::RegionUrl,
             meridian_api::Change, meridian_api::DocumentEvent, meridian_api::Stamp,
         ),
         responses(

@@ -24,7 +24,7 @@ use super::grammar::{Error, Forbidden, TooManyRequests, Unauthorized};
             (String = "text/event-stream"))),
         (status = 400, response = Error), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 404, response = Error),
-        (status = 429, response = TooManyRequests), (status = 503, response = Error)))]
+        (status = 421, response = Error), (status = 429, response = TooManyRequests), (status = 503, response = Error)))]
 fn get_doc() {}
 
 /// Replace a document (keys absent from the body are removed)
@@ -37,7 +37,7 @@ fn get_doc() {}
         (status = 400, response = Error), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 413, response = Error),
         (status = 415, response = Error), (status = 422, response = Error),
-        (status = 429, response = TooManyRequests), (status = 503, response = Error),
+        (status = 421, response = Error), (status = 429, response = TooManyRequests), (status = 503, response = Error),
         (status = 507, response = Error)))]
 fn put_doc() {}
 
@@ -53,7 +53,7 @@ fn put_doc() {}
         (status = 400, response = Error), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 413, response = Error),
         (status = 415, response = Error), (status = 422, response = Error),
-        (status = 429, response = TooManyRequests), (status = 503, response = Error),
+        (status = 421, response = Error), (status = 429, response = TooManyRequests), (status = 503, response = Error),
         (status = 507, response = Error)))]
 fn patch_doc() {}
 
@@ -64,7 +64,7 @@ fn patch_doc() {}
         (status = 200, description = "deleted", body = Deleted),
         (status = 400, response = Error), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 404, response = Error),
-        (status = 422, response = Error), (status = 429, response = TooManyRequests),
+        (status = 422, response = Error), (status = 421, response = Error), (status = 429, response = TooManyRequests),
         (status = 503, response = Error),
         (status = 507, response = Error)))]
 fn delete_doc() {}
@@ -79,7 +79,7 @@ fn delete_doc() {}
         (status = 400, response = Error), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 413, response = Error),
         (status = 415, response = Error), (status = 422, response = Error),
-        (status = 429, response = TooManyRequests), (status = 503, response = Error),
+        (status = 421, response = Error), (status = 429, response = TooManyRequests), (status = 503, response = Error),
         (status = 507, response = Error)))]
 fn post_ops() {}
 
@@ -93,7 +93,7 @@ fn post_ops() {}
             (Page = "application/json"),
             (String = "text/event-stream"))),
         (status = 400, response = Error), (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden), (status = 429, response = TooManyRequests),
+        (status = 403, response = Forbidden), (status = 421, response = Error), (status = 429, response = TooManyRequests),
         (status = 503, response = Error)))]
 fn list_docs() {}
 
@@ -255,6 +255,46 @@ fn add_region() {}
         (status = 409, response = Error), (status = 429, response = TooManyRequests),
         (status = 503, response = Error)))]
 fn remove_region() {}
+
+/// Where placed collections live, as this node holds it (admin on *)
+///
+/// Collections not listed go to every region (docs/replication.md, Placement).
+#[utoipa::path(get, path = "/v1/_placement", tag = "operations",
+    responses(
+        (status = 200, description = "{\"node\", \"collections\": [{\"collection\", \"regions\", \"here\"}]}"),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests)))]
+fn list_placement() {}
+
+/// Limit a collection to some regions (admin on *)
+///
+/// Body `{"regions": ["<node id>", ...]}`: this node, or regions it follows. Its documents
+/// then replicate only among them (feeds, anti-entropy), and the other regions answer its
+/// requests with 421 `collection_elsewhere` naming them. 404 `unknown_region`; 409
+/// `region_removed`.
+#[utoipa::path(put, path = "/v1/_placement/{collection}", tag = "operations",
+    params(("collection" = String, Path, description = "the collection")),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the placement after the change"),
+        (status = 400, response = Error), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 404, response = Error),
+        (status = 409, response = Error), (status = 413, response = Error),
+        (status = 415, response = Error), (status = 429, response = TooManyRequests),
+        (status = 503, response = Error)))]
+fn place() {}
+
+/// Send a collection to every region again (admin on *)
+///
+/// The regions that were outside get its documents by anti-entropy.
+#[utoipa::path(delete, path = "/v1/_placement/{collection}", tag = "operations",
+    params(("collection" = String, Path, description = "the collection")),
+    responses(
+        (status = 200, description = "the placement after the change"),
+        (status = 400, response = Error), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 409, response = Error),
+        (status = 429, response = TooManyRequests), (status = 503, response = Error)))]
+fn unplace() {}
 
 /// Prometheus metrics
 ///

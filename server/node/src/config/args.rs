@@ -57,6 +57,9 @@ pub enum Command {
     /// Add or remove a region while every node runs, or list them.
     #[command(subcommand)]
     Region(crate::region::RegionCommand),
+    /// Limit a collection to some regions, or show where collections live.
+    #[command(subcommand)]
+    Placement(crate::placement::PlacementCommand),
 }
 
 #[derive(Debug, Subcommand)]
