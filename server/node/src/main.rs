@@ -15,21 +15,19 @@ async fn main() -> std::process::ExitCode {
     // formatter records even when nothing inside logs: 12% of a merge-heavy profile
     let filter = tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
         .unwrap_or_else(|_| "info,automerge=warn".into());
-    let log = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => log
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        // one object per line; an event inside a request carries its span's trace_id
-        LogFormat::Json => log
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
+    let otlp = match cli.otlp_endpoint.as_deref().map(meridian_node::otlp::start) {
+        None => None,
+        Some(Ok(started)) => Some(started),
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logs(
+        cli.log_format,
+        filter,
+        otlp.as_ref().map(|(_, t)| t.clone()),
+    );
     let result = match cli.command {
         Command::Serve(args) => match args.resolve() {
             Ok(settings) => meridian_node::run(settings).await,
@@ -66,6 +64,10 @@ async fn main() -> std::process::ExitCode {
             })
         }
     };
+    if let Some((provider, _)) = otlp {
+        // what the batch still holds goes out now (bounded by the exporter's timeout)
+        let _ = provider.shutdown();
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -73,6 +75,43 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// Log lines to stderr (text or JSON), and request spans to OTLP when a tracer is given.
+fn init_logs(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    otlp: Option<opentelemetry_sdk::trace::Tracer>,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        // one object per line; an event inside a request carries its span's trace_id
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    // only the request spans are exported (automerge's and others' stay local)
+    let spans = otlp.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span() && m.name() == "request"
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(spans)
+        .init();
 }
 
 /// A one-shot command's outcome: `show` its result and exit 0, or print the error and exit with

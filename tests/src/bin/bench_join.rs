@@ -15,9 +15,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use meridian_crdt::{DocKey, Edit, Store, StoreConfig};
+use meridian_tests::load::{dir_bytes, fill_store};
 use meridian_tests::{get_json, http_client, run_to_exit, Process};
-use serde_json::json;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -36,55 +35,10 @@ fn main() {
     rt.block_on(run(args));
 }
 
-/// Writes `n` documents into a fresh data dir as node `a`.
-async fn fill(dir: &std::path::Path, n: usize) {
-    let mut cfg = StoreConfig::new(dir);
-    cfg.node_id = Some("a".into());
-    let store = Store::open(cfg).expect("open a store");
-    let t0 = Instant::now();
-    let writers = 64;
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in (w..n).step_by(writers) {
-                let key = DocKey::new("users", &format!("u{i:07}")).expect("a key");
-                let value = json!({"name": format!("user {i}"), "email": format!("u{i}@example.com"),
-                    "plan": "free", "n": i});
-                store
-                    .write(&key, Edit::Put(value.as_object().cloned().expect("an object")), None)
-                    .await
-                    .expect("write");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
-    store.close().expect("close");
-    eprintln!(
-        "filled {n} documents in {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
-}
-
 async fn documents(c: &reqwest::Client, node: &Process) -> u64 {
     get_json(c, node.url("/v1/status")).await["documents"]
         .as_u64()
         .expect("a count")
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let m = e.metadata().expect("metadata");
-        total += if m.is_dir() {
-            dir_bytes(&e.path())
-        } else {
-            m.len()
-        };
-    }
-    total
 }
 
 async fn run(args: Args) {
@@ -98,7 +52,7 @@ async fn run(args: Args) {
             other => panic!("unknown mode {other:?}"),
         };
         let dir = tempfile::tempdir().expect("temp dir");
-        fill(&dir.path().join("a"), args.docs).await;
+        fill_store(&dir.path().join("a"), "a", args.docs).await;
         let mut a_args = vec!["--node-id", "a", "--cluster-secret", SECRET];
         if by_feed {
             // a peer it never reaches keeps the feed (the retention window: 24 h)

@@ -100,3 +100,33 @@ fn a_damaged_or_cut_stream_is_an_error_naming_where() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_damaged_document_is_left_out_and_named_the_rest_is_copied_as_stored() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    for i in 0..3 {
+        s.write(
+            &key(&format!("u{i}")),
+            Edit::Put(obj(json!({"n": i}))),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // one increment of u1 loses a byte's worth of its contents on disk
+    let rec = s.inner.read_record_unchecked(&key("u1")).unwrap().unwrap();
+    let at = record::increment_key(&key("u1"), rec.incr_base);
+    let mut bytes = s.inner.tree.get(&at).unwrap().unwrap().to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    s.inner.tree.insert(at, bytes).unwrap();
+    let page = s.backup_page(None, 10).unwrap();
+    assert_eq!(page.skipped, vec![key("u1")]);
+    let copied: Vec<&DocKey> = page.docs.iter().map(|(k, _)| k).collect();
+    assert_eq!(copied, vec![&key("u0"), &key("u2")]);
+    // a document before its first snapshot is its genesis and its increments, and loads
+    let (_, u0) = &page.docs[0];
+    let doc = crate::doc::Document::load(s.node_id().actor(), Some(u0), []).unwrap();
+    assert_eq!(doc.value(), json!({"n": 0}));
+}

@@ -205,9 +205,10 @@ fn drain() {}
 /// CRC-32) ending in a trailer; `meridian backup` writes it to a directory and `meridian
 /// restore` makes a new node from it (docs/replication.md, Backups).
 #[utoipa::path(get, path = "/v1/_backup", tag = "operations",
+    params(("max_mb_per_sec" = Option<u32>, Query, description = "the stream's pace in MiB/s (absent or 0: no limit)")),
     responses(
         (status = 200, description = "the backup stream", content_type = "application/octet-stream"),
-        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 400, response = Error), (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
         (status = 429, response = TooManyRequests)))]
 fn backup() {}
 

@@ -27,6 +27,10 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Export each request's span over OTLP/HTTP to this collector (for example
+    /// http://127.0.0.1:4318); off when absent. See docs/replication.md, Tracing.
+    #[arg(long, global = true, env = "MERIDIAN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
