@@ -147,6 +147,7 @@ impl Document {
             created,
         } = checked;
         let actor = self.am.get_actor().clone();
+        self.touched();
         self.am = am;
         self.am.set_actor(actor);
         let mut out: Vec<(ChangeHash, Vec<u8>, bool)> = Vec::new();
@@ -158,6 +159,7 @@ impl Document {
             ));
         }
         if !client.is_empty() {
+            self.touched();
             let h = self.am.empty_commit(stamped(stamp));
             out.push((
                 h,
@@ -192,6 +194,7 @@ impl Document {
         message: sync::Message,
     ) -> Result<Vec<ChangeHash>> {
         let before = self.heads();
+        self.touched();
         self.am.receive_sync_message(state, message)?;
         Ok(self.note_added(&before))
     }
