@@ -292,6 +292,20 @@ async fn a_placed_collection_never_reaches_an_outside_regions_disk() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "no schema yet, and not 421");
+    let r = c
+        .put(format!("{cx}/v1/_schemas/users"))
+        .json(&json!({"type": "object", "properties": {"email": {"type": "string"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "a schema set outside: {}", r.status());
+    eventually("the schema reaches a", Duration::from_secs(10), || async {
+        c.get(format!("{a}/v1/_schemas/users"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     // --- a sync client in c: its users document is unavailable there, its settings one syncs
     let device = tempfile::tempdir().unwrap();
     let replicas = meridian_client::Replicas::open(device.path()).unwrap();
