@@ -298,7 +298,11 @@ async fn a_placed_collection_never_reaches_an_outside_regions_disk() {
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "a schema set outside: {}", r.status());
+    assert!(
+        r.status().is_success(),
+        "a schema set outside: {}",
+        r.status()
+    );
     eventually("the schema reaches a", Duration::from_secs(10), || async {
         c.get(format!("{a}/v1/_schemas/users"))
             .send()
