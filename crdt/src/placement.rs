@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
+use crate::key::DocKey;
+
 /// The collection of the placement document (beside the membership document).
 pub const PLACEMENT_COLLECTION: &str = "_regions";
 /// The placement document's id.
@@ -28,6 +30,11 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// The placement document's key.
+    pub fn key() -> DocKey {
+        DocKey::new(PLACEMENT_COLLECTION, PLACEMENT_DOC).expect("a valid key")
+    }
+
     /// Reads the document's fields; a field of another shape, or an empty list, places nothing.
     pub fn parse(doc: &Map<String, Value>) -> Placement {
         let mut placed = BTreeMap::new();

@@ -176,7 +176,7 @@ pub struct DocChanges {
 
 /// A trace id as W3C writes it: 32 lowercase hex digits.
 pub fn hex(trace: &[u8; 16]) -> String {
-    trace.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(trace)
 }
 
 /// A message in this build's newest version, without extras.

@@ -286,12 +286,25 @@ pub async fn get_json(c: &reqwest::Client, url: String) -> serde_json::Value {
 
 /// CPU time (user + system) of process `pid` so far, from /proc.
 pub fn cpu_secs(pid: i32) -> f64 {
+    stat_secs(pid, 11..13)
+}
+
+/// [`cpu_secs`] plus the CPU of the children the process has waited for (a PostgreSQL
+/// postmaster's backends, once they exit).
+pub fn cpu_secs_with_children(pid: i32) -> f64 {
+    stat_secs(pid, 11..15)
+}
+
+/// The sum of `/proc/<pid>/stat` clock-tick fields `fields` (counted after the command name),
+/// in seconds.
+fn stat_secs(pid: i32, fields: std::ops::Range<usize>) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // fields after the command name, which is in parentheses
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(fields).map_or(0.0, |t| {
+        t.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }

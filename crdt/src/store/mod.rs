@@ -321,12 +321,15 @@ impl Store {
         let streams = dbs.streams.clone();
         let commit = GroupCommit::start(dbs, wal_dir, seq, documents)?;
         let placement = placed::of_record(
-            db.get(record::doc_key(record::DOC, &placed::placement_key()))?
-                .map(|v| record::decode::<record::DocRecord>(&v))
-                .transpose()
-                .ok()
-                .flatten()
-                .as_ref(),
+            db.get(record::doc_key(
+                record::DOC,
+                &crate::placement::Placement::key(),
+            ))?
+            .map(|v| record::decode::<record::DocRecord>(&v))
+            .transpose()
+            .ok()
+            .flatten()
+            .as_ref(),
         );
         Ok(Store {
             inner: Arc::new(Inner {

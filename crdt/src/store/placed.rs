@@ -12,10 +12,6 @@ use crate::key::DocKey;
 use crate::placement::{Placement, PLACEMENT_COLLECTION, PLACEMENT_DOC};
 use crate::record::DocRecord;
 
-pub(super) fn placement_key() -> DocKey {
-    DocKey::new(PLACEMENT_COLLECTION, PLACEMENT_DOC).expect("a valid key")
-}
-
 /// What a stored record of the placement document says (a deleted one places nothing).
 pub(super) fn of_record(rec: Option<&DocRecord>) -> Placement {
     match rec {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use meridian_crdt::{DocKey, Edit, NodeId, Placement, PLACEMENT_COLLECTION, PLACEMENT_DOC};
+use meridian_crdt::{Edit, NodeId, Placement};
 use serde::Serialize;
 
 use super::members::MemberError;
@@ -25,10 +25,6 @@ pub struct PlacedCollection {
     pub regions: Vec<String>,
     /// Whether this node holds it.
     pub here: bool,
-}
-
-fn placement_key() -> DocKey {
-    DocKey::new(PLACEMENT_COLLECTION, PLACEMENT_DOC).expect("a valid key")
 }
 
 impl<T: Transport> Replica<T> {
@@ -112,7 +108,7 @@ impl<T: Transport> Replica<T> {
             self.shared
                 .store
                 .write(
-                    &placement_key(),
+                    &Placement::key(),
                     Edit::Patch(Placement::patch(collection, regions)),
                     None,
                 )

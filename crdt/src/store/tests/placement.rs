@@ -37,7 +37,7 @@ async fn a_collection_placed_elsewhere_is_refused_here_and_left_out_of_digests()
     let (du, da) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let us = node(du.path(), "us");
     let ap = node(da.path(), "ap");
-    let pk = placed::placement_key();
+    let pk = crate::placement::Placement::key();
     us.write(
         &pk,
         Edit::Patch(Placement::patch("users", &regions(&["us"]))),

@@ -46,15 +46,7 @@ fn main() {
 
 /// CPU seconds of a process and of the children it has reaped (PostgreSQL's backends).
 fn cpu_with_children(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    let ticks: f64 = f.get(11..15).map_or(0.0, |t| t.iter().sum());
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    meridian_tests::cpu_secs_with_children(pid as i32)
 }
 
 fn free_port() -> u16 {
